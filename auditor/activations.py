@@ -1,0 +1,156 @@
+"""Forward passes that capture hidden states, and the pure tensor maths on them.
+
+Layer numbers are ``h[l]`` numbers (../shared/METHOD.md): ``h[0]`` is the embedding
+output, ``h[l]`` the residual stream after block ``l`` (block index ``l - 1``), and
+``h[L]`` has the final norm applied, exactly as ``output_hidden_states=True`` returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from auditor.model.layers import decoder_layers, final_norm
+
+
+class _StopForward(Exception):
+    """Raised by the hook on the deepest needed block: nothing after it is computed."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedRow:
+    """Token ids of ``prompt + response`` and the response span ``[start, end)``."""
+
+    ids: tuple[int, ...]
+    start: int  # P: first response token
+    end: int  # one past the last response token
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+def encode_pair(tokenizer: Any, prompt: str, response: str, max_prompt_tokens: int | None = None) -> EncodedRow:
+    """``ids = tokenize(prompt + response)``, ``P = len(tokenize(prompt))`` (METHOD.md).
+
+    A prompt longer than ``max_prompt_tokens`` loses tokens from its start, so that
+    the response and the base response are scored in the same truncated context.
+    """
+    ids = tokenizer(prompt + response, add_special_tokens=False)["input_ids"]
+    p = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    if max_prompt_tokens is not None and p > max_prompt_tokens:
+        cut = p - max_prompt_tokens
+        ids, p = ids[cut:], max_prompt_tokens
+    return EncodedRow(tuple(ids), p, len(ids))
+
+
+def pad_right(rows: Sequence[EncodedRow], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """rows -> input_ids [B, T], attention_mask [B, T] (right padding keeps positions 0..n-1)."""
+    width = max(r.length for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : r.length] = torch.tensor(r.ids, dtype=torch.long)
+        mask[i, : r.length] = 1
+    return ids, mask
+
+
+def response_mask(rows: Sequence[EncodedRow], width: int) -> torch.Tensor:
+    """rows -> [B, T] float mask, 1 on response tokens ``start .. end-1``."""
+    mask = torch.zeros((len(rows), width), dtype=torch.float32)
+    for i, r in enumerate(rows):
+        mask[i, r.start : r.end] = 1.0
+    return mask
+
+
+def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """h: [B, T, d], mask: [B, T] -> [B, d] mean over masked positions, in float32."""
+    m = mask.to(device=h.device, dtype=torch.float32)
+    total = torch.einsum("btd,bt->bd", h.float(), m)
+    return total / m.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+
+def unit(v: torch.Tensor) -> torch.Tensor:
+    """v: [d] -> v / ||v|| in float32."""
+    v = v.float()
+    return v / v.norm()
+
+
+def project(a: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """a: [B, d], direction: [d] (unit) -> [B] scalar projections ``a . v / ||v||``."""
+    return a.float() @ direction.to(a.device).float()
+
+
+def token_projections(h: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """h: [B, T, d], direction: [d] (unit) -> [B, T] each token's projection."""
+    return h.float() @ direction.to(h.device).float()
+
+
+def gather_positions(h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """h: [B, T, d], positions: [B] -> [B, d] (e.g. the last prompt token, ``P - 1``)."""
+    return h[torch.arange(h.shape[0], device=h.device), positions.to(h.device)]
+
+
+def capture_hidden(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    layers: Sequence[int],
+    layers_path: str | None = None,
+) -> dict[int, torch.Tensor]:
+    """Run the decoder up to the deepest requested layer; return ``{l: h[l] [B, T, d]}``.
+
+    No logits are computed and blocks after the deepest layer never run.
+    """
+    blocks = decoder_layers(model, layers_path)
+    n_blocks = len(blocks)
+    wanted = sorted(set(int(x) for x in layers))
+    if not wanted:
+        return {}
+    if wanted[0] < 0 or wanted[-1] > n_blocks:
+        raise ValueError(f"layer {wanted[-1] if wanted[-1] > n_blocks else wanted[0]} is outside 0..{n_blocks}")
+    deepest = wanted[-1]
+    captured: dict[int, torch.Tensor] = {}
+    handles = []
+
+    def _output(out: Any) -> torch.Tensor:
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    if 0 in wanted:
+        handles.append(model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: captured.__setitem__(0, _output(out))))
+    norm = final_norm(model, layers_path) if deepest == n_blocks else None
+    for layer in wanted:
+        if layer == 0:
+            continue
+
+        def hook(_m, _i, out, layer=layer):
+            h = _output(out)
+            if layer == n_blocks and norm is not None:
+                h = norm(h)
+            captured[layer] = h
+            if layer == deepest:
+                raise _StopForward
+
+        handles.append(blocks[layer - 1].register_forward_hook(hook))
+    try:
+        with torch.inference_mode():
+            if deepest == 0:
+                model.get_input_embeddings()(input_ids.to(model.device))
+            else:
+                model.base_model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def full_hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """The plain reference: the whole model with ``output_hidden_states=True`` -> (h[0], ..., h[L])."""
+    with torch.inference_mode():
+        out = model(input_ids=input_ids.to(model.device), attention_mask=None if attention_mask is None else attention_mask.to(model.device), output_hidden_states=True)
+    return out.hidden_states

@@ -1,0 +1,178 @@
+"""``audit scan``."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+
+from auditor.cli.common import handle_errors, parse_pairs, split_list
+
+DEFAULT_DB = os.path.join("reports", "audit.duckdb")
+
+
+def scan_options(fn):
+    """Options shared by scan and gate (declared once, shown by --help)."""
+    options = [
+        click.option("--traits", "-t", default=None, help="Comma-separated traits to score (default: every vector found)."),
+        click.option("--model", "-m", default=None, help="Hugging Face id or local model folder (default: the embedded SmolLM2-135M-Instruct)."),
+        click.option("--vectors", default=None, type=click.Path(), help="Vector folder or file (.safetensors, or published .pt) (default: vectors/<model>/)."),
+        click.option("--layer", "layers", multiple=True, help="Layer to use, TRAIT=L or L for all (default: the vector's recommended layer). Repeatable."),
+        click.option("--baseline", type=click.Choice(["generate", "prompt-last", "none"]), default="generate", show_default=True,
+                     help="What to subtract: the base model's own response (generate), the last prompt token (prompt-last), or nothing (raw projection)."),
+        click.option("--format", "fmt", type=click.Choice(["auto", "messages", "sharegpt", "alpaca", "prompt-response"]), default="auto", show_default=True, help="Record format."),
+        click.option("--split", default="train", show_default=True, help="Split, for hf: datasets."),
+        click.option("--config", "hf_config", default=None, help="Config name, for hf: datasets."),
+        click.option("--score-all-turns", is_flag=True, help="Score every assistant turn of multi-turn conversations as its own row."),
+        click.option("--max-new-tokens", default=256, show_default=True, type=int, help="Length cap of generated base responses."),
+        click.option("--max-prompt-tokens", default=512, show_default=True, type=int, help="Prompts longer than this lose tokens from their start (0: no cap)."),
+        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True, help="auto: bfloat16 where the hardware runs it fast (AMX CPUs, GPUs), else float32."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps."),
+        click.option("--batch-tokens", default=8192, show_default=True, type=int, help="Padded tokens per forward batch."),
+        click.option("--generation-batch-size", default=16, show_default=True, type=int, help="Prompts generated together."),
+        click.option("--chunk-size", default=256, show_default=True, type=int, help="Records per stored chunk (memory and resume granularity)."),
+        click.option("--flag-percentile", default=95.0, show_default=True, type=float, help="Flag samples above this percentile of the vector's clean calibration set."),
+        click.option("--threshold", "thresholds", multiple=True, help="Absolute flag threshold, TRAIT=VALUE (overrides calibration). Repeatable."),
+        click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True, help="Bad records: stop with an error, or skip them and record why."),
+        click.option("--db", default=DEFAULT_DB, show_default=True, type=click.Path(), help="DuckDB database that accumulates runs."),
+        click.option("--trust-remote-code", is_flag=True, help="Allow a model's own Python code to run (only for models you trust)."),
+        click.option("--layers-path", default=None, help="Dotted path of the decoder block list, for architectures persona-audit does not know."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def config_from_options(source: str, **kw):
+    from auditor.pipeline import ScanConfig
+
+    layers = {k: int(v) for k, v in parse_pairs(kw.pop("layers"), "--layer", int).items()}
+    thresholds = parse_pairs(kw.pop("thresholds"), "--threshold", float)
+    max_prompt = kw.pop("max_prompt_tokens")
+    return ScanConfig(
+        source=source,
+        traits=split_list(kw.pop("traits")),
+        model=kw.pop("model"),
+        vectors=kw.pop("vectors"),
+        layers=layers,
+        thresholds=thresholds,
+        format=kw.pop("fmt"),
+        max_prompt_tokens=max_prompt or None,
+        **kw,
+    )
+
+
+def run_with_progress(config, quiet: bool = False):
+    """Run a scan with a rich progress bar on stderr; returns the ScanResult."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from auditor.pipeline import scan_run
+
+    console = Console(stderr=True)
+    total = estimate_records(config.source) if not config.score_all_turns else None
+    started = time.perf_counter()
+    columns = [
+        TextColumn("[bold]scanning[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} rows" if total else "{task.completed} rows"),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=console, disable=quiet, transient=False) as bar:
+        task = bar.add_task("scan", total=total, rate="")
+
+        def on_progress(state):
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            rate = f"{state['scored'] / elapsed:.2f} samples/s, {state['tokens'] / elapsed:,.0f} tok/s"
+            if state["rejected"]:
+                rate += f", {state['rejected']} rejected"
+            bar.update(task, completed=state["read"], rate=rate)
+
+        return scan_run(config, progress=on_progress)
+
+
+def estimate_records(source: str) -> int | None:
+    """Row count for a progress bar when it is cheap to know (local JSONL, Parquet)."""
+    try:
+        from auditor.sources.readers import expand_paths
+
+        total = 0
+        for path in expand_paths(source):
+            if path.endswith((".jsonl", ".ndjson")):
+                with open(path, "rb") as fh:
+                    total += sum(1 for line in fh if line.strip())
+            elif path.endswith(".parquet"):
+                import pyarrow.parquet as pq
+
+                total += pq.ParquetFile(path).metadata.num_rows
+            else:
+                return None
+        return total
+    except Exception:
+        return None
+
+
+def print_summary(result, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=f"persona-audit: {result.n_scored} samples scored with {result.model_name}", title_justify="left")
+    table.add_column("trait")
+    table.add_column("layer", justify="right")
+    table.add_column("dataset Δ" if result.summaries and result.summaries[0].score == "delta" else "mean proj", justify="right")
+    table.add_column("clean ref", justify="right")
+    table.add_column("flagged", justify="right")
+    table.add_column("threshold", justify="right")
+    table.add_column("top samples (score)", overflow="fold")
+    for s in sorted(result.summaries, key=lambda s: -(s.n_flagged / s.n if s.n else 0)):
+        level = s.mean_delta if s.score == "delta" else s.mean_proj_response
+        rate = f"{s.n_flagged} ({100 * s.n_flagged / s.n:.1f}%)" if s.n else "0"
+        top = ", ".join(f"{t['sample_id']} ({t['score']:+.2f})" for t in s.top[:2])
+        table.add_row(
+            s.trait, str(s.layer), "-" if level is None else f"{level:+.3f}",
+            "-" if s.calibration_mean is None else f"{s.calibration_mean:+.3f}",
+            rate, "-" if s.threshold is None else f"{s.threshold:.3f}", top,
+        )
+    console.print(table)
+    console.print(
+        f"read {result.n_read} rows: {result.n_scored} scored, {result.n_rejected} rejected; "
+        f"base responses: {result.n_generated} generated, {result.n_cached} from cache; "
+        f"{result.seconds:.1f} s ({result.n_scored / max(result.seconds, 1e-9):.2f} samples/s)"
+    )
+    console.print(f"run {result.run_id}")
+    console.print(f"  scores   {result.parquet_path}")
+    console.print(f"  database {result.db_path}  (audit sql \"SELECT * FROM flagged WHERE run_id = '{result.run_id}'\")")
+    if result.report_path:
+        console.print(f"  report   {result.report_path}")
+    for s in result.summaries:
+        if s.threshold is None:
+            console.print(f"[yellow]note[/]: no flag threshold for {s.trait}: {s.threshold_source}")
+    if result.rejects:
+        console.print(f"[yellow]{len(result.rejects)} rejected rows[/] (first: {result.rejects[0].reason}); all are in the rejects table")
+
+
+@click.command(context_settings={"max_content_width": 100})
+@click.argument("source")
+@scan_options
+@click.option("--out", "out_dir", default=None, type=click.Path(), help="Folder for scores.parquet and report.html (default: reports/runs/<run id>/).")
+@click.option("--no-report", is_flag=True, help="Do not render report.html.")
+@click.option("--top-n", default=50, show_default=True, type=int, help="Samples per trait shown in the report (with token heat maps).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@handle_errors
+def scan(source: str, out_dir, no_report: bool, top_n: int, quiet: bool, **kw) -> None:
+    """Score every sample of SOURCE for every trait.
+
+    SOURCE is a .jsonl/.json/.parquet/.csv file (gzip'd JSONL too), a folder, a quoted
+    glob, or hf:owner/name for a Hugging Face dataset. Per sample and trait it computes
+    the projection of the response on the persona vector, the same for the base model's
+    own response to the same prompt, and their difference (delta): a large positive delta
+    means training on the sample pushes the model toward the trait.
+    """
+    config = config_from_options(source, out_dir=out_dir, report=not no_report, top_n=top_n, **kw)
+    try:
+        result = run_with_progress(config, quiet=quiet)
+    except KeyboardInterrupt:
+        click.echo("\nInterrupted. Completed chunks are stored; run the same command again with --resume to continue.", err=True)
+        sys.exit(130)
+    print_summary(result)

@@ -1,0 +1,81 @@
+"""Projection and projection difference (METHOD.md), batched over many rows.
+
+``score_rows`` takes encoded rows (dataset responses and base responses alike),
+runs them through the model in length-bucketed batches that hold at most
+``batch_tokens`` padded tokens, and returns, per row and per requested layer, the
+mean hidden state over the response tokens, the hidden state at the last prompt
+token, and (optionally) each response token's projection on each direction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from auditor.activations import EncodedRow, capture_hidden, gather_positions, masked_mean, pad_right, project, response_mask
+
+
+@dataclass
+class RowScores:
+    """Projections for one row: ``proj[name]`` (response mean) and ``prompt_last[name]``."""
+
+    proj: dict[str, float]
+    prompt_last: dict[str, float]
+    token_values: dict[str, list[float]] | None = None
+
+
+def length_batches(lengths: Sequence[int], batch_tokens: int, max_batch: int = 64) -> list[list[int]]:
+    """Indices grouped so that ``len(batch) * longest <= batch_tokens`` (one row minimum), sorted by length."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[i]  # ascending order: the newest row is the longest
+        if current and ((len(current) + 1) * longest > batch_tokens or len(current) >= max_batch):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def score_rows(
+    model,
+    rows: Sequence[EncodedRow],
+    directions: dict[str, tuple[int, torch.Tensor]],
+    pad_id: int,
+    batch_tokens: int = 8192,
+    token_values_for: Sequence[bool] | None = None,
+    layers_path: str | None = None,
+) -> list[RowScores]:
+    """Project every row's response mean (and last prompt token) on each named direction.
+
+    ``directions``: name -> (layer, unit direction [d]). ``token_values_for[i]`` asks
+    for row i's per-token projections (the report's heat map).
+    """
+    out: list[RowScores | None] = [None] * len(rows)
+    layers = sorted({layer for layer, _ in directions.values()})
+    for batch in length_batches([r.length for r in rows], batch_tokens):
+        brows = [rows[i] for i in batch]
+        ids, attn = pad_right(brows, pad_id)
+        hidden = capture_hidden(model, ids, attn, layers, layers_path)
+        mask = response_mask(brows, ids.shape[1])
+        last = torch.tensor([r.start - 1 for r in brows])
+        means = {layer: masked_mean(hidden[layer], mask) for layer in layers}
+        lasts = {layer: gather_positions(hidden[layer], last).float() for layer in layers}
+        proj = {name: project(means[layer], d).tolist() for name, (layer, d) in directions.items()}
+        plast = {name: project(lasts[layer], d).tolist() for name, (layer, d) in directions.items()}
+        want = [token_values_for is not None and token_values_for[i] for i in batch]
+        tokvals = None
+        if any(want):
+            tokvals = {name: (hidden[layer].float() @ d.to(hidden[layer].device).float()).cpu() for name, (layer, d) in directions.items()}
+        for j, i in enumerate(batch):
+            tv = None
+            if want[j] and tokvals is not None:
+                r = brows[j]
+                tv = {name: vals[j, r.start : r.end].tolist() for name, vals in tokvals.items()}
+            out[i] = RowScores({n: v[j] for n, v in proj.items()}, {n: v[j] for n, v in plast.items()}, tv)
+    return out  # type: ignore[return-value]

@@ -1,0 +1,157 @@
+"""Readers: local files, folders, globs and Hugging Face datasets -> raw records.
+
+Every reader yields ``(source, line, record_or_error)``: the record is a dict, or an
+InputError when that line cannot be read, so the pipeline decides whether to stop
+(``--on-error fail``) or record the rejection (``skip``). Nothing is dropped silently.
+Line numbers are 1-based physical lines for JSONL/CSV, 1-based item or row numbers
+for JSON arrays, Parquet and Hugging Face datasets.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import io
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from auditor.errors import InputError, MissingDependency
+
+SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".parquet", ".csv", ".csv.gz")
+Record = tuple[str, int, "dict[str, Any] | InputError"]
+
+
+def expand_paths(spec: str) -> list[str]:
+    """A file, a folder (searched recursively for known suffixes) or a glob -> sorted files."""
+    if spec.startswith("hf:"):
+        return [spec]
+    if os.path.isdir(spec):
+        found = []
+        for root, _dirs, files in os.walk(spec):
+            found += [os.path.join(root, f) for f in files if f.endswith(SUFFIXES)]
+        if not found:
+            raise InputError(spec, None, "folder holds no dataset files", f"put files ending in {', '.join(SUFFIXES)} in it")
+        return sorted(found)
+    if any(c in spec for c in "*?["):
+        found = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+        if not found:
+            raise InputError(spec, None, "pattern matches no files", "check the path and quote the pattern so the shell does not expand it")
+        return found
+    if not os.path.exists(spec):
+        raise InputError(spec, None, "no such file", "check the path, or use hf:owner/name for a Hugging Face dataset")
+    return [spec]
+
+
+def read_records(spec: str, split: str = "train", config: str | None = None) -> Iterator[Record]:
+    """All records of a file, folder, glob or ``hf:`` dataset, in a stable order."""
+    for path in expand_paths(spec):
+        yield from read_file(path, split=split, config=config)
+
+
+def read_file(path: str, split: str = "train", config: str | None = None) -> Iterator[Record]:
+    if path.startswith("hf:"):
+        yield from _read_hf(path[3:], split, config)
+        return
+    name = path.lower()
+    if name.endswith((".jsonl", ".ndjson", ".jsonl.gz")):
+        yield from _read_jsonl(path)
+    elif name.endswith((".json", ".json.gz")):
+        yield from _read_json(path)
+    elif name.endswith(".parquet"):
+        yield from _read_parquet(path)
+    elif name.endswith((".csv", ".csv.gz")):
+        yield from _read_csv(path)
+    else:
+        raise InputError(path, None, "unknown file type", f"use one of {', '.join(SUFFIXES)}")
+
+
+def _open_binary(path: str):
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def _read_jsonl(path: str) -> Iterator[Record]:
+    with _open_binary(path) as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield path, number, InputError(path, number, f"not valid UTF-8 (byte {e.start})", "re-encode the file as UTF-8")
+                continue
+            if not text.strip():
+                continue  # a blank line holds no record
+            try:
+                yield path, number, json.loads(text)
+            except json.JSONDecodeError as e:
+                yield path, number, InputError(path, number, f"malformed JSON ({e.msg} at column {e.colno})", "fix the line or remove it; each line must be one JSON object")
+
+
+def _read_json(path: str) -> Iterator[Record]:
+    try:
+        with _open_binary(path) as fh:
+            data = json.loads(fh.read().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise InputError(path, None, f"not valid UTF-8 (byte {e.start})", "re-encode the file as UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise InputError(path, e.lineno, f"malformed JSON ({e.msg})", "fix the file; for one object per line name it .jsonl") from None
+    if isinstance(data, dict):
+        lists = [k for k, v in data.items() if isinstance(v, list)]
+        if len(lists) == 1:
+            data = data[lists[0]]
+        else:
+            data = [data]
+    if not isinstance(data, list):
+        raise InputError(path, None, "top level is not a list of records", "write a JSON array of objects")
+    for number, item in enumerate(data, start=1):
+        yield path, number, item
+
+
+def _read_parquet(path: str) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise InputError(path, None, f"not a readable Parquet file ({e})", "check the file was fully written") from None
+    number = 0
+    for batch in pf.iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            number += 1
+            yield path, number, row
+
+
+def _read_csv(path: str) -> Iterator[Record]:
+    with _open_binary(path) as fh:
+        try:
+            text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+            reader = csv.DictReader(text)
+            previous_end = 1
+            for row in reader:
+                # The record starts on the line after the previous one ended (rows may span lines).
+                start = previous_end + 1
+                previous_end = reader.line_num
+                if None in row:
+                    yield path, start, InputError(path, start, "row has more fields than the header", "quote fields that contain commas")
+                    continue
+                yield path, start, dict(row)
+        except UnicodeDecodeError as e:
+            raise InputError(path, None, f"not valid UTF-8 (byte {e.start})", "re-encode the file as UTF-8") from None
+
+
+def _read_hf(name: str, split: str, config: str | None) -> Iterator[Record]:
+    try:
+        import datasets
+    except ImportError:
+        raise MissingDependency("datasets", "hf", "reading hf: datasets") from None
+    label = f"hf:{name}[{split}]"
+    try:
+        ds = datasets.load_dataset(name, config, split=split, streaming=True)
+    except Exception as e:
+        raise InputError(
+            label, None, f"cannot open the dataset ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+            "check the name, --split and --config; with no network, download it where you have one and pass hf:/path/to/local/copy or its files",
+        ) from None
+    for number, row in enumerate(ds, start=1):
+        yield label, number, dict(row)
