@@ -177,7 +177,10 @@ def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, A
     from auditor.store.db import connect, insert_arrow
     from auditor.vectors import load_vectors
 
+    from auditor.sources import expand_paths
+
     config.validate()
+    expand_paths(config.source)  # a missing file fails now, not after the model has loaded
     started = time.perf_counter()
     started_at = _dt.datetime.now()
     timings: dict[str, float] = {"load_model": 0.0, "read": 0.0, "generate": 0.0, "forward": 0.0, "write": 0.0}

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# Tests never reach a hub: fail fast instead of retrying for half a minute.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 

@@ -199,6 +199,13 @@ def _convert_gguf(folder: str, filename: str, target: str) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def prepare_embedded() -> str:
+    """Convert the embedded model once (make install runs this) so the first scan starts fast."""
+    path, fingerprint = _embedded_dir()
+    print(f"embedded model ready: {EMBEDDED_MODEL_NAME} ({fingerprint}) at {path}")
+    return path
+
+
 def load_model(
     spec: str | None = None,
     dtype: str = "auto",
