@@ -1,16 +1,19 @@
 """``scan``: source -> samples -> batches -> model -> activations -> scores -> store.
 
-The dataset is read as a stream and processed in chunks of ``chunk_size`` records, so
-memory stays flat however large it is. Each chunk is written as a Parquet part and,
-in one transaction, to the DuckDB database; a finished run concatenates the parts into
-``scores.parquet`` and renders the report.
+The dataset is read as a stream and cut into chunks of ``chunk_size`` records. Each
+chunk is scored by :class:`ChunkScorer` (a pure function of the chunk, the cached base
+responses and the model, so the local loop, shards and Ray workers all run the same
+code and form the same batches), written as a Parquet part, and committed to the DuckDB
+database in one transaction together with a ledger row. That ledger is what ``--resume``
+reads: a killed scan restarts after its last committed chunk and ends with exactly the
+results of an uninterrupted run. A finished run concatenates the parts into
+``scores.parquet``, computes the summary from the store, and renders the report.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import heapq
 import itertools
 import json
 import os
@@ -26,6 +29,8 @@ from auditor.sources import Rejected, Sample, iter_samples
 
 BASELINES = ("generate", "prompt-last", "none")
 ON_ERROR = ("fail", "skip")
+# Settings that do not change any score: excluded from the resume key.
+_NOT_RESULT_SETTINGS = ("out_dir", "report", "top_n", "db", "resume")
 
 
 @dataclass
@@ -58,6 +63,9 @@ class ScanConfig:
     top_n: int = 50
     trust_remote_code: bool = False
     layers_path: str | None = None
+    resume: bool = False
+    num_shards: int = 1
+    shard_index: int = 0
 
     def validate(self) -> None:
         if self.baseline not in BASELINES:
@@ -66,9 +74,18 @@ class ScanConfig:
             raise AuditorError(f"unknown --on-error {self.on_error!r}; use fail or skip")
         if not 0 < self.flag_percentile < 100:
             raise AuditorError("--flag-percentile must be between 0 and 100 (e.g. 95)")
-        for name in ("batch_tokens", "generation_batch_size", "chunk_size", "max_new_tokens"):
+        for name in ("batch_tokens", "generation_batch_size", "chunk_size", "max_new_tokens", "num_shards"):
             if getattr(self, name) < 1:
                 raise AuditorError(f"--{name.replace('_', '-')} must be at least 1")
+        if not 0 <= self.shard_index < self.num_shards:
+            raise AuditorError(f"--shard-index must be between 0 and {self.num_shards - 1} for --num-shards {self.num_shards}")
+
+    def result_key(self, model_fingerprint: str, vector_hashes: dict[str, str]) -> str:
+        """Hash of everything that determines the scores: equal keys give equal results."""
+        settings = {k: v for k, v in asdict(self).items() if k not in _NOT_RESULT_SETTINGS}
+        settings["model_fingerprint"] = model_fingerprint
+        settings["vectors"] = vector_hashes
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 @dataclass
@@ -79,7 +96,7 @@ class TraitSummary:
     threshold: float | None
     threshold_source: str
     mean_delta: float | None
-    mean_proj_response: float
+    mean_proj_response: float | None
     n_flagged: int
     n: int
     calibration_mean: float | None = None
@@ -103,12 +120,36 @@ class ScanResult:
     summaries: list[TraitSummary]
     model_name: str
     rejects: list[Rejected] = field(default_factory=list)
+    resumed_chunks: int = 0
 
     @property
     def scores(self):
         import polars as pl
 
         return pl.read_parquet(self.parquet_path)
+
+
+@dataclass
+class ChunkOutput:
+    """Everything one chunk adds to the store."""
+
+    index: int
+    fingerprint: str
+    wide: Any  # pyarrow.Table: the scores.parquet rows of this chunk
+    samples: Any  # pyarrow.Table for the samples table
+    scores: Any  # pyarrow.Table for the scores table (long form)
+    rejects: list[Rejected]
+    new_base: Any  # pyarrow.Table of base responses generated for this chunk (cache rows)
+    n_read: int
+    n_scored: int
+    n_generated: int
+    n_cached: int
+    tokens: int
+    seconds: dict[str, float]
+
+    @property
+    def n_rejected(self) -> int:
+        return len(self.rejects)
 
 
 def _versions() -> dict[str, str]:
@@ -137,6 +178,15 @@ def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+def chunk_fingerprint(items: list[Sample | Rejected]) -> str:
+    """Identifies a chunk's input: a resumed scan checks the dataset did not change."""
+    h = hashlib.sha256()
+    for item in items:
+        h.update((f"S{item.id}\x00{item.content_hash}" if isinstance(item, Sample) else f"R{item.source}:{item.line}\x00{item.reason}").encode("utf-8"))
+        h.update(b"\x01")
+    return h.hexdigest()[:32]
+
+
 def build_prompt(tokenizer: Any, sample: Sample) -> str:
     """``chat_template(x, add_generation_prompt=True)`` as text."""
     try:
@@ -145,302 +195,7 @@ def build_prompt(tokenizer: Any, sample: Sample) -> str:
         raise InputError(sample.source, sample.line, f"the model's chat template rejects this conversation ({e})", "check the roles alternate user/assistant") from None
 
 
-class _TopK:
-    """The ``k`` highest-scoring rows per trait, with their token projections (report heat map)."""
-
-    def __init__(self, k: int):
-        self.k = k
-        self.heaps: dict[str, list[tuple[float, int, str, list[int], list[float]]]] = {}
-        self._tie = itertools.count()
-
-    def would_enter(self, trait: str, score: float) -> bool:
-        heap = self.heaps.get(trait, [])
-        return len(heap) < self.k or score > heap[0][0]
-
-    def push(self, trait: str, score: float, sample_id: str, ids: list[int], values: list[float]) -> None:
-        heap = self.heaps.setdefault(trait, [])
-        item = (score, next(self._tie), sample_id, ids, values)
-        if len(heap) < self.k:
-            heapq.heappush(heap, item)
-        elif score > heap[0][0]:
-            heapq.heapreplace(heap, item)
-
-
-def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, Any]], None] | None = None) -> ScanResult:
-    """Scan a dataset and store the results; see the module docstring."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from auditor.activations import encode_pair
-    from auditor.generation import GenerationSettings, generate_greedy, prompt_hash, prompt_ids
-    from auditor.model import load_model
-    from auditor.scoring import score_rows
-    from auditor.store.db import connect, insert_arrow
-    from auditor.vectors import load_vectors
-
-    from auditor.sources import expand_paths
-
-    config.validate()
-    expand_paths(config.source)  # a missing file fails now, not after the model has loaded
-    started = time.perf_counter()
-    started_at = _dt.datetime.now()
-    timings: dict[str, float] = {"load_model": 0.0, "read": 0.0, "generate": 0.0, "forward": 0.0, "write": 0.0}
-    if lm is None:
-        lm = load_model(config.model, dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code)
-        timings["load_model"] = lm.load_seconds
-    vectors = load_vectors(
-        config.vectors, lm.name, traits=config.traits, layers=config.layers,
-        num_layers=lm.num_layers, hidden_size=lm.hidden_size, fingerprint=lm.fingerprint,
-    )
-    directions = {pv.trait: (pv.layer, pv.direction()) for pv in vectors}
-    score_col = "proj_response" if config.baseline == "none" else "delta"
-    thresholds: dict[str, tuple[float | None, str]] = {}
-    for pv in vectors:
-        if pv.trait in config.thresholds:
-            thresholds[pv.trait] = (config.thresholds[pv.trait], "--threshold")
-        else:
-            t = pv.threshold(config.baseline, score_col, config.flag_percentile)
-            src = f"p{config.flag_percentile:g} of calibration set" if t is not None else "none (vector has no calibration for this baseline; pass --threshold TRAIT=VALUE)"
-            thresholds[pv.trait] = (t, src)
-    settings = GenerationSettings(config.max_new_tokens, config.max_prompt_tokens, lm.dtype)
-    settings_key = settings.key()
-    run_id = make_run_id(config.source)
-    out_dir = config.out_dir or os.path.join(os.path.dirname(config.db) or ".", "runs", run_id)
-    parts_dir = os.path.join(out_dir, "parts")
-    os.makedirs(parts_dir, exist_ok=True)
-    max_len = int(getattr(lm.model.config, "max_position_embeddings", 0) or 0) or None
-    vector_info = {
-        pv.trait: {"path": pv.path, "layer": pv.layer, "sha256": pv.sha256, "threshold": thresholds[pv.trait][0], "threshold_source": thresholds[pv.trait][1], "score": score_col}
-        for pv in vectors
-    }
-    config_json = json.dumps(asdict(config), sort_keys=True, default=str)
-    with connect(config.db) as con:
-        con.execute(
-            "INSERT INTO runs (run_id, status, started_at, dataset, model, model_fingerprint, baseline, dtype, device, output_dir, config, vectors, versions) "
-            "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [run_id, started_at, config.source, lm.name, lm.fingerprint, config.baseline, lm.dtype, lm.device, out_dir, config_json, json.dumps(vector_info), json.dumps(_versions())],
-        )
-
-    counts = {"read": 0, "scored": 0, "rejected": 0, "generated": 0, "cached": 0, "tokens": 0}
-    sums = {pv.trait: {"delta": 0.0, "n_delta": 0, "proj": 0.0, "flagged": 0} for pv in vectors}
-    top = _TopK(config.top_n)
-    rejects: list[Rejected] = []
-    tok = lm.tokenizer
-    stream = iter_samples(config.source, fmt=config.format, score_all_turns=config.score_all_turns, split=config.split, config=config.hf_config)
-    part_files: list[str] = []
-    try:
-        t_read = time.perf_counter()
-        for chunk_index, chunk in enumerate(chunked(stream, config.chunk_size)):
-            timings["read"] += time.perf_counter() - t_read
-            chunk_rejects: list[Rejected] = []
-            ready: list[tuple[Sample, str, Any]] = []
-            for item in chunk:
-                if isinstance(item, Rejected):
-                    chunk_rejects.append(item)
-                    continue
-                try:
-                    prompt = build_prompt(tok, item)
-                    row = encode_pair(tok, prompt, item.response, config.max_prompt_tokens)
-                    if row.end <= row.start:
-                        raise InputError(item.source, item.line, "the response tokenizes to zero tokens", "give it a non-empty response")
-                    if max_len and row.length + (config.max_new_tokens if config.baseline == "generate" else 0) > max_len:
-                        raise InputError(item.source, item.line, f"{row.length} tokens is longer than the model's context ({max_len})", "shorten the sample or lower --max-prompt-tokens")
-                except InputError as e:
-                    chunk_rejects.append(Rejected.of(e))
-                    continue
-                ready.append((item, prompt, row))
-            if chunk_rejects and config.on_error == "fail":
-                raise chunk_rejects[0].error
-            rejects.extend(chunk_rejects)
-
-            # Base responses: cached ones from the database, the rest generated in batches.
-            base: dict[str, tuple[str, int]] = {}
-            if config.baseline == "generate" and ready:
-                hashes = sorted({prompt_hash(p) for _, p, _ in ready})
-                with connect(config.db) as con:
-                    found = con.execute(
-                        "SELECT prompt_hash, response, n_tokens FROM base_responses WHERE model_fingerprint = ? AND settings_key = ? AND prompt_hash IN (SELECT unnest(?))",
-                        [lm.fingerprint, settings_key, hashes],
-                    ).fetchall()
-                base = {h: (r, n) for h, r, n in found}
-                counts["cached"] += sum(1 for _, p, _ in ready if prompt_hash(p) in base)
-                missing: dict[str, str] = {}
-                for _, p, _ in ready:
-                    h = prompt_hash(p)
-                    if h not in base and h not in missing:
-                        missing[h] = p
-                if missing:
-                    t0 = time.perf_counter()
-                    keys = list(missing)
-                    gen = generate_greedy(lm, [prompt_ids(lm, missing[h], config.max_prompt_tokens) for h in keys], config.max_new_tokens, config.generation_batch_size)
-                    timings["generate"] += time.perf_counter() - t0
-                    now = _dt.datetime.now()
-                    for h, (text, n) in zip(keys, gen):
-                        base[h] = (text, n)
-                    counts["generated"] += len(keys)
-                    counts["tokens"] += sum(n for _, n in gen)
-                    table = pa.table({
-                        "model_fingerprint": [lm.fingerprint] * len(keys), "settings_key": [settings_key] * len(keys),
-                        "prompt_hash": keys, "response": [base[h][0] for h in keys], "n_tokens": [base[h][1] for h in keys],
-                        "created_at": [now] * len(keys),
-                    })
-                    with connect(config.db) as con:
-                        name = "_incoming_cache"
-                        con.register(name, table)
-                        con.execute(f"INSERT INTO base_responses SELECT model_fingerprint, settings_key, prompt_hash, response, n_tokens, created_at FROM {name} ON CONFLICT DO NOTHING")
-                        con.unregister(name)
-
-            # One forward over the dataset responses and the base responses together.
-            rows = [row for _, _, row in ready]
-            base_rows: list[Any] = []
-            base_index: list[int | None] = []
-            if config.baseline == "generate":
-                for _, p, _ in ready:
-                    text, _n = base[prompt_hash(p)]
-                    brow = encode_pair(tok, p, text, config.max_prompt_tokens)
-                    if brow.end > brow.start:
-                        base_index.append(len(rows) + len(base_rows))
-                        base_rows.append(brow)
-                    else:
-                        base_index.append(None)  # the model answered nothing: no activation, no delta
-            t0 = time.perf_counter()
-            want_tokens = [True] * len(rows) + [False] * len(base_rows)
-            results = score_rows(lm.model, rows + base_rows, directions, tok.pad_token_id, config.batch_tokens, want_tokens, config.layers_path) if ready else []
-            timings["forward"] += time.perf_counter() - t0
-            counts["tokens"] += sum(r.length for r in rows + base_rows)
-
-            # Assemble, flag, write.
-            t0 = time.perf_counter()
-            wide: dict[str, list[Any]] = {k: [] for k in ("sample_id", "source", "line", "turn", "content_hash", "n_prompt_tokens", "n_response_tokens", "n_base_tokens")}
-            long_rows: dict[str, list[Any]] = {k: [] for k in ("run_id", "sample_id", "trait", "layer", "proj_response", "proj_base", "delta", "flagged")}
-            sample_rows: dict[str, list[Any]] = {k: [] for k in ("run_id", "sample_id", "source", "line", "turn", "content_hash", "context", "response", "base_response", "n_prompt_tokens", "n_response_tokens", "n_base_tokens", "metadata")}
-            for pv in vectors:
-                for col in ("proj_response", "proj_base", "delta", "flagged"):
-                    wide[f"{pv.trait}_{col}"] = []
-            for i, (sample, p, row) in enumerate(ready):
-                res = results[i]
-                base_text, base_n = base.get(prompt_hash(p), (None, None)) if config.baseline == "generate" else (None, None)
-                bi = base_index[i] if config.baseline == "generate" else None
-                for col, val in (("sample_id", sample.id), ("source", sample.source), ("line", sample.line), ("turn", sample.turn), ("content_hash", sample.content_hash), ("n_prompt_tokens", row.start), ("n_response_tokens", row.end - row.start), ("n_base_tokens", (rows + base_rows)[bi].end - (rows + base_rows)[bi].start if bi is not None else None)):
-                    wide[col].append(val)
-                sample_rows["run_id"].append(run_id)
-                for col, val in (("sample_id", sample.id), ("source", sample.source), ("line", sample.line), ("turn", sample.turn), ("content_hash", sample.content_hash), ("context", json.dumps(list(sample.context), ensure_ascii=False)), ("response", sample.response), ("base_response", base_text), ("n_prompt_tokens", row.start), ("n_response_tokens", row.end - row.start), ("n_base_tokens", wide["n_base_tokens"][-1]), ("metadata", json.dumps(sample.metadata, ensure_ascii=False, default=str))):
-                    sample_rows[col].append(val)
-                for pv in vectors:
-                    t = pv.trait
-                    pr = res.proj[t]
-                    if config.baseline == "generate":
-                        pb = results[bi].proj[t] if bi is not None else None
-                    elif config.baseline == "prompt-last":
-                        pb = res.prompt_last[t]
-                    else:
-                        pb = None
-                    delta = pr - pb if pb is not None else None
-                    score = pr if score_col == "proj_response" else delta
-                    threshold = thresholds[t][0]
-                    flagged = bool(threshold is not None and score is not None and score > threshold)
-                    wide[f"{t}_proj_response"].append(pr)
-                    wide[f"{t}_proj_base"].append(pb)
-                    wide[f"{t}_delta"].append(delta)
-                    wide[f"{t}_flagged"].append(flagged)
-                    for col, val in (("run_id", run_id), ("sample_id", sample.id), ("trait", t), ("layer", pv.layer), ("proj_response", pr), ("proj_base", pb), ("delta", delta), ("flagged", flagged)):
-                        long_rows[col].append(val)
-                    s = sums[t]
-                    s["proj"] += pr
-                    s["flagged"] += flagged
-                    if delta is not None:
-                        s["delta"] += delta
-                        s["n_delta"] += 1
-                    if score is not None and top.would_enter(t, score) and res.token_values:
-                        top.push(t, score, sample.id, list(row.ids[row.start : row.end]), res.token_values[t])
-            wide_table = pa.table(wide, schema=_wide_schema([pv.trait for pv in vectors]))
-            part = os.path.join(parts_dir, f"part-{chunk_index:06d}.parquet")
-            pq.write_table(wide_table, part + ".tmp")
-            os.replace(part + ".tmp", part)
-            part_files.append(part)
-            n_read = len(chunk)
-            with connect(config.db) as con:
-                con.execute("BEGIN TRANSACTION")
-                insert_arrow(con, "samples", pa.table(sample_rows))
-                insert_arrow(con, "scores", pa.table(long_rows))
-                if chunk_rejects:
-                    insert_arrow(con, "rejects", pa.table({"run_id": [run_id] * len(chunk_rejects), "source": [r.source for r in chunk_rejects], "line": [r.line for r in chunk_rejects], "reason": [r.reason for r in chunk_rejects]}))
-                con.execute("INSERT INTO run_chunks VALUES (?, ?, ?, ?, ?)", [run_id, chunk_index, n_read, len(ready), len(chunk_rejects)])
-                con.execute("COMMIT")
-            timings["write"] += time.perf_counter() - t0
-            counts["read"] += n_read
-            counts["scored"] += len(ready)
-            counts["rejected"] += len(chunk_rejects)
-            if progress:
-                progress({"read": counts["read"], "scored": counts["scored"], "rejected": counts["rejected"], "tokens": counts["tokens"], "generated": counts["generated"], "cached": counts["cached"]})
-            t_read = time.perf_counter()
-    except BaseException as exc:
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        try:
-            with connect(config.db, timeout=10) as con:
-                con.execute("UPDATE runs SET status = ?, finished_at = ?, n_read = ?, n_scored = ?, n_rejected = ? WHERE run_id = ?", [status, _dt.datetime.now(), counts["read"], counts["scored"], counts["rejected"], run_id])
-        except Exception:
-            pass
-        raise
-
-    # Finish: one scores.parquet from the parts, the heat-map tokens, the summary.
-    t0 = time.perf_counter()
-    parquet_path = os.path.join(out_dir, "scores.parquet")
-    schema = _wide_schema([pv.trait for pv in vectors])
-    with pq.ParquetWriter(parquet_path + ".tmp", schema) as writer:
-        for part in part_files:
-            writer.write_table(pq.read_table(part, schema=schema))
-    os.replace(parquet_path + ".tmp", parquet_path)
-    shutil.rmtree(parts_dir, ignore_errors=True)
-    summaries = []
-    token_rows: dict[str, list[Any]] = {"run_id": [], "sample_id": [], "trait": [], "tokens": [], "token_values": []}
-    for pv in vectors:
-        t = pv.trait
-        s = sums[t]
-        entries = sorted(top.heaps.get(t, []), key=lambda e: -e[0])
-        for score, _tie, sid, ids, values in entries:
-            token_rows["run_id"].append(run_id)
-            token_rows["sample_id"].append(sid)
-            token_rows["trait"].append(t)
-            token_rows["tokens"].append([tok.decode([i]) for i in ids])
-            token_rows["token_values"].append(values)
-        cal = pv.calibration or {}
-        cal_entry = cal.get("scores", {}).get(config.baseline, {}).get(score_col) if cal.get("layer") == pv.layer else None
-        summaries.append(TraitSummary(
-            trait=t, layer=pv.layer, score=score_col, threshold=thresholds[t][0], threshold_source=thresholds[t][1],
-            mean_delta=(s["delta"] / s["n_delta"]) if s["n_delta"] else None,
-            mean_proj_response=(s["proj"] / counts["scored"]) if counts["scored"] else float("nan"),
-            n_flagged=int(s["flagged"]), n=counts["scored"],
-            calibration_mean=cal_entry.get("mean") if cal_entry else None,
-            top=[{"sample_id": sid, "score": score} for score, _t, sid, _i, _v in entries[:5]],
-        ))
-    timings["total"] = time.perf_counter() - started
-    with connect(config.db) as con:
-        con.execute("BEGIN TRANSACTION")
-        con.execute("DELETE FROM token_scores WHERE run_id = ?", [run_id])
-        insert_arrow(con, "token_scores", pa.table(token_rows, schema=pa.schema([("run_id", pa.string()), ("sample_id", pa.string()), ("trait", pa.string()), ("tokens", pa.list_(pa.string())), ("token_values", pa.list_(pa.float64()))])))
-        con.execute(
-            "UPDATE runs SET status = 'complete', finished_at = ?, timings = ?, n_read = ?, n_scored = ?, n_rejected = ?, summary = ? WHERE run_id = ?",
-            [_dt.datetime.now(), json.dumps(timings), counts["read"], counts["scored"], counts["rejected"], json.dumps([asdict(s) for s in summaries]), run_id],
-        )
-        con.execute("COMMIT")
-    timings["write"] += time.perf_counter() - t0
-    report_path = None
-    if config.report:
-        try:
-            from auditor.report import render_report
-        except ImportError:
-            render_report = None
-        if render_report is not None:
-            report_path = render_report(run_id, db=config.db, out=os.path.join(out_dir, "report.html"), top_n=config.top_n)
-    return ScanResult(
-        run_id=run_id, out_dir=out_dir, parquet_path=parquet_path, report_path=report_path, db_path=config.db,
-        n_read=counts["read"], n_scored=counts["scored"], n_rejected=counts["rejected"],
-        n_generated=counts["generated"], n_cached=counts["cached"], seconds=time.perf_counter() - started,
-        tokens=counts["tokens"], summaries=summaries, model_name=lm.name, rejects=rejects,
-    )
-
-
-def _wide_schema(traits: list[str]):
+def wide_schema(traits: list[str]):
     import pyarrow as pa
 
     fields = [
@@ -450,6 +205,436 @@ def _wide_schema(traits: list[str]):
     for t in traits:
         fields += [(f"{t}_proj_response", pa.float64()), (f"{t}_proj_base", pa.float64()), (f"{t}_delta", pa.float64()), (f"{t}_flagged", pa.bool_())]
     return pa.schema(fields)
+
+
+def resolve_thresholds(config: ScanConfig, vectors: list[Any]) -> tuple[str, dict[str, tuple[float | None, str]]]:
+    """The score column flags use, and per trait (threshold, where it came from)."""
+    score_col = "proj_response" if config.baseline == "none" else "delta"
+    out: dict[str, tuple[float | None, str]] = {}
+    for pv in vectors:
+        given = config.thresholds.get(pv.trait, config.thresholds.get("*"))
+        if given is not None:
+            out[pv.trait] = (float(given), "--threshold")
+            continue
+        t = pv.threshold(config.baseline, score_col, config.flag_percentile)
+        src = f"p{config.flag_percentile:g} of the calibration set" if t is not None else "none: the vector has no calibration for this baseline and layer; pass --threshold TRAIT=VALUE"
+        out[pv.trait] = (t, src)
+    return score_col, out
+
+
+class ChunkScorer:
+    """Scores one chunk of samples: base responses (cached or generated), one forward, flags.
+
+    Holds no database connection: cached base responses come in, new ones go out in
+    the ChunkOutput, so the same object runs in the local loop, a shard or a Ray actor.
+    """
+
+    def __init__(self, config: ScanConfig, lm: Any, vectors: list[Any], run_id: str):
+        from auditor.generation import GenerationSettings
+
+        self.config = config
+        self.lm = lm
+        self.vectors = vectors
+        self.run_id = run_id
+        self.directions = {pv.trait: (pv.layer, pv.direction()) for pv in vectors}
+        self.score_col, self.thresholds = resolve_thresholds(config, vectors)
+        self.settings_key = GenerationSettings(config.max_new_tokens, config.max_prompt_tokens, lm.dtype).key()
+        self.max_len = int(getattr(lm.model.config, "max_position_embeddings", 0) or 0) or None
+        self.schema = wide_schema([pv.trait for pv in vectors])
+
+    def prepare(self, items: list[Sample | Rejected]) -> tuple[list[tuple[Sample, str, Any]], list[Rejected]]:
+        """Prompts and token ids of the usable samples; everything else becomes a Rejected."""
+        from auditor.activations import encode_pair
+
+        tok = self.lm.tokenizer
+        cfg = self.config
+        ready, rejects = [], []
+        for item in items:
+            if isinstance(item, Rejected):
+                rejects.append(item)
+                continue
+            try:
+                prompt = build_prompt(tok, item)
+                row = encode_pair(tok, prompt, item.response, cfg.max_prompt_tokens)
+                if row.end <= row.start:
+                    raise InputError(item.source, item.line, "the response tokenizes to zero tokens", "give it a non-empty response")
+                budget = row.length + (cfg.max_new_tokens if cfg.baseline == "generate" else 0)
+                if self.max_len and budget > self.max_len:
+                    raise InputError(item.source, item.line, f"{row.length} tokens (plus {cfg.max_new_tokens} to generate) is longer than the model's context ({self.max_len})", "shorten the sample, lower --max-prompt-tokens or --max-new-tokens")
+            except InputError as e:
+                rejects.append(Rejected.of(e))
+                continue
+            ready.append((item, prompt, row))
+        return ready, rejects
+
+    def prompt_hashes(self, ready: list[tuple[Sample, str, Any]]) -> list[str]:
+        from auditor.generation import prompt_hash
+
+        return sorted({prompt_hash(p) for _, p, _ in ready})
+
+    def score(self, index: int, items: list[Sample | Rejected], cached: dict[str, tuple[str, int]] | None = None, prepared: tuple | None = None) -> ChunkOutput:
+        import pyarrow as pa
+
+        from auditor.activations import encode_pair
+        from auditor.generation import generate_greedy, prompt_hash, prompt_ids
+        from auditor.scoring import score_rows
+
+        cfg, lm, tok = self.config, self.lm, self.lm.tokenizer
+        seconds = {"generate": 0.0, "forward": 0.0}
+        ready, rejects = prepared if prepared is not None else self.prepare(items)
+        if rejects and cfg.on_error == "fail":
+            raise rejects[0].error or InputError(rejects[0].source, rejects[0].line, rejects[0].reason)
+        base: dict[str, tuple[str, int]] = dict(cached or {})
+        new_base: dict[str, tuple[str, int]] = {}
+        n_cached = tokens = 0
+        if cfg.baseline == "generate" and ready:
+            hashes = [prompt_hash(p) for _, p, _ in ready]
+            n_cached = sum(1 for h in hashes if h in base)
+            missing: dict[str, str] = {}
+            for (_, p, _), h in zip(ready, hashes):
+                if h not in base and h not in missing:
+                    missing[h] = p
+            if missing:
+                t0 = time.perf_counter()
+                keys = list(missing)
+                gen = generate_greedy(lm, [prompt_ids(lm, missing[h], cfg.max_prompt_tokens) for h in keys], cfg.max_new_tokens, cfg.generation_batch_size)
+                seconds["generate"] = time.perf_counter() - t0
+                for h, result in zip(keys, gen):
+                    base[h] = new_base[h] = result
+                tokens += sum(n for _, n in gen)
+
+        # One forward over the dataset responses and the base responses together.
+        rows = [row for _, _, row in ready]
+        base_rows: list[Any] = []
+        base_at: list[int | None] = []
+        if cfg.baseline == "generate":
+            for _, p, _ in ready:
+                brow = encode_pair(tok, p, base[prompt_hash(p)][0], cfg.max_prompt_tokens)
+                if brow.end > brow.start:
+                    base_at.append(len(rows) + len(base_rows))
+                    base_rows.append(brow)
+                else:
+                    base_at.append(None)  # the model answered nothing: no activation, so no delta
+        t0 = time.perf_counter()
+        results = score_rows(lm.model, rows + base_rows, self.directions, tok.pad_token_id, cfg.batch_tokens, None, cfg.layers_path) if ready else []
+        seconds["forward"] = time.perf_counter() - t0
+        all_rows = rows + base_rows
+        tokens += sum(r.length for r in all_rows)
+
+        wide: dict[str, list[Any]] = {name: [] for name in self.schema.names}
+        sample_cols = ("run_id", "sample_id", "source", "line", "turn", "content_hash", "context", "response", "base_response", "n_prompt_tokens", "n_response_tokens", "n_base_tokens", "metadata")
+        samples: dict[str, list[Any]] = {k: [] for k in sample_cols}
+        long: dict[str, list[Any]] = {k: [] for k in ("run_id", "sample_id", "trait", "layer", "proj_response", "proj_base", "delta", "flagged")}
+        for i, (sample, p, row) in enumerate(ready):
+            res = results[i]
+            bi = base_at[i] if cfg.baseline == "generate" else None
+            base_text = base[prompt_hash(p)][0] if cfg.baseline == "generate" else None
+            n_base = (all_rows[bi].end - all_rows[bi].start) if bi is not None else None
+            common = {"sample_id": sample.id, "source": sample.source, "line": sample.line, "turn": sample.turn, "content_hash": sample.content_hash,
+                      "n_prompt_tokens": row.start, "n_response_tokens": row.end - row.start, "n_base_tokens": n_base}
+            for k, v in common.items():
+                wide[k].append(v)
+                samples[k].append(v)
+            samples["run_id"].append(self.run_id)
+            samples["context"].append(json.dumps(list(sample.context), ensure_ascii=False))
+            samples["response"].append(sample.response)
+            samples["base_response"].append(base_text)
+            samples["metadata"].append(json.dumps(sample.metadata, ensure_ascii=False, sort_keys=True, default=str))
+            for pv in self.vectors:
+                t = pv.trait
+                pr = res.proj[t]
+                if cfg.baseline == "generate":
+                    pb = results[bi].proj[t] if bi is not None else None
+                elif cfg.baseline == "prompt-last":
+                    pb = res.prompt_last[t]
+                else:
+                    pb = None
+                delta = pr - pb if pb is not None else None
+                score = pr if self.score_col == "proj_response" else delta
+                threshold = self.thresholds[t][0]
+                flagged = bool(threshold is not None and score is not None and score > threshold)
+                for col, val in (("proj_response", pr), ("proj_base", pb), ("delta", delta), ("flagged", flagged)):
+                    wide[f"{t}_{col}"].append(val)
+                    long[col].append(val)
+                long["run_id"].append(self.run_id)
+                long["sample_id"].append(sample.id)
+                long["trait"].append(t)
+                long["layer"].append(pv.layer)
+        now = _dt.datetime.now()
+        keys = list(new_base)
+        new_base_table = pa.table({
+            "model_fingerprint": [lm.fingerprint] * len(keys), "settings_key": [self.settings_key] * len(keys), "prompt_hash": keys,
+            "response": [new_base[h][0] for h in keys], "n_tokens": [new_base[h][1] for h in keys], "created_at": [now] * len(keys),
+        }, schema=pa.schema([("model_fingerprint", pa.string()), ("settings_key", pa.string()), ("prompt_hash", pa.string()), ("response", pa.string()), ("n_tokens", pa.int32()), ("created_at", pa.timestamp("us"))]))
+        long_schema = pa.schema([("run_id", pa.string()), ("sample_id", pa.string()), ("trait", pa.string()), ("layer", pa.int32()), ("proj_response", pa.float64()), ("proj_base", pa.float64()), ("delta", pa.float64()), ("flagged", pa.bool_())])
+        samples_schema = pa.schema([(k, pa.int64() if k == "line" else pa.int32() if k in ("turn", "n_prompt_tokens", "n_response_tokens", "n_base_tokens") else pa.string()) for k in sample_cols])
+        return ChunkOutput(
+            index=index, fingerprint=chunk_fingerprint(items), wide=pa.table(wide, schema=self.schema),
+            samples=pa.table(samples, schema=samples_schema), scores=pa.table(long, schema=long_schema), rejects=rejects,
+            new_base=new_base_table, n_read=len(items), n_scored=len(ready), n_generated=len(keys), n_cached=n_cached,
+            tokens=tokens, seconds=seconds,
+        )
+
+
+def lookup_base(db: str, fingerprint: str, settings_key: str, hashes: list[str]) -> dict[str, tuple[str, int]]:
+    """Cached base responses for these prompt hashes."""
+    from auditor.store.db import connect
+
+    if not hashes:
+        return {}
+    with connect(db) as con:
+        found = con.execute(
+            "SELECT prompt_hash, response, n_tokens FROM base_responses WHERE model_fingerprint = ? AND settings_key = ? AND prompt_hash IN (SELECT unnest(?))",
+            [fingerprint, settings_key, hashes],
+        ).fetchall()
+    return {h: (r, n) for h, r, n in found}
+
+
+def commit_chunk(db: str, run_id: str, parts_dir: str, out: ChunkOutput) -> None:
+    """Write the chunk's Parquet part, then everything else in one database transaction."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from auditor.store.db import connect, insert_arrow
+
+    part = os.path.join(parts_dir, f"part-{out.index:06d}.parquet")
+    pq.write_table(out.wide, part + ".tmp")
+    os.replace(part + ".tmp", part)
+    with connect(db) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if out.new_base.num_rows:
+                con.register("_incoming_cache", out.new_base)
+                con.execute("INSERT INTO base_responses SELECT * FROM _incoming_cache ON CONFLICT DO NOTHING")
+                con.unregister("_incoming_cache")
+            insert_arrow(con, "samples", out.samples)
+            insert_arrow(con, "scores", out.scores)
+            if out.rejects:
+                insert_arrow(con, "rejects", pa.table({
+                    "run_id": [run_id] * len(out.rejects), "source": [r.source for r in out.rejects],
+                    "line": pa.array([r.line for r in out.rejects], pa.int64()), "reason": [r.reason for r in out.rejects],
+                }))
+            con.execute(
+                "INSERT INTO run_chunks (run_id, chunk, n_read, n_scored, n_rejected, fingerprint, n_generated, n_cached, tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, out.index, out.n_read, out.n_scored, out.n_rejected, out.fingerprint, out.n_generated, out.n_cached, out.tokens],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
+def _find_resumable(db: str, key: str) -> tuple[str, str] | None:
+    from auditor.store.db import connect
+
+    if not os.path.exists(db):
+        return None
+    with connect(db) as con:
+        row = con.execute(
+            "SELECT run_id, output_dir FROM runs WHERE result_key = ? AND status <> 'complete' ORDER BY started_at DESC LIMIT 1", [key]
+        ).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, Any]], None] | None = None) -> ScanResult:
+    """Scan a dataset and store the results; see the module docstring."""
+    from auditor.model import load_model
+    from auditor.sources import expand_paths
+    from auditor.store.db import connect
+    from auditor.vectors import load_vectors
+
+    config.validate()
+    expand_paths(config.source)  # a missing file fails now, not after the model has loaded
+    started = time.perf_counter()
+    timings: dict[str, float] = {"load_model": 0.0, "generate": 0.0, "forward": 0.0, "write": 0.0}
+    if lm is None:
+        lm = load_model(config.model, dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code)
+        timings["load_model"] = lm.load_seconds
+    vectors = load_vectors(
+        config.vectors, lm.name, traits=config.traits, layers=config.layers,
+        num_layers=lm.num_layers, hidden_size=lm.hidden_size, fingerprint=lm.fingerprint,
+    )
+    scorer = ChunkScorer(config, lm, vectors, run_id="")
+    key = config.result_key(lm.fingerprint, {pv.trait: f"{pv.sha256}@{pv.layer}" for pv in vectors})
+    done: dict[int, str] = {}
+    resumable = _find_resumable(config.db, key) if config.resume else None
+    if config.resume and resumable is None:
+        raise AuditorError(f"nothing to resume in {config.db}: no unfinished run with these settings and this model; run the scan without --resume")
+    if resumable:
+        run_id, out_dir = resumable
+        with connect(config.db) as con:
+            done = dict(con.execute("SELECT chunk, fingerprint FROM run_chunks WHERE run_id = ?", [run_id]).fetchall())
+            con.execute("UPDATE runs SET status = 'running' WHERE run_id = ?", [run_id])
+    else:
+        run_id = make_run_id(config.source)
+        out_dir = config.out_dir or os.path.join(os.path.dirname(config.db) or ".", "runs", run_id)
+        vector_info = {
+            pv.trait: {"path": pv.path, "layer": pv.layer, "sha256": pv.sha256, "threshold": scorer.thresholds[pv.trait][0],
+                       "threshold_source": scorer.thresholds[pv.trait][1], "score": scorer.score_col}
+            for pv in vectors
+        }
+        with connect(config.db) as con:
+            con.execute(
+                "INSERT INTO runs (run_id, status, started_at, dataset, model, model_fingerprint, baseline, dtype, device, output_dir, config, vectors, versions, result_key) "
+                "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, _dt.datetime.now(), config.source, lm.name, lm.fingerprint, config.baseline, lm.dtype, lm.device, out_dir,
+                 json.dumps(asdict(config), sort_keys=True, default=str), json.dumps(vector_info), json.dumps(_versions()), key],
+            )
+    scorer.run_id = run_id
+    parts_dir = os.path.join(out_dir, "parts")
+    os.makedirs(parts_dir, exist_ok=True)
+
+    counts = {"read": 0, "scored": 0, "rejected": 0, "generated": 0, "cached": 0, "tokens": 0}
+    stream = iter_samples(config.source, fmt=config.format, score_all_turns=config.score_all_turns, split=config.split, config=config.hf_config)
+    try:
+        for index, items in enumerate(chunked(stream, config.chunk_size)):
+            if index % config.num_shards != config.shard_index:
+                continue
+            if index in done:
+                if done[index] != chunk_fingerprint(items):
+                    raise AuditorError(
+                        f"{config.source} changed since run {run_id} was interrupted (chunk {index} differs); "
+                        "scan it again without --resume"
+                    )
+                continue
+            ready_rejects = scorer.prepare(items)
+            cached = lookup_base(config.db, lm.fingerprint, scorer.settings_key, scorer.prompt_hashes(ready_rejects[0])) if config.baseline == "generate" else {}
+            out = scorer.score(index, items, cached, prepared=ready_rejects)
+            t0 = time.perf_counter()
+            commit_chunk(config.db, run_id, parts_dir, out)
+            timings["write"] += time.perf_counter() - t0
+            timings["generate"] += out.seconds["generate"]
+            timings["forward"] += out.seconds["forward"]
+            for k, v in (("read", out.n_read), ("scored", out.n_scored), ("rejected", out.n_rejected), ("generated", out.n_generated), ("cached", out.n_cached), ("tokens", out.tokens)):
+                counts[k] += v
+            if progress:
+                progress(dict(counts, chunks_done=index + 1))
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        try:
+            with connect(config.db, timeout=10) as con:
+                con.execute("UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, _dt.datetime.now(), run_id])
+        except Exception:
+            pass
+        raise
+    return finalize_run(config, run_id, out_dir, lm=lm, vectors=vectors, scorer=scorer, started=started, timings=timings, counts=counts, resumed=len(done))
+
+
+def finalize_run(config: ScanConfig, run_id: str, out_dir: str, lm: Any, vectors: list[Any], scorer: ChunkScorer,
+                 started: float, timings: dict[str, float], counts: dict[str, int], resumed: int = 0) -> ScanResult:
+    """Concatenate the parts, compute the summary from the store, heat-map tokens, report."""
+    import pyarrow.parquet as pq
+
+    from auditor.store.db import connect
+
+    t0 = time.perf_counter()
+    parts_dir = os.path.join(out_dir, "parts")
+    parquet_path = os.path.join(out_dir, "scores.parquet")
+    with connect(config.db) as con:
+        chunks = [c for (c,) in con.execute("SELECT chunk FROM run_chunks WHERE run_id = ? ORDER BY chunk", [run_id]).fetchall()]
+        totals = con.execute("SELECT coalesce(sum(n_read),0), coalesce(sum(n_scored),0), coalesce(sum(n_rejected),0), coalesce(sum(n_generated),0), coalesce(sum(n_cached),0), coalesce(sum(tokens),0) FROM run_chunks WHERE run_id = ?", [run_id]).fetchone()
+    with pq.ParquetWriter(parquet_path + ".tmp", scorer.schema) as writer:
+        for c in chunks:
+            writer.write_table(pq.read_table(os.path.join(parts_dir, f"part-{c:06d}.parquet"), schema=scorer.schema))
+    os.replace(parquet_path + ".tmp", parquet_path)
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    n_read, n_scored, n_rejected, n_generated, n_cached, _tokens = (int(x) for x in totals)
+
+    summaries = []
+    with connect(config.db) as con:
+        for pv in vectors:
+            t = pv.trait
+            mean_delta, mean_proj, n_flagged, n = con.execute(
+                "SELECT avg(delta), avg(proj_response), count(*) FILTER (WHERE flagged), count(*) FROM scores WHERE run_id = ? AND trait = ?", [run_id, t]
+            ).fetchone()
+            order = "delta" if scorer.score_col == "delta" else "proj_response"
+            top = con.execute(
+                f"SELECT sample_id, {order} FROM scores WHERE run_id = ? AND trait = ? AND {order} IS NOT NULL ORDER BY {order} DESC, sample_id LIMIT 5", [run_id, t]
+            ).fetchall()
+            cal = pv.calibration or {}
+            cal_entry = cal.get("scores", {}).get(config.baseline, {}).get(scorer.score_col) if cal.get("layer") == pv.layer else None
+            summaries.append(TraitSummary(
+                trait=t, layer=pv.layer, score=scorer.score_col, threshold=scorer.thresholds[t][0], threshold_source=scorer.thresholds[t][1],
+                mean_delta=mean_delta, mean_proj_response=mean_proj, n_flagged=int(n_flagged or 0), n=int(n or 0),
+                calibration_mean=cal_entry.get("mean") if cal_entry else None,
+                top=[{"sample_id": sid, "score": s} for sid, s in top],
+            ))
+    token_table = heat_map_tokens(config, run_id, lm, vectors, scorer)
+    timings["total"] = time.perf_counter() - started
+    with connect(config.db) as con:
+        con.execute("BEGIN TRANSACTION")
+        con.execute("DELETE FROM token_scores WHERE run_id = ?", [run_id])
+        from auditor.store.db import insert_arrow
+
+        insert_arrow(con, "token_scores", token_table)
+        con.execute(
+            "UPDATE runs SET status = 'complete', finished_at = ?, timings = ?, n_read = ?, n_scored = ?, n_rejected = ?, summary = ? WHERE run_id = ?",
+            [_dt.datetime.now(), json.dumps(timings), n_read, n_scored, n_rejected, json.dumps([asdict(s) for s in summaries]), run_id],
+        )
+        con.execute("COMMIT")
+        rejects = [Rejected(s, ln, r) for s, ln, r in con.execute("SELECT source, line, reason FROM rejects WHERE run_id = ? ORDER BY source, line", [run_id]).fetchall()]
+    timings["write"] += time.perf_counter() - t0
+    report_path = None
+    if config.report:
+        try:
+            from auditor.report import render_report
+        except ImportError:  # the report module is optional at this layer
+            render_report = None
+        if render_report is not None:
+            report_path = render_report(run_id, db=config.db, out=os.path.join(out_dir, "report.html"), top_n=config.top_n)
+    return ScanResult(
+        run_id=run_id, out_dir=out_dir, parquet_path=parquet_path, report_path=report_path, db_path=config.db,
+        n_read=n_read, n_scored=n_scored, n_rejected=n_rejected, n_generated=counts["generated"], n_cached=counts["cached"],
+        seconds=time.perf_counter() - started, tokens=counts["tokens"], summaries=summaries, model_name=lm.name,
+        rejects=rejects, resumed_chunks=resumed,
+    )
+
+
+def heat_map_tokens(config: ScanConfig, run_id: str, lm: Any, vectors: list[Any], scorer: ChunkScorer):
+    """Each response token's projection for the report's top samples per trait.
+
+    Computed once at the end (a small second forward over at most ``top_n`` samples per
+    trait) rather than kept during the scan, so it is the same for resumed runs.
+    """
+    import pyarrow as pa
+
+    from auditor.activations import encode_pair
+    from auditor.scoring import score_rows
+    from auditor.store.db import connect
+
+    schema = pa.schema([("run_id", pa.string()), ("sample_id", pa.string()), ("trait", pa.string()), ("tokens", pa.list_(pa.string())), ("token_values", pa.list_(pa.float64()))])
+    rows: dict[str, list[Any]] = {name: [] for name in schema.names}
+    if config.top_n <= 0:
+        return pa.table(rows, schema=schema)
+    order = "delta" if scorer.score_col == "delta" else "proj_response"
+    tok = lm.tokenizer
+    with connect(config.db) as con:
+        wanted = con.execute(
+            f"""SELECT s.trait, m.sample_id, m.context, m.response FROM (
+                    SELECT trait, sample_id, row_number() OVER (PARTITION BY trait ORDER BY {order} DESC NULLS LAST, sample_id) AS rank
+                    FROM scores WHERE run_id = ?) s
+                JOIN samples m ON m.run_id = ? AND m.sample_id = s.sample_id
+                WHERE s.rank <= ? ORDER BY s.trait, s.rank""",
+            [run_id, run_id, config.top_n],
+        ).fetchall()
+    by_sample: dict[str, tuple[Any, list[str]]] = {}
+    for trait, sid, context, response in wanted:
+        if sid not in by_sample:
+            prompt = tok.apply_chat_template(json.loads(context), tokenize=False, add_generation_prompt=True)
+            by_sample[sid] = (encode_pair(tok, prompt, response, config.max_prompt_tokens), [])
+        by_sample[sid][1].append(trait)
+    ids = list(by_sample)
+    encoded = [by_sample[s][0] for s in ids]
+    results = score_rows(lm.model, encoded, scorer.directions, tok.pad_token_id, config.batch_tokens, [True] * len(encoded), config.layers_path) if encoded else []
+    for sid, row, res in zip(ids, encoded, results):
+        pieces = [tok.decode([i]) for i in row.ids[row.start : row.end]]
+        for trait in sorted(by_sample[sid][1]):
+            rows["run_id"].append(run_id)
+            rows["sample_id"].append(sid)
+            rows["trait"].append(trait)
+            rows["tokens"].append(pieces)
+            rows["token_values"].append(res.token_values[trait])
+    return pa.table(rows, schema=schema)
 
 
 def scan(source: str, traits: list[str] | None = None, model: str | None = None, **settings: Any):

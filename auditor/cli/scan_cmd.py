@@ -39,6 +39,9 @@ def scan_options(fn):
         click.option("--db", default=DEFAULT_DB, show_default=True, type=click.Path(), help="DuckDB database that accumulates runs."),
         click.option("--trust-remote-code", is_flag=True, help="Allow a model's own Python code to run (only for models you trust)."),
         click.option("--layers-path", default=None, help="Dotted path of the decoder block list, for architectures persona-audit does not know."),
+        click.option("--resume", is_flag=True, help="Continue the last unfinished run with the same settings after its last stored chunk."),
+        click.option("--num-shards", default=1, show_default=True, type=int, help="Split the dataset into this many deterministic slices (by chunk)."),
+        click.option("--shard-index", default=0, show_default=True, type=int, help="Which slice this process scans (0-based); merge the parts with audit merge."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -148,6 +151,8 @@ def print_summary(result, console=None) -> None:
     for s in result.summaries:
         if s.threshold is None:
             console.print(f"[yellow]note[/]: no flag threshold for {s.trait}: {s.threshold_source}")
+    if result.resumed_chunks:
+        console.print(f"resumed: {result.resumed_chunks} chunks were already stored and were not scanned again")
     if result.rejects:
         console.print(f"[yellow]{len(result.rejects)} rejected rows[/] (first: {result.rejects[0].reason}); all are in the rejects table")
 

@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS runs (
     n_read BIGINT,                      -- records read = n_scored + n_rejected (per scored turn)
     n_scored BIGINT,
     n_rejected BIGINT,
-    summary JSON
+    summary JSON,
+    result_key VARCHAR                  -- hash of everything that determines the scores (resume)
 );
 CREATE TABLE IF NOT EXISTS samples (
     run_id VARCHAR NOT NULL,
@@ -90,6 +91,10 @@ CREATE TABLE IF NOT EXISTS run_chunks (
     n_read BIGINT,
     n_scored BIGINT,
     n_rejected BIGINT,
+    fingerprint VARCHAR,                -- hash of the chunk's input: resume checks the data did not change
+    n_generated BIGINT,
+    n_cached BIGINT,
+    tokens BIGINT,
     PRIMARY KEY (run_id, chunk)
 );
 CREATE TABLE IF NOT EXISTS token_scores (
