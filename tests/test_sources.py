@@ -149,3 +149,14 @@ def test_metadata_kept_and_hash_stable(tmp_path):
     a, b = samples(path)[0]
     assert a.metadata == {"category": "romance", "score": 3}
     assert a.content_hash == b.content_hash and len(a.content_hash) == 64
+
+
+def test_shipped_format_examples_read_cleanly():
+    from conftest import EXAMPLES
+
+    for name, expected in (("alpaca.json", 3), ("sharegpt.jsonl", 3), ("prompt-response.csv", 3), ("multi-turn.jsonl", 1)):
+        got, rejected = samples(str(EXAMPLES / "formats" / name))
+        assert not rejected, rejected
+        assert len(got) == expected, name
+    demo, rejected = samples(str(EXAMPLES / "demo.jsonl"))
+    assert len(demo) == 30 and not rejected
