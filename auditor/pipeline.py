@@ -239,7 +239,7 @@ class ChunkScorer:
         self.directions = {pv.trait: (pv.layer, pv.direction()) for pv in vectors}
         self.score_col, self.thresholds = resolve_thresholds(config, vectors)
         self.settings_key = GenerationSettings(config.max_new_tokens, config.max_prompt_tokens, lm.dtype).key()
-        self.max_len = int(getattr(lm.model.config, "max_position_embeddings", 0) or 0) or None
+        self.max_len = lm.max_length
         self.schema = wide_schema([pv.trait for pv in vectors])
 
     def prepare(self, items: list[Sample | Rejected]) -> tuple[list[tuple[Sample, str, Any]], list[Rejected]]:
@@ -520,8 +520,16 @@ def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, A
     return finalize_run(config, run_id, out_dir, lm=lm, vectors=vectors, scorer=scorer, started=started, timings=timings, counts=counts, resumed=len(done))
 
 
+def local_score_fn(lm: Any, config: ScanConfig, scorer: ChunkScorer) -> Callable[[list[Any]], list[Any]]:
+    """Per-token projections of encoded rows with the model in this process."""
+    from auditor.scoring import score_rows
+
+    return lambda rows: score_rows(lm.model, rows, scorer.directions, lm.tokenizer.pad_token_id, config.batch_tokens, [True] * len(rows), config.layers_path)
+
+
 def finalize_run(config: ScanConfig, run_id: str, out_dir: str, lm: Any, vectors: list[Any], scorer: ChunkScorer,
-                 started: float, timings: dict[str, float], counts: dict[str, int], resumed: int = 0) -> ScanResult:
+                 started: float, timings: dict[str, float], counts: dict[str, int], resumed: int = 0,
+                 score_fn: Callable[[list[Any]], list[Any]] | None = None) -> ScanResult:
     """Concatenate the parts, compute the summary from the store, heat-map tokens, report."""
     import pyarrow.parquet as pq
 
@@ -559,7 +567,7 @@ def finalize_run(config: ScanConfig, run_id: str, out_dir: str, lm: Any, vectors
                 calibration_mean=cal_entry.get("mean") if cal_entry else None,
                 top=[{"sample_id": sid, "score": s} for sid, s in top],
             ))
-    token_table = heat_map_tokens(config, run_id, lm, vectors, scorer)
+    token_table = heat_map_tokens(config, run_id, lm.tokenizer, scorer, score_fn or local_score_fn(lm, config, scorer))
     timings["total"] = time.perf_counter() - started
     with connect(config.db) as con:
         con.execute("BEGIN TRANSACTION")
@@ -590,7 +598,7 @@ def finalize_run(config: ScanConfig, run_id: str, out_dir: str, lm: Any, vectors
     )
 
 
-def heat_map_tokens(config: ScanConfig, run_id: str, lm: Any, vectors: list[Any], scorer: ChunkScorer):
+def heat_map_tokens(config: ScanConfig, run_id: str, tokenizer: Any, scorer: ChunkScorer, score_fn: Callable[[list[Any]], list[Any]]):
     """Each response token's projection for the report's top samples per trait.
 
     Computed once at the end (a small second forward over at most ``top_n`` samples per
@@ -599,7 +607,6 @@ def heat_map_tokens(config: ScanConfig, run_id: str, lm: Any, vectors: list[Any]
     import pyarrow as pa
 
     from auditor.activations import encode_pair
-    from auditor.scoring import score_rows
     from auditor.store.db import connect
 
     schema = pa.schema([("run_id", pa.string()), ("sample_id", pa.string()), ("trait", pa.string()), ("tokens", pa.list_(pa.string())), ("token_values", pa.list_(pa.float64()))])
@@ -607,7 +614,7 @@ def heat_map_tokens(config: ScanConfig, run_id: str, lm: Any, vectors: list[Any]
     if config.top_n <= 0:
         return pa.table(rows, schema=schema)
     order = "delta" if scorer.score_col == "delta" else "proj_response"
-    tok = lm.tokenizer
+    tok = tokenizer
     with connect(config.db) as con:
         wanted = con.execute(
             f"""SELECT s.trait, m.sample_id, m.context, m.response FROM (
@@ -625,7 +632,7 @@ def heat_map_tokens(config: ScanConfig, run_id: str, lm: Any, vectors: list[Any]
         by_sample[sid][1].append(trait)
     ids = list(by_sample)
     encoded = [by_sample[s][0] for s in ids]
-    results = score_rows(lm.model, encoded, scorer.directions, tok.pad_token_id, config.batch_tokens, [True] * len(encoded), config.layers_path) if encoded else []
+    results = score_fn(encoded) if encoded else []
     for sid, row, res in zip(ids, encoded, results):
         pieces = [tok.decode([i]) for i in row.ids[row.start : row.end]]
         for trait in sorted(by_sample[sid][1]):

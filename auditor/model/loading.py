@@ -35,6 +35,8 @@ class LoadedModel:
     device: str
     source: str  # what was asked for: "embedded", a path or a hub id
     load_seconds: float = 0.0
+    max_length: int | None = None  # context window (max_position_embeddings), when the config says
+    path: str = ""  # the folder the weights were loaded from (the converted copy for the embedded model)
 
     @property
     def torch_dtype(self):
@@ -275,6 +277,8 @@ def load_model(
         device=device,
         source=source,
         load_seconds=time.perf_counter() - started,
+        max_length=int(getattr(cfg, "max_position_embeddings", 0) or 0) or None,
+        path=path,
     )
 
 
