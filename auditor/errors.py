@@ -27,6 +27,10 @@ class InputError(AuditorError):
             text += f"; {fix}"
         super().__init__(text)
 
+    def __reduce__(self):
+        # Rejected records cross process boundaries (shards, Ray workers): keep them picklable.
+        return (InputError, (self.source, self.line, self.problem, self.fix))
+
 
 class TraitError(AuditorError):
     """A trait definition file is invalid (names the file and the field)."""
@@ -52,7 +56,11 @@ class MissingDependency(AuditorError):
     """An optional dependency is not installed; the message names the extra."""
 
     def __init__(self, package: str, extra: str, purpose: str):
+        self.args_ = (package, extra, purpose)
         super().__init__(
             f"{purpose} needs the '{package}' package; install it with "
             f"pip install 'persona-audit[{extra}]'"
         )
+
+    def __reduce__(self):
+        return (MissingDependency, self.args_)

@@ -436,27 +436,11 @@ def _find_resumable(db: str, key: str) -> tuple[str, str] | None:
     return (row[0], row[1]) if row else None
 
 
-def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, Any]], None] | None = None) -> ScanResult:
-    """Scan a dataset and store the results; see the module docstring."""
-    from auditor.model import load_model
-    from auditor.sources import expand_paths
+def open_run(config: ScanConfig, lm: Any, vectors: list[Any], scorer: ChunkScorer) -> tuple[str, str, dict[int, str]]:
+    """Register a new run, or find the unfinished one to resume: (run_id, out_dir, done chunks)."""
     from auditor.store.db import connect
-    from auditor.vectors import load_vectors
 
-    config.validate()
-    expand_paths(config.source)  # a missing file fails now, not after the model has loaded
-    started = time.perf_counter()
-    timings: dict[str, float] = {"load_model": 0.0, "generate": 0.0, "forward": 0.0, "write": 0.0}
-    if lm is None:
-        lm = load_model(config.model, dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code)
-        timings["load_model"] = lm.load_seconds
-    vectors = load_vectors(
-        config.vectors, lm.name, traits=config.traits, layers=config.layers,
-        num_layers=lm.num_layers, hidden_size=lm.hidden_size, fingerprint=lm.fingerprint,
-    )
-    scorer = ChunkScorer(config, lm, vectors, run_id="")
     key = config.result_key(lm.fingerprint, {pv.trait: f"{pv.sha256}@{pv.layer}" for pv in vectors})
-    done: dict[int, str] = {}
     resumable = _find_resumable(config.db, key) if config.resume else None
     if config.resume and resumable is None:
         raise AuditorError(f"nothing to resume in {config.db}: no unfinished run with these settings and this model; run the scan without --resume")
@@ -466,6 +450,7 @@ def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, A
             done = dict(con.execute("SELECT chunk, fingerprint FROM run_chunks WHERE run_id = ?", [run_id]).fetchall())
             con.execute("UPDATE runs SET status = 'running' WHERE run_id = ?", [run_id])
     else:
+        done = {}
         run_id = make_run_id(config.source)
         out_dir = config.out_dir or os.path.join(os.path.dirname(config.db) or ".", "runs", run_id)
         vector_info = {
@@ -481,41 +466,76 @@ def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, A
                  json.dumps(asdict(config), sort_keys=True, default=str), json.dumps(vector_info), json.dumps(_versions()), key],
             )
     scorer.run_id = run_id
-    parts_dir = os.path.join(out_dir, "parts")
-    os.makedirs(parts_dir, exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "parts"), exist_ok=True)
+    return run_id, out_dir, done
 
-    counts = {"read": 0, "scored": 0, "rejected": 0, "generated": 0, "cached": 0, "tokens": 0}
+
+def pending_chunks(config: ScanConfig, run_id: str, done: dict[int, str]) -> Iterator[tuple[int, list[Sample | Rejected]]]:
+    """The chunks this process still has to score: its shard, minus committed chunks (checked unchanged)."""
     stream = iter_samples(config.source, fmt=config.format, score_all_turns=config.score_all_turns, split=config.split, config=config.hf_config)
+    for index, items in enumerate(chunked(stream, config.chunk_size)):
+        if index % config.num_shards != config.shard_index:
+            continue
+        if index in done:
+            if done[index] != chunk_fingerprint(items):
+                raise AuditorError(f"{config.source} changed since run {run_id} was interrupted (chunk {index} differs); scan it again without --resume")
+            continue
+        yield index, items
+
+
+def mark_run(config: ScanConfig, run_id: str, exc: BaseException) -> None:
+    """Record why a run stopped (best effort: the database may be what failed)."""
+    from auditor.store.db import connect
+
+    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
     try:
-        for index, items in enumerate(chunked(stream, config.chunk_size)):
-            if index % config.num_shards != config.shard_index:
-                continue
-            if index in done:
-                if done[index] != chunk_fingerprint(items):
-                    raise AuditorError(
-                        f"{config.source} changed since run {run_id} was interrupted (chunk {index} differs); "
-                        "scan it again without --resume"
-                    )
-                continue
-            ready_rejects = scorer.prepare(items)
-            cached = lookup_base(config.db, lm.fingerprint, scorer.settings_key, scorer.prompt_hashes(ready_rejects[0])) if config.baseline == "generate" else {}
-            out = scorer.score(index, items, cached, prepared=ready_rejects)
+        with connect(config.db, timeout=10) as con:
+            con.execute("UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, _dt.datetime.now(), run_id])
+    except Exception:
+        pass
+
+
+def add_counts(counts: dict[str, int], out: ChunkOutput) -> None:
+    for k, v in (("read", out.n_read), ("scored", out.n_scored), ("rejected", out.n_rejected), ("generated", out.n_generated), ("cached", out.n_cached), ("tokens", out.tokens)):
+        counts[k] += v
+
+
+def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, Any]], None] | None = None) -> ScanResult:
+    """Scan a dataset and store the results; see the module docstring."""
+    from auditor.model import load_model
+    from auditor.sources import expand_paths
+    from auditor.vectors import load_vectors
+
+    config.validate()
+    expand_paths(config.source)  # a missing file fails now, not after the model has loaded
+    started = time.perf_counter()
+    timings: dict[str, float] = {"load_model": 0.0, "generate": 0.0, "forward": 0.0, "write": 0.0}
+    if lm is None:
+        lm = load_model(config.model, dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code)
+        timings["load_model"] = lm.load_seconds
+    vectors = load_vectors(
+        config.vectors, lm.name, traits=config.traits, layers=config.layers,
+        num_layers=lm.num_layers, hidden_size=lm.hidden_size, fingerprint=lm.fingerprint,
+    )
+    scorer = ChunkScorer(config, lm, vectors, run_id="")
+    run_id, out_dir, done = open_run(config, lm, vectors, scorer)
+    parts_dir = os.path.join(out_dir, "parts")
+    counts = {"read": 0, "scored": 0, "rejected": 0, "generated": 0, "cached": 0, "tokens": 0}
+    try:
+        for index, items in pending_chunks(config, run_id, done):
+            prepared = scorer.prepare(items)
+            cached = lookup_base(config.db, lm.fingerprint, scorer.settings_key, scorer.prompt_hashes(prepared[0])) if config.baseline == "generate" else {}
+            out = scorer.score(index, items, cached, prepared=prepared)
             t0 = time.perf_counter()
             commit_chunk(config.db, run_id, parts_dir, out)
             timings["write"] += time.perf_counter() - t0
             timings["generate"] += out.seconds["generate"]
             timings["forward"] += out.seconds["forward"]
-            for k, v in (("read", out.n_read), ("scored", out.n_scored), ("rejected", out.n_rejected), ("generated", out.n_generated), ("cached", out.n_cached), ("tokens", out.tokens)):
-                counts[k] += v
+            add_counts(counts, out)
             if progress:
                 progress(dict(counts, chunks_done=index + 1))
     except BaseException as exc:
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        try:
-            with connect(config.db, timeout=10) as con:
-                con.execute("UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, _dt.datetime.now(), run_id])
-        except Exception:
-            pass
+        mark_run(config, run_id, exc)
         raise
     return finalize_run(config, run_id, out_dir, lm=lm, vectors=vectors, scorer=scorer, started=started, timings=timings, counts=counts, resumed=len(done))
 

@@ -208,6 +208,20 @@ def prepare_embedded() -> str:
     return path
 
 
+def load_tokenizer(spec: str | None = None, trust_remote_code: bool = False) -> Any:
+    """Only the tokenizer of a model spec (cheap): what a Ray driver needs to prepare chunks."""
+    from transformers import AutoTokenizer
+
+    path = _embedded_dir()[0] if spec in (None, "", "embedded") else spec
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise ModelError(f"cannot load the tokenizer of {spec!r}: {str(e).splitlines()[0]}; pass --model with a local folder") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def load_model(
     spec: str | None = None,
     dtype: str = "auto",
