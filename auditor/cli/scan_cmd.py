@@ -42,15 +42,24 @@ def scan_options(fn):
         click.option("--resume", is_flag=True, help="Continue the last unfinished run with the same settings after its last stored chunk."),
         click.option("--num-shards", default=1, show_default=True, type=int, help="Split the dataset into this many deterministic slices (by chunk)."),
         click.option("--shard-index", default=0, show_default=True, type=int, help="Which slice this process scans (0-based); merge the parts with audit merge."),
+        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="local: this process; ray: a pool of Ray actors (pip install 'persona-audit[ray]')."),
+        click.option("--workers", default=2, show_default=True, type=int, help="Ray actors, each holding one copy of the model (--engine ray)."),
+        click.option("--num-gpus-per-worker", default=0.0, show_default=True, type=float, help="GPUs per Ray actor (--engine ray)."),
+        click.option("--ray-address", default=None, help="Existing Ray cluster to join, e.g. ray://head:10001 or auto (default: start a local one)."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
+ENGINE_OPTIONS = ("engine", "workers", "num_gpus_per_worker", "ray_address")
+
+
 def config_from_options(source: str, **kw):
     from auditor.pipeline import ScanConfig
 
+    for name in ENGINE_OPTIONS:
+        kw.pop(name, None)
     layers = {k: int(v) for k, v in parse_pairs(kw.pop("layers"), "--layer", int).items()}
     thresholds = parse_pairs(kw.pop("thresholds"), "--threshold", float)
     max_prompt = kw.pop("max_prompt_tokens")
@@ -67,8 +76,11 @@ def config_from_options(source: str, **kw):
     )
 
 
-def run_with_progress(config, quiet: bool = False):
-    """Run a scan with a rich progress bar on stderr; returns the ScanResult."""
+def run_with_progress(config, quiet: bool = False, engine: dict | None = None):
+    """Run a scan with a rich progress bar on stderr; returns the ScanResult.
+
+    ``engine``: the --engine/--workers/... options; ``None`` or engine local runs here.
+    """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -91,6 +103,11 @@ def run_with_progress(config, quiet: bool = False):
                 rate += f", {state['rejected']} rejected"
             bar.update(task, completed=state["read"], rate=rate)
 
+        engine = engine or {}
+        if engine.get("engine", "local") == "ray":
+            from auditor.distributed import scan_run_ray
+
+            return scan_run_ray(config, workers=engine["workers"], num_gpus_per_worker=engine["num_gpus_per_worker"], ray_address=engine["ray_address"], progress=on_progress)
         return scan_run(config, progress=on_progress)
 
 
@@ -174,9 +191,10 @@ def scan(source: str, out_dir, no_report: bool, top_n: int, quiet: bool, **kw) -
     own response to the same prompt, and their difference (delta): a large positive delta
     means training on the sample pushes the model toward the trait.
     """
+    engine = {name: kw.get(name) for name in ENGINE_OPTIONS}
     config = config_from_options(source, out_dir=out_dir, report=not no_report, top_n=top_n, **kw)
     try:
-        result = run_with_progress(config, quiet=quiet)
+        result = run_with_progress(config, quiet=quiet, engine=engine)
     except KeyboardInterrupt:
         click.echo("\nInterrupted. Completed chunks are stored; run the same command again with --resume to continue.", err=True)
         sys.exit(130)

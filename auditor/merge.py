@@ -1,0 +1,162 @@
+"""``audit merge``: combine the runs of separately scanned shards into one run.
+
+Parts must come from the same scan: same model fingerprint, vectors, baseline and every
+other result-determining setting, with ``--num-shards N`` and each shard index 0..N-1
+present exactly once. A part may live in another database file (a shard scanned on
+another machine): name it ``path/to/audit.duckdb:RUN_ID``, or just the database path
+when it holds one sharded run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from auditor.errors import AuditorError, StoreError
+from auditor.store.db import connect
+
+_SHARD_FIELDS = ("num_shards", "shard_index", "out_dir", "report", "top_n", "db", "resume")
+
+
+@dataclass
+class Part:
+    db: str
+    run_id: str
+    row: dict[str, Any]
+    config: dict[str, Any]
+
+
+def _parse_part(spec: str, default_db: str) -> tuple[str, str | None]:
+    if ":" in spec and os.path.exists(spec.rsplit(":", 1)[0]):
+        db, run_id = spec.rsplit(":", 1)
+        return db, run_id
+    if os.path.exists(spec) and spec.endswith((".duckdb", ".db")):
+        return spec, None
+    return default_db, spec
+
+
+def _load_part(spec: str, default_db: str) -> list[Part]:
+    db, run_id = _parse_part(spec, default_db)
+    with connect(db, read_only=True) as con:
+        cols = [c[0] for c in con.execute("SELECT * FROM runs LIMIT 0").description]
+        if run_id:
+            rows = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).fetchall()
+            if not rows:
+                raise StoreError(f"{db}: no run {run_id!r}; list runs with audit runs --db {db}")
+        else:
+            rows = con.execute("SELECT * FROM runs WHERE json_extract(config, '$.num_shards')::INT > 1 ORDER BY started_at").fetchall()
+            if not rows:
+                raise StoreError(f"{db}: holds no sharded run; name the part as {db}:RUN_ID")
+    parts = []
+    for values in rows:
+        row = dict(zip(cols, values))
+        if row["status"] != "complete":
+            raise AuditorError(f"part {row['run_id']} in {db} is {row['status']}, not complete; finish it with audit scan ... --resume first")
+        parts.append(Part(db, row["run_id"], row, json.loads(row["config"])))
+    return parts
+
+
+def merge_runs(specs: list[str], db: str, into: str | None = None) -> dict[str, Any]:
+    """Merge shard runs into one run in ``db``; returns a summary dict."""
+    import pyarrow.parquet as pq
+
+    parts: list[Part] = []
+    for spec in specs:
+        parts += _load_part(spec, db)
+    if not parts:
+        raise AuditorError("no parts to merge; name the shard runs (RUN_ID, or DB.duckdb:RUN_ID)")
+    first = parts[0]
+    base = {k: v for k, v in first.config.items() if k not in _SHARD_FIELDS}
+    n = int(first.config.get("num_shards", 1))
+    for p in parts[1:]:
+        mine = {k: v for k, v in p.config.items() if k not in _SHARD_FIELDS}
+        diff = sorted(k for k in set(base) | set(mine) if base.get(k) != mine.get(k))
+        if p.row["model_fingerprint"] != first.row["model_fingerprint"]:
+            diff.insert(0, "model")
+        if json.loads(p.row["vectors"]) != json.loads(first.row["vectors"]):
+            diff.insert(0, "vectors")
+        if int(p.config.get("num_shards", 1)) != n:
+            diff.append("num_shards")
+        if diff:
+            raise AuditorError(f"cannot merge {p.run_id} with {first.run_id}: they differ in {', '.join(diff)}; merge only shards of one scan")
+    indices = sorted(int(p.config.get("shard_index", 0)) for p in parts)
+    if indices != list(range(n)):
+        missing = sorted(set(range(n)) - set(indices))
+        dupes = sorted({i for i in indices if indices.count(i) > 1})
+        raise AuditorError(f"shards do not cover 0..{n - 1} exactly once (missing: {missing or 'none'}, repeated: {dupes or 'none'}); scan the missing shards with --shard-index")
+
+    run_id = into or f"{first.run_id.rsplit('-', 1)[0]}-merged"
+    out_dir = os.path.join(os.path.dirname(db) or ".", "runs", run_id)
+    os.makedirs(out_dir, exist_ok=True)
+    config = dict(base, num_shards=1, shard_index=0)
+    with connect(db) as con:
+        if con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()[0]:
+            raise AuditorError(f"{db} already has a run {run_id!r}; choose another name with --into")
+        # Other databases are attached read-only (outside the transaction: DuckDB detaches only after commit).
+        sources: dict[str, str] = {}
+        for i, p in enumerate(parts):
+            if os.path.abspath(p.db) == os.path.abspath(db):
+                sources[p.run_id] = "main"
+            elif p.db not in sources:
+                sources[p.db] = f"part{i}"
+                con.execute(f"ATTACH '{p.db}' AS part{i} (READ_ONLY)")
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for p in parts:
+                src = sources.get(p.run_id) or sources[p.db]
+                for table in ("samples", "scores", "rejects", "token_scores"):
+                    cols = [c[0] for c in con.execute(f"SELECT * FROM main.{table} LIMIT 0").description]
+                    select = ", ".join("? AS run_id" if c == "run_id" else f'"{c}"' for c in cols)
+                    con.execute(f"INSERT INTO main.{table} SELECT {select} FROM {src}.{table} WHERE run_id = ?", [run_id, p.run_id])
+                con.execute(f"INSERT INTO main.run_chunks SELECT ? AS run_id, chunk, n_read, n_scored, n_rejected, fingerprint, n_generated, n_cached, tokens FROM {src}.run_chunks WHERE run_id = ?", [run_id, p.run_id])
+                con.execute(f"INSERT INTO main.base_responses SELECT * FROM {src}.base_responses ON CONFLICT DO NOTHING")
+            # Keep the report's heat maps for the merged top N only.
+            top_n = int(first.config.get("top_n", 50))
+            order = "delta" if first.row["baseline"] != "none" else "proj_response"
+            con.execute(f"""DELETE FROM token_scores t WHERE t.run_id = ? AND NOT EXISTS (
+                SELECT 1 FROM (SELECT trait, sample_id, row_number() OVER (PARTITION BY trait ORDER BY {order} DESC NULLS LAST, sample_id) AS rank
+                               FROM scores WHERE run_id = ?) s WHERE s.trait = t.trait AND s.sample_id = t.sample_id AND s.rank <= ?)""", [run_id, run_id, top_n])
+            totals = con.execute("SELECT sum(n_read), sum(n_scored), sum(n_rejected) FROM run_chunks WHERE run_id = ?", [run_id]).fetchone()
+            summary = _merged_summary(con, run_id, first, order)
+            con.execute(
+                "INSERT INTO runs (run_id, status, started_at, finished_at, dataset, model, model_fingerprint, baseline, dtype, device, output_dir, config, vectors, versions, timings, n_read, n_scored, n_rejected, summary, result_key) "
+                "VALUES (?, 'complete', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, min(p.row["started_at"] for p in parts), _dt.datetime.now(), first.row["dataset"], first.row["model"], first.row["model_fingerprint"],
+                 first.row["baseline"], first.row["dtype"], first.row["device"], out_dir, json.dumps(config, sort_keys=True), first.row["vectors"], first.row["versions"],
+                 json.dumps({"merged_from": [f"{p.db}:{p.run_id}" for p in parts]}), totals[0], totals[1], totals[2], json.dumps(summary), None],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    # One scores.parquet in dataset order (chunks interleave across shards).
+    parquet_path = os.path.join(out_dir, "scores.parquet")
+    sources = [os.path.join(p.row["output_dir"], "scores.parquet") for p in parts]
+    for path in sources:
+        if not os.path.exists(path):
+            raise AuditorError(f"{path} is missing: copy each shard's run folder next to its database before merging")
+    import duckdb
+
+    mem = duckdb.connect()
+    mem.execute(f"COPY (SELECT * FROM read_parquet(?) ORDER BY source, line, turn) TO '{parquet_path}.tmp' (FORMAT PARQUET)", [sources])
+    mem.close()
+    os.replace(parquet_path + ".tmp", parquet_path)
+    pq.read_metadata(parquet_path)  # fail here, not later, if the file is unreadable
+    return {"run_id": run_id, "parts": len(parts), "n_read": int(totals[0] or 0), "n_scored": int(totals[1] or 0), "n_rejected": int(totals[2] or 0), "parquet": parquet_path, "out_dir": out_dir}
+
+
+def _merged_summary(con: Any, run_id: str, first: Part, order: str) -> list[dict[str, Any]]:
+    previous = {s["trait"]: s for s in json.loads(first.row["summary"] or "[]")}
+    out = []
+    for trait, layer in con.execute("SELECT trait, any_value(layer) FROM scores WHERE run_id = ? GROUP BY trait ORDER BY trait", [run_id]).fetchall():
+        mean_delta, mean_proj, n_flagged, n = con.execute(
+            "SELECT avg(delta), avg(proj_response), count(*) FILTER (WHERE flagged), count(*) FROM scores WHERE run_id = ? AND trait = ?", [run_id, trait]).fetchone()
+        top = con.execute(f"SELECT sample_id, {order} FROM scores WHERE run_id = ? AND trait = ? AND {order} IS NOT NULL ORDER BY {order} DESC, sample_id LIMIT 5", [run_id, trait]).fetchall()
+        prev = previous.get(trait, {})
+        out.append({"trait": trait, "layer": layer, "score": prev.get("score", order), "threshold": prev.get("threshold"), "threshold_source": prev.get("threshold_source", ""),
+                    "mean_delta": mean_delta, "mean_proj_response": mean_proj, "n_flagged": int(n_flagged or 0), "n": int(n or 0),
+                    "calibration_mean": prev.get("calibration_mean"), "top": [{"sample_id": s, "score": v} for s, v in top]})
+    return out
