@@ -1,0 +1,198 @@
+"""``audit gate``."""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+import click
+
+from auditor.cli.common import handle_errors
+from auditor.cli.scan_cmd import ENGINE_OPTIONS, config_from_options, run_with_progress, scan_options
+
+_RULE_HELP = "TRAIT=V, or V for every trait. Repeatable."
+
+
+def _is_dataset(target: str) -> bool:
+    return target.startswith("hf:") or os.path.exists(target) or (any(c in target for c in "*?[") and bool(glob.glob(target)))
+
+
+def print_gate(gates, console) -> None:
+    """The human summary: one rules table per gate, the worst samples of failed rules, a verdict."""
+    from rich.table import Table
+
+    from auditor.gate import format_limit, format_value
+
+    for g in gates:
+        title = f"persona-audit gate: {g.dataset or g.run_id}  (run {g.run_id}, {g.model}, {g.n_scored} samples"
+        title += f", {g.n_rejected} rejected)" if g.n_rejected else ")"
+        table = Table(title=title, title_justify="left")
+        for col, justify in (("rule", "left"), ("trait", "left"), ("value", "right"), ("limit", "right"), ("result", "left")):
+            table.add_column(col, justify=justify)
+        for r in g.results:
+            table.add_row(r.rule, r.trait, format_value(r), format_limit(r), "[green]pass[/]" if r.passed else "[bold red]FAIL[/]")
+        console.print(table)
+        for r in g.results:
+            if r.passed:
+                continue
+            console.print(f"[red]FAIL[/] {r.message}  [dim](from {r.origin})[/]", highlight=False)
+            for w in r.worst:
+                where = f"{w['source']}:{w['line']}"
+                # Ids default to file:line; show the id only when the record chose its own.
+                named = "" if where.endswith(str(w["sample_id"])) else f"  id {w['sample_id']}"
+                console.print(f"    {where}{named}  {w['score_name']} {w['score']:+.4f}  {w['response'][:80]!r}", highlight=False, soft_wrap=True)
+    failed = sum(not r.passed for g in gates for r in g.results)
+    total = sum(len(g.results) for g in gates)
+    if failed:
+        console.print(f"[bold red]gate failed[/]: {failed} of {total} rules broken")
+    else:
+        console.print(f"[bold green]gate passed[/]: {total} rules checked")
+
+
+@click.command(context_settings={"max_content_width": 100})
+@click.argument("targets", nargs=-1, metavar="[SOURCE_OR_RUN]...")
+@click.option(
+    "--run",
+    "run_spec",
+    default=None,
+    metavar="RUN_ID|latest",
+    help="Gate a run already in the database instead of scanning (a run id, a unique prefix, or latest).",
+)
+@click.option("--max-delta", multiple=True, metavar="TRAIT=V", help=f"Fail when the dataset-level delta (mean over samples) is above V. {_RULE_HELP}")
+@click.option(
+    "--max-delta-over-calibration",
+    multiple=True,
+    metavar="TRAIT=M",
+    help=f"Fail when the dataset-level delta is above the vector's calibration mean by more than M. {_RULE_HELP}",
+)
+@click.option("--max-flag-rate", multiple=True, metavar="TRAIT=R", help=f"Fail when more than R (0.05 or 5%) of the samples are flagged. {_RULE_HELP}")
+@click.option("--max-sample-delta", multiple=True, metavar="TRAIT=V", help=f"Fail when any sample's delta is above V. {_RULE_HELP}")
+@click.option(
+    "--policy",
+    "policy_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Policy file (audit.toml, or a pyproject.toml) instead of the one found from the working directory up.",
+)
+@click.option("--no-policy", is_flag=True, help="Ignore audit.toml / pyproject.toml; use only the rules given as flags.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (nothing else goes to stdout).")
+@click.option("--junit-xml", "junit_path", default=None, type=click.Path(dir_okay=False), help="Also write a JUnit XML file: one test case per rule.")
+@click.option("--report", is_flag=True, help="Also render the HTML report of a scanned dataset (off: the gate stays fast).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar while scanning.")
+@scan_options
+@handle_errors
+def gate(
+    targets,
+    run_spec,
+    max_delta,
+    max_delta_over_calibration,
+    max_flag_rate,
+    max_sample_delta,
+    policy_path,
+    no_policy,
+    as_json,
+    junit_path,
+    report,
+    quiet,
+    **scan_kw,
+) -> None:
+    """Fail (exit 1) when a dataset breaks the policy; exit 0 when it keeps it.
+
+    SOURCE_OR_RUN is a dataset (scanned first, with the scan options below) or a run id
+    already in the database; --run RUN_ID|latest does the same. Several datasets may be
+    given (each is gated on its own, e.g. from a pre-commit hook). Exit codes: 0 every
+    rule passed, 1 a rule failed, 2 bad usage or unreadable input.
+
+    Rules are per trait; a value without TRAIT= applies to every trait. The policy is read
+    from audit.toml (or [tool.persona-audit.gate] in pyproject.toml) found from the working
+    directory upward; flags override it per rule and trait:
+
+    \b
+        # audit.toml
+        [gate]
+        max-delta = 0.5                       # every trait
+        max-flag-rate = { sycophancy = "5%" }
+        max-sample-delta = { "*" = 8.0, evil = 6.0 }
+
+    On GitHub Actions (GITHUB_ACTIONS=true) the gate also appends a Markdown summary to
+    $GITHUB_STEP_SUMMARY and prints error annotations at the worst samples' file and line.
+    """
+    from rich.console import Console
+
+    from auditor.gate import dumps_json, evaluate_gate, github_annotations, junit_xml, load_policy, markdown_summary
+    from auditor.store.db import connect
+    from auditor.store.queries import resolve_run, run_exists
+
+    if run_spec and targets:
+        raise click.UsageError("give either datasets/run ids or --run, not both")
+    if not run_spec and not targets:
+        raise click.UsageError("give a dataset to scan (audit gate data/train.jsonl) or a run (--run RUN_ID|latest)")
+    flags = {
+        "max-delta": max_delta,
+        "max-delta-over-calibration": max_delta_over_calibration,
+        "max-flag-rate": max_flag_rate,
+        "max-sample-delta": max_sample_delta,
+    }
+    rules, _policy_file = load_policy(flags, policy_path=policy_path, use_files=not no_policy)
+    if not rules:
+        raise click.UsageError(
+            "no gate rules: pass --max-delta, --max-delta-over-calibration, --max-flag-rate or --max-sample-delta, or write them in audit.toml ([gate] table)"
+        )
+    if scan_kw.get("num_shards", 1) != 1:
+        raise click.UsageError("a gate needs the whole dataset: scan the shards, audit merge them, then audit gate --run MERGED_RUN")
+    db = scan_kw["db"]
+    engine = {name: scan_kw.get(name) for name in ENGINE_OPTIONS}
+
+    # Every target becomes a run id: datasets are scanned now, run ids are looked up.
+    todo: list[tuple[str, str]] = []  # (kind, target)
+    for target in [run_spec] if run_spec else list(targets):
+        if not run_spec and _is_dataset(target):
+            todo.append(("scan", target))
+            continue
+        if os.path.exists(db):
+            with connect(db, read_only=True) as con:
+                if run_exists(con, target):
+                    todo.append(("run", target))
+                    continue
+        if run_spec:
+            todo.append(("run", target))  # resolve_run below gives the precise error
+            continue
+        raise click.UsageError(f"{target}: no such dataset file, and no run with that id in {db} (audit runs lists the runs)")
+    run_ids: list[str] = []
+    for kind, target in todo:
+        if kind == "scan":
+            config = config_from_options(target, report=report, out_dir=None, top_n=50, **dict(scan_kw))
+            try:
+                result = run_with_progress(config, quiet=quiet, engine=engine)
+            except KeyboardInterrupt:
+                click.echo("\nInterrupted.", err=True)
+                sys.exit(130)
+            run_ids.append(result.run_id)
+        else:
+            run_ids.append(target)
+
+    gates = []
+    with connect(db, read_only=True) as con:
+        for spec in run_ids:
+            gates.append(evaluate_gate(con, resolve_run(con, spec, db), rules))
+
+    if junit_path:
+        folder = os.path.dirname(os.path.abspath(junit_path))
+        os.makedirs(folder, exist_ok=True)
+        with open(junit_path, "w", encoding="utf-8") as fh:
+            fh.write(junit_xml(gates))
+    if as_json:
+        click.echo(dumps_json(gates))
+    else:
+        print_gate(gates, Console())
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary_path:
+            with open(summary_path, "a", encoding="utf-8") as fh:
+                fh.write(markdown_summary(gates))
+        # Workflow commands are read from the step's output; with --json they go to stderr
+        # so stdout stays one JSON document.
+        for line in github_annotations(gates, workspace=os.environ.get("GITHUB_WORKSPACE")):
+            click.echo(line, err=as_json)
+    sys.exit(0 if all(g.passed for g in gates) else 1)

@@ -1,0 +1,145 @@
+"""Questions the read-only commands (gate, filter, runs) ask of the database.
+
+Every function takes an open DuckDB connection (usually ``connect(db, read_only=True)``)
+so a caller decides how long the database stays open.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from auditor.errors import StoreError
+
+
+@dataclass
+class RunInfo:
+    """One row of ``runs``, with its JSON columns decoded."""
+
+    run_id: str
+    status: str
+    dataset: str | None
+    model: str | None
+    baseline: str | None
+    started_at: Any
+    n_read: int | None
+    n_scored: int | None
+    n_rejected: int | None
+    config: dict[str, Any] = field(default_factory=dict)
+    vectors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    summary: list[dict[str, Any]] = field(default_factory=list)
+
+    def score_column(self, trait: str) -> str:
+        """The column flags were based on for ``trait``: ``delta``, or ``proj_response`` with --baseline none."""
+        col = self.vectors.get(trait, {}).get("score")
+        if col in ("delta", "proj_response"):
+            return col
+        return "proj_response" if self.baseline == "none" else "delta"
+
+    def threshold(self, trait: str) -> float | None:
+        value = self.vectors.get(trait, {}).get("threshold")
+        return None if value is None else float(value)
+
+    def calibration_mean(self, trait: str) -> float | None:
+        for entry in self.summary:
+            if entry.get("trait") == trait:
+                value = entry.get("calibration_mean")
+                return None if value is None else float(value)
+        return None
+
+
+_RUN_COLUMNS = "run_id, status, dataset, model, baseline, started_at, n_read, n_scored, n_rejected, config, vectors, summary"
+
+
+def _decode(value: Any, default: Any) -> Any:
+    if value is None:
+        return default
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return default
+    return value
+
+
+def _row_to_info(row: tuple) -> RunInfo:
+    run_id, status, dataset, model, baseline, started_at, n_read, n_scored, n_rejected, config, vectors, summary = row
+    return RunInfo(
+        run_id=run_id,
+        status=status,
+        dataset=dataset,
+        model=model,
+        baseline=baseline,
+        started_at=started_at,
+        n_read=n_read,
+        n_scored=n_scored,
+        n_rejected=n_rejected,
+        config=_decode(config, {}),
+        vectors=_decode(vectors, {}),
+        summary=_decode(summary, []),
+    )
+
+
+def resolve_run(con: Any, spec: str, db_path: str = "the database", require_complete: bool = True) -> RunInfo:
+    """``latest`` (the newest complete run), a full run id, or an unambiguous prefix of one."""
+    if spec == "latest":
+        where = "WHERE status = 'complete'" if require_complete else ""
+        row = con.execute(f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY started_at DESC NULLS LAST, run_id DESC LIMIT 1").fetchone()
+        if row is None:
+            raise StoreError(f"{db_path}: holds no {'complete ' if require_complete else ''}run; run audit scan first (audit runs lists what is there)")
+        return _row_to_info(row)
+    rows = con.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ? OR starts_with(run_id, ?) ORDER BY run_id", [spec, spec]).fetchall()
+    exact = [r for r in rows if r[0] == spec]
+    if exact:
+        rows = exact
+    if not rows:
+        raise StoreError(f"{db_path}: no run {spec!r}; audit runs lists the runs (or pass latest)")
+    if len(rows) > 1:
+        ids = ", ".join(r[0] for r in rows[:5])
+        raise StoreError(f"{db_path}: {spec!r} matches {len(rows)} runs ({ids}{', ...' if len(rows) > 5 else ''}); give more of the run id")
+    info = _row_to_info(rows[0])
+    if require_complete and info.status != "complete":
+        raise StoreError(f"run {info.run_id} is {info.status}, not complete; finish it (audit scan ... --resume) or pick another run (audit runs)")
+    return info
+
+
+def run_exists(con: Any, spec: str) -> bool:
+    """Whether ``spec`` names a run (``latest`` when any complete run exists, an id, or a unique prefix)."""
+    if spec == "latest":
+        return con.execute("SELECT count(*) FROM runs WHERE status = 'complete'").fetchone()[0] > 0
+    return con.execute("SELECT count(*) FROM runs WHERE run_id = ? OR starts_with(run_id, ?)", [spec, spec]).fetchone()[0] >= 1
+
+
+def list_runs(con: Any, limit: int | None = None) -> list[dict[str, Any]]:
+    """Runs newest first, with per-trait flagged counts taken from the scores table."""
+    sql = f"""
+        WITH flags AS (
+            SELECT run_id, trait, sum(CASE WHEN flagged THEN 1 ELSE 0 END) AS n_flagged
+            FROM scores GROUP BY run_id, trait
+        ), flagged_samples AS (
+            SELECT run_id, count(DISTINCT sample_id) AS n_flagged_samples FROM scores WHERE flagged GROUP BY run_id
+        ), chunks AS (  -- a run still going (or stopped) has its counts only per stored chunk
+            SELECT run_id, sum(n_read) AS n_read, sum(n_scored) AS n_scored, sum(n_rejected) AS n_rejected FROM run_chunks GROUP BY run_id
+        )
+        SELECT r.run_id, r.status, r.dataset, r.model, r.baseline,
+               coalesce(r.n_read, c.n_read) AS n_read, coalesce(r.n_scored, c.n_scored) AS n_scored,
+               coalesce(r.n_rejected, c.n_rejected) AS n_rejected, r.started_at, r.finished_at,
+               coalesce(fs.n_flagged_samples, 0) AS n_flagged_samples,
+               list(struct_pack(trait := f.trait, n_flagged := f.n_flagged) ORDER BY f.trait) FILTER (WHERE f.trait IS NOT NULL) AS flags
+        FROM runs r
+        LEFT JOIN flags f USING (run_id)
+        LEFT JOIN flagged_samples fs USING (run_id)
+        LEFT JOIN chunks c USING (run_id)
+        GROUP BY ALL
+        ORDER BY r.started_at DESC NULLS LAST, r.run_id DESC
+        {"LIMIT " + str(int(limit)) if limit else ""}
+    """
+    cursor = con.execute(sql)
+    names = [d[0] for d in cursor.description]
+    out = []
+    for row in cursor.fetchall():
+        item = dict(zip(names, row, strict=True))
+        item["flags"] = {f["trait"]: int(f["n_flagged"]) for f in (item["flags"] or [])}
+        out.append(item)
+    return out
