@@ -7,6 +7,7 @@ so a caller decides how long the database stays open.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,3 +144,20 @@ def list_runs(con: Any, limit: int | None = None) -> list[dict[str, Any]]:
         item["flags"] = {f["trait"]: int(f["n_flagged"]) for f in (item["flags"] or [])}
         out.append(item)
     return out
+
+
+def stream_batches(con: Any, sql: str, params: Any = None, rows_per_batch: int = 8192) -> Iterator[Any]:
+    """The result of ``sql`` as pyarrow RecordBatches, one in memory at a time.
+
+    Runs on its own cursor, so several streams (and other queries) can be open on ``con``
+    at once. DuckDB 2.x names the streaming reader ``to_arrow_reader``, 1.x ``fetch_arrow_reader``.
+    """
+    cursor = con.cursor()
+    try:
+        relation = cursor.sql(sql, params=params) if params is not None else cursor.sql(sql)
+        if relation is None:
+            return
+        method = getattr(relation, "to_arrow_reader", None) or relation.fetch_arrow_reader
+        yield from method(rows_per_batch)
+    finally:
+        cursor.close()

@@ -1,0 +1,558 @@
+"""``filter``: the dataset minus the samples a rule selects, each kept record unchanged.
+
+The selection is computed in DuckDB, over the scores and samples the run stored, through
+a read-only connection; it comes back ordered by line, and the input file is read as a
+stream beside it (a merge of two sorted streams), so memory stays flat however large the
+file is. Kept records are written exactly as they were read: the raw bytes of a JSONL
+line or of a CSV record's lines, or the Parquet row with the file's own schema.
+
+Before a record is written or dropped, the record at that line is parsed again and its
+content hash compared with the one the scan stored: a file that changed since the scan
+is refused rather than filtered with scores that belong to other text.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import gzip
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from auditor.errors import AuditorError, InputError, StoreError
+from auditor.store.queries import RunInfo, resolve_run, stream_batches
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
+CSV_SUFFIXES = (".csv", ".csv.gz")
+PARQUET_SUFFIXES = (".parquet",)
+# The columns a --where clause sees (one row per sample and trait of the run).
+WHERE_COLUMNS = ("sample_id", "source", "line", "turn", "trait", "layer", "delta", "proj_response", "proj_base", "flagged", "score", "response")
+
+
+class FilterError(AuditorError):
+    """The filter cannot run: a bad rule, an unsupported file, or a file that changed since the scan."""
+
+
+@dataclass
+class FilterRule:
+    """What to drop; a record goes when any part selects one of its samples."""
+
+    where: str | None = None  # SQL boolean over WHERE_COLUMNS
+    drop_top: str | None = None  # "5%" (per trait, rounded up) or "N" (per trait)
+    drop_flagged: bool = False
+    traits: list[str] | None = None  # only these traits count (default: all)
+
+    def describe(self) -> dict[str, Any]:
+        return {"where": self.where, "drop_top": self.drop_top, "drop_flagged": self.drop_flagged, "traits": self.traits}
+
+    def top_limit(self) -> tuple[str, float] | None:
+        """``("percent", 5.0)`` or ``("count", 10)`` from ``drop_top``."""
+        if self.drop_top is None:
+            return None
+        text = str(self.drop_top).strip()
+        try:
+            if text.endswith("%"):
+                pct = float(text[:-1])
+                if not 0 < pct <= 100:
+                    raise ValueError
+                return "percent", pct
+            count = int(text)
+            if count < 1:
+                raise ValueError
+            return "count", float(count)
+        except ValueError:
+            raise FilterError(f"--drop-top {self.drop_top!r}: give a percentage (5%) or a number of samples per trait (100)") from None
+
+
+@dataclass
+class FilterResult:
+    run_id: str
+    input_path: str
+    output_path: str
+    rejects_path: str
+    manifest_path: str
+    counts: dict[str, int]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def file_kind(path: str) -> str:
+    name = path.lower()
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if name.endswith(CSV_SUFFIXES):
+        return "csv"
+    if name.endswith((".json", ".json.gz")):
+        raise FilterError(f"{path}: a JSON array cannot be filtered as a stream; convert it to JSONL (one object per line), scan that and filter it")
+    raise FilterError(f"{path}: audit filter writes JSONL, Parquet or CSV files; this one is none of them")
+
+
+def sha256_file(path: str, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _run_sources(con: Any, run_id: str) -> list[str]:
+    rows = con.execute(
+        "SELECT DISTINCT source FROM samples WHERE run_id = ? UNION SELECT DISTINCT source FROM rejects WHERE run_id = ? AND source IS NOT NULL",
+        [run_id, run_id],
+    ).fetchall()
+    return sorted(r[0] for r in rows if r[0] is not None)
+
+
+def match_source(sources: list[str], path: str) -> str | None:
+    """The source name the run stored for ``path``: the same file, else the only file of that name."""
+    same = [s for s in sources if s == path or (os.path.exists(s) and _same_file(s, path))]
+    if same:
+        return same[0]
+    by_name = [s for s in sources if os.path.basename(s) == os.path.basename(path)]
+    return by_name[0] if len(by_name) == 1 else None
+
+
+def resolve_filter_run(con: Any, spec: str, path: str, db: str) -> tuple[RunInfo, str]:
+    """The run and its stored source name for ``path``; ``latest`` is the newest complete run that scanned it."""
+    if spec == "latest":
+        ids = [r[0] for r in con.execute("SELECT run_id FROM runs WHERE status = 'complete' ORDER BY started_at DESC NULLS LAST, run_id DESC").fetchall()]
+        for run_id in ids:
+            stored = match_source(_run_sources(con, run_id), path)
+            if stored is not None:
+                return resolve_run(con, run_id, db), stored
+        raise StoreError(f"{db}: no complete run scanned {path}; run audit scan {path} first, or pass --run RUN_ID (audit runs lists them)")
+    run = resolve_run(con, spec, db)
+    sources = _run_sources(con, run.run_id)
+    stored = match_source(sources, path)
+    if stored is None:
+        shown = ", ".join(sources[:5]) + (", ..." if len(sources) > 5 else "")
+        raise FilterError(f"run {run.run_id} did not scan {path} (it scanned: {shown or 'nothing'}); pass the file the run scanned, or --run latest")
+    return run, stored
+
+
+def selection_query(run: RunInfo, stored_source: str, rule: FilterRule) -> tuple[str, dict[str, Any]]:
+    """SQL giving, per sample of the file in line order: line, turn, sample_id, content_hash, reasons (NULL: kept)."""
+    traits = list(run.vectors) or []
+    score = run.score_column(traits[0]) if traits else ("proj_response" if run.baseline == "none" else "delta")
+    params: dict[str, Any] = {"run_id": run.run_id, "source": stored_source, "score_name": score}
+    thresholds = [(t, run.threshold(t)) for t in traits]
+    if thresholds:
+        values = ", ".join(f"($trait_{i}, $threshold_{i})" for i in range(len(thresholds)))
+        for i, (t, th) in enumerate(thresholds):
+            params[f"trait_{i}"] = t
+            params[f"threshold_{i}"] = th
+        threshold_cte = f"SELECT * FROM (VALUES {values}) AS t(trait, threshold)"
+    else:
+        threshold_cte = "SELECT NULL::VARCHAR AS trait, NULL::DOUBLE AS threshold WHERE false"
+    trait_cond = ""
+    if rule.traits:
+        trait_cond = " AND trait IN (SELECT unnest($traits))"
+        params["traits"] = list(rule.traits)
+    score_text = "coalesce(printf('%.4f', score), 'null')"
+    parts: list[str] = []
+    if rule.where:
+        params["where_text"] = rule.where
+        parts.append(
+            f"SELECT sample_id, printf('trait=%s %s=%s: --where %s', trait, $score_name, {score_text}, $where_text) AS reason FROM v WHERE ({rule.where}){trait_cond}"
+        )
+    if rule.drop_flagged:
+        parts.append(
+            f"SELECT sample_id, printf('trait=%s %s=%s: flagged (above threshold %s)', trait, $score_name, {score_text}, coalesce(printf('%.4f', threshold), '?')) AS reason "
+            f"FROM v LEFT JOIN thresholds USING (trait) WHERE flagged{trait_cond}"
+        )
+    top = rule.top_limit()
+    if top is not None:
+        kind, amount = top
+        params["top_amount"] = amount
+        params["top_text"] = str(rule.drop_top)
+        limit = "ceil(n * $top_amount / 100.0)" if kind == "percent" else "$top_amount"
+        parts.append(
+            "SELECT sample_id, printf('trait=%s %s=%s: rank %d of %d (--drop-top %s)', trait, $score_name, "
+            + score_text
+            + ", rk, n, $top_text) AS reason FROM ("
+            "SELECT *, row_number() OVER (PARTITION BY trait ORDER BY score DESC, sample_id) AS rk, count(*) OVER (PARTITION BY trait) AS n "
+            f"FROM v WHERE score IS NOT NULL{trait_cond}) WHERE rk <= {limit}"
+        )
+    if not parts:
+        raise FilterError("no rule: give --where, --drop-top or --drop-flagged")
+    selected = "\n    UNION ALL\n    ".join(parts)
+    sql = f"""
+WITH thresholds AS ({threshold_cte}),
+v AS (
+    SELECT m.sample_id, m.source, m.line, m.turn, s.trait, s.layer, s.delta, s.proj_response, s.proj_base, s.flagged,
+           s.{score} AS score, m.response
+    FROM scores s JOIN samples m ON m.run_id = s.run_id AND m.sample_id = s.sample_id
+    WHERE s.run_id = $run_id
+),
+selected AS (
+    {selected}
+),
+reasons AS (SELECT sample_id, list(DISTINCT reason ORDER BY reason) AS reasons FROM selected GROUP BY sample_id)
+SELECT m.line, m.turn, m.sample_id, m.content_hash, r.reasons
+FROM samples m LEFT JOIN reasons r USING (sample_id)
+WHERE m.run_id = $run_id AND m.source = $source
+ORDER BY m.line, m.turn
+"""
+    return sql, params
+
+
+def _check_read_query(sql: str, where: str | None) -> None:
+    """The query (with the user's --where inside) must be one SELECT; anything else is refused."""
+    import duckdb
+
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise FilterError(f"--where {where!r} is not valid SQL ({str(e).splitlines()[0]}); write a boolean such as \"trait = 'evil' and delta > 3\"") from None
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise FilterError(f"--where {where!r} must be one boolean expression (e.g. \"trait = 'evil' and delta > 3\"), not further statements")
+
+
+def _rows(reader: Any) -> Iterator[tuple]:
+    """Rows from a pyarrow RecordBatchReader, one batch in memory at a time."""
+    for batch in reader:
+        columns = [col.to_pylist() for col in batch.columns]
+        yield from zip(*columns, strict=True)
+
+
+class _Peek:
+    def __init__(self, it: Iterator[Any]):
+        self._it = iter(it)
+        self._next: Any = None
+        self._done = False
+        self._advance()
+
+    def _advance(self) -> None:
+        try:
+            self._next = next(self._it)
+        except StopIteration:
+            self._next = None
+            self._done = True
+
+    def peek(self) -> Any:
+        return None if self._done else self._next
+
+    def pop(self) -> Any:
+        item = self._next
+        self._advance()
+        return item
+
+
+# ---------------------------------------------------------------- record streams
+# Each yields (line, payload, parse) for every record in file order, numbered as the scan's
+# readers number them; payload is what the writer copies, parse() the record as the scan saw it.
+
+
+def _open_binary(path: str):
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def _jsonl_records(path: str) -> Iterator[tuple[int | None, bytes, Any]]:
+    with _open_binary(path) as fh:
+        for number, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                yield None, raw, None  # a blank line holds no record: copied through, not counted
+                continue
+            yield number, raw, (lambda raw=raw: json.loads(raw.decode("utf-8")))
+
+
+def _csv_records(path: str) -> Iterator[tuple[int | None, bytes, Any]]:
+    """CSV records with the raw bytes of every physical line they span (blank lines ride along)."""
+    with _open_binary(path) as fh:
+        pending: list[bytes] = []
+
+        def lines() -> Iterator[str]:
+            for raw in fh:
+                pending.append(raw)
+                yield raw.decode("utf-8")
+
+        try:
+            reader = csv.reader(lines())
+            header = next(reader, None)
+            if header is None:
+                return
+            yield None, b"".join(pending), None
+            pending.clear()
+            previous_end = 1  # as the scan's reader counts: a record starts after the previous one ends
+            for row in reader:
+                if not row:
+                    continue  # a blank line: its bytes stay pending and go with the next record
+                start = previous_end + 1
+                previous_end = reader.line_num
+                raw = b"".join(pending)
+                pending.clear()
+                record = dict(zip(header, row, strict=False)) if len(row) <= len(header) else None
+                if record is not None and len(row) < len(header):
+                    record.update({k: None for k in header[len(row) :]})
+                yield start, raw, (lambda record=record: record)
+            if pending:
+                yield None, b"".join(pending), None
+        except UnicodeDecodeError as e:
+            raise InputError(path, None, f"not valid UTF-8 (byte {e.start})", "re-encode the file as UTF-8") from None
+
+
+# ---------------------------------------------------------------- the filter
+
+
+@dataclass
+class _Writer:
+    """Writes kept records to a temporary file that replaces the output only when all went well."""
+
+    kind: str
+    path: str
+    tmp: str
+    schema: Any = None
+    compression: str | None = None
+    fh: Any = None
+    pq_writer: Any = None
+
+    def open(self) -> None:
+        if self.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            self.pq_writer = pq.ParquetWriter(self.tmp, self.schema, compression=self.compression or "snappy")
+        elif self.path.endswith(".gz"):
+            self.fh = gzip.open(self.tmp, "wb")
+        else:
+            self.fh = open(self.tmp, "wb")
+
+    def close(self) -> None:
+        if self.pq_writer is not None:
+            self.pq_writer.close()
+        if self.fh is not None:
+            self.fh.close()
+
+
+def default_side_paths(out: str) -> tuple[str, str]:
+    """``clean.jsonl`` -> ``clean.rejects.jsonl``, ``clean.manifest.json``."""
+    base = re.sub(r"(\.(jsonl|ndjson|csv|parquet))?(\.gz)?$", "", out, flags=re.IGNORECASE)
+    return base + ".rejects.jsonl", base + ".manifest.json"
+
+
+def filter_dataset(
+    source: str,
+    out: str,
+    rule: FilterRule,
+    run: str = "latest",
+    db: str = os.path.join("reports", "audit.duckdb"),
+    rejects: str | None = None,
+    manifest: str | None = None,
+) -> FilterResult:
+    """Write ``source`` minus the records ``rule`` selects in run ``run``; see the module docstring.
+
+    Returns the counts (``read = kept + dropped``), and writes the rejects file (JSONL: source,
+    line, sample_id, sample_ids, reasons) and the manifest (counts, sha256 of input and output,
+    the rule, the run, the time).
+    """
+    from auditor.sources import expand_paths
+    from auditor.store.db import connect
+
+    if source.startswith("hf:"):
+        raise FilterError(f"{source}: a Hugging Face dataset cannot be filtered in place; export the split to JSONL or Parquet, scan that and filter it")
+    paths = expand_paths(source)
+    if len(paths) != 1:
+        raise FilterError(f"{source}: names {len(paths)} files; filter one file at a time (the output is one file in the input's format)")
+    path = paths[0]
+    kind = file_kind(path)
+    out_kind = file_kind(out) if not out.lower().endswith((".json", ".json.gz")) else "json"
+    if out_kind != kind:
+        raise FilterError(f"--out {out}: the output keeps the input's format ({kind}); give it a {kind} name, e.g. {os.path.basename(path)}")
+    if os.path.exists(out) and _same_file(out, path):
+        raise FilterError(f"--out {out} is the input file; write the filtered dataset to a new file")
+    default_rejects, default_manifest = default_side_paths(out)
+    rejects = rejects or default_rejects
+    manifest = manifest or default_manifest
+    if rule.top_limit() is None and not rule.where and not rule.drop_flagged:
+        raise FilterError("no rule: give --where, --drop-top or --drop-flagged")
+
+    import duckdb
+
+    with connect(db, read_only=True) as con:
+        # The database is read-only already; this also keeps a --where clause from reading or writing files.
+        con.execute("SET enable_external_access = false")
+        info, stored_source = resolve_filter_run(con, run, path, db)
+        sql, params = selection_query(info, stored_source, rule)
+        _check_read_query(sql, rule.where)
+        try:
+            selection = _Peek(_rows(stream_batches(con, sql, params, 8192)))
+        except duckdb.Error as e:
+            first = str(e).splitlines()[0]
+            if rule.where:
+                raise FilterError(f"--where {rule.where!r}: {first}; the columns are {', '.join(WHERE_COLUMNS)}") from None
+            raise StoreError(f"{db}: the selection query failed ({first})") from None
+        rejected_lines = _Peek(
+            row[0]
+            for row in _rows(
+                stream_batches(
+                    con,
+                    "SELECT DISTINCT line FROM rejects WHERE run_id = $run_id AND source = $source AND line IS NOT NULL ORDER BY line",
+                    {"run_id": info.run_id, "source": stored_source},
+                )
+            )
+        )
+        counts = _stream(path, kind, out, rejects, info, stored_source, selection, rejected_lines)
+
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    out_sha = sha256_file(out)
+    body = {
+        "tool": "persona-audit filter",
+        "created_at": created,
+        "run_id": info.run_id,
+        "db": db,
+        "model": info.model,
+        "rule": rule.describe(),
+        "input": {"path": path, "sha256": sha256_file(path), "bytes": os.path.getsize(path), "format": kind},
+        "output": {"path": out, "sha256": out_sha, "bytes": os.path.getsize(out)},
+        "rejects": {"path": rejects, "sha256": sha256_file(rejects)},
+        "counts": counts,
+    }
+    tmp = manifest + ".tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(manifest)), exist_ok=True)
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(body, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, manifest)
+    return FilterResult(info.run_id, path, out, rejects, manifest, counts, body)
+
+
+def _stream(path: str, kind: str, out: str, rejects: str, run: RunInfo, stored_source: str, selection: _Peek, rejected_lines: _Peek) -> dict[str, int]:
+    """Merge the file with the line-ordered selection; write kept records and the rejects file."""
+    from auditor.sources import record_to_samples
+
+    fmt = run.config.get("format", "auto")
+    all_turns = bool(run.config.get("score_all_turns", False))
+    counts = {"read": 0, "kept": 0, "dropped": 0, "unscored_kept": 0, "samples_selected": 0}
+    for target in (out, rejects):
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    tag = f".tmp-{os.getpid()}"
+    writer = _Writer(kind, out, out + tag)
+    rejects_tmp = rejects + tag
+
+    def changed(line: int, why: str) -> FilterError:
+        return FilterError(
+            f"{path}:{line}: {why}: the file changed since run {run.run_id} scanned it; scan it again (audit scan {path}) and filter with that run"
+        )
+
+    def decide(line: int, parse: Any) -> list[str] | None:
+        """The reasons to drop the record at ``line`` (None: keep it), after checking it is the scanned one."""
+        expected = []
+        if selection.peek() is not None and selection.peek()[0] < line:
+            raise changed(selection.peek()[0], "the run scored a record on a line that now holds none")
+        while selection.peek() is not None and selection.peek()[0] == line:
+            expected.append(selection.pop())
+        while rejected_lines.peek() is not None and rejected_lines.peek() < line:
+            rejected_lines.pop()
+        was_rejected = rejected_lines.peek() == line
+        if not expected:
+            if not was_rejected:
+                raise changed(line, "this record is not in the run")
+            counts["unscored_kept"] += 1
+            return None
+        try:
+            record = parse()
+        except (ValueError, UnicodeDecodeError):
+            raise changed(line, "the record no longer parses") from None
+        found: dict[int, str] = {}
+        try:
+            for sample in record_to_samples(record, stored_source, line, fmt=fmt, score_all_turns=all_turns):
+                found[sample.turn] = sample.content_hash
+        except InputError:
+            pass  # a later turn may fail as it did in the scan; the turns compared below decide
+        for _line, turn, _sid, content_hash, _reasons in expected:
+            if found.get(turn) != content_hash:
+                raise changed(line, "the record differs from the scanned one (content hash mismatch)")
+        chosen = [row for row in expected if row[4]]
+        if not chosen:
+            return None
+        counts["samples_selected"] += len(chosen)
+        reasons = [reason for row in chosen for reason in row[4]]
+        ids = [row[2] for row in chosen]
+        rejects_fh.write(json.dumps({"source": path, "line": line, "sample_id": ids[0], "sample_ids": ids, "reasons": reasons}, ensure_ascii=False) + "\n")
+        return reasons
+
+    try:
+        with open(rejects_tmp, "w", encoding="utf-8") as rejects_fh:
+            if kind == "parquet":
+                _stream_parquet(path, writer, decide, counts)
+            else:
+                writer.open()
+                records = _jsonl_records(path) if kind == "jsonl" else _csv_records(path)
+                for line, raw, parse in records:
+                    if line is None:
+                        writer.fh.write(raw)
+                        continue
+                    counts["read"] += 1
+                    if decide(line, parse) is None:
+                        writer.fh.write(raw)
+                        counts["kept"] += 1
+                    else:
+                        counts["dropped"] += 1
+            leftover = selection.peek()
+            if leftover is not None:
+                raise changed(leftover[0], f"the run scored a record at line {leftover[0]}, past the end of the file")
+        writer.close()
+        os.replace(writer.tmp, out)
+        os.replace(rejects_tmp, rejects)
+    except BaseException:
+        writer.close()
+        for tmp in (writer.tmp, rejects_tmp):
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        raise
+    assert counts["read"] == counts["kept"] + counts["dropped"]
+    return counts
+
+
+_CODECS = {"UNCOMPRESSED": "none", "SNAPPY": "snappy", "GZIP": "gzip", "BROTLI": "brotli", "ZSTD": "zstd", "LZ4": "lz4", "LZ4_RAW": "lz4"}
+
+
+def _stream_parquet(path: str, writer: _Writer, decide: Any, counts: dict[str, int], batch_size: int = 1024) -> None:
+    """Kept rows of each batch, written with the input's schema (and its compression where known)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise InputError(path, None, f"not a readable Parquet file ({e})", "check the file was fully written") from None
+    writer.schema = pf.schema_arrow
+    if pf.metadata.num_row_groups and pf.metadata.num_columns:
+        codec = str(pf.metadata.row_group(0).column(0).compression).upper()
+        writer.compression = _CODECS.get(codec, "snappy")
+    writer.open()
+    number = 0
+    for batch in pf.iter_batches(batch_size=batch_size):
+        rows = batch.to_pylist()
+        keep = []
+        for row in rows:
+            number += 1
+            counts["read"] += 1
+            dropped = decide(number, lambda row=row: row) is not None
+            keep.append(not dropped)
+            counts["kept" if not dropped else "dropped"] += 1
+        if any(keep):
+            writer.pq_writer.write_batch(batch.filter(pa.array(keep)))
+
+
+def rejects_of(path: str) -> Iterator[dict[str, Any]]:
+    """The records of a rejects file (for tests and tools)."""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
+
+
+__all__ = ["FilterError", "FilterResult", "FilterRule", "WHERE_COLUMNS", "default_side_paths", "file_kind", "filter_dataset"]
