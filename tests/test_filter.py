@@ -233,6 +233,25 @@ def test_csv_records_are_copied_byte_for_byte(runs, tmp_path):
     check_manifest(tmp_path / "clean.manifest.json", r["path"], out, r["run_id"], len(drop))
 
 
+def test_gzip_jsonl_in_and_out(tmp_path, tiny_lm, tiny_vectors):
+    import gzip
+
+    from auditor.pipeline import ScanConfig, scan_run
+
+    raw = [json.dumps(c, ensure_ascii=False).encode() + b"\n" for c in CHATS[:4]]
+    data = tmp_path / "d.jsonl.gz"
+    data.write_bytes(gzip.compress(b"".join(raw)))
+    db = str(tmp_path / "g.duckdb")
+    run = scan_run(ScanConfig(source=str(data), vectors=tiny_vectors, max_new_tokens=4, db=db, report=False), lm=tiny_lm)
+    assert run.scores["evil_delta"].null_count() == 0
+    top = run.scores.sort("evil_delta", descending=True)["line"][0]
+    for out in (tmp_path / "o.jsonl.gz", tmp_path / "o.jsonl"):  # compressed, or plain
+        result = run_filter(data, "--db", db, "--out", out, "--drop-top", "1", "--traits", "evil")
+        assert result.exit_code == 0, result.output
+        body = gzip.decompress(out.read_bytes()) if out.suffix == ".gz" else out.read_bytes()
+        assert body == b"".join(b for i, b in enumerate(raw, start=1) if i != top)
+
+
 def test_score_all_turns_drops_the_record_when_any_turn_is_selected(tmp_path, tiny_lm, tiny_vectors):
     from auditor.pipeline import ScanConfig, scan_run
 
