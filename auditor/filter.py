@@ -166,7 +166,7 @@ def selection_query(run: RunInfo, stored_source: str, rule: FilterRule) -> tuple
     if rule.where:
         params["where_text"] = rule.where
         parts.append(
-            f"SELECT sample_id, printf('trait=%s %s=%s: --where %s', trait, $score_name, {score_text}, $where_text) AS reason FROM v WHERE ({rule.where}){trait_cond}"
+            f"SELECT sample_id, printf('trait=%s %s=%s: --where %s', trait, $score_name, {score_text}, $where_text) AS reason FROM v WHERE ({rule.where}\n){trait_cond}"
         )
     if rule.drop_flagged:
         parts.append(

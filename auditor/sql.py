@@ -174,9 +174,12 @@ def print_table(cursor: Any, console: Any, max_rows: int = 200, width: int = 120
     names = [d[0] for d in cursor.description]
     rows = cursor.fetchmany(max_rows + 1)
     table = Table(show_lines=False, header_style="bold")
-    for name in names:
-        table.add_column(name, overflow="fold")
-    for row in rows[:max_rows]:
+    shown = rows[:max_rows]
+    for i, name in enumerate(names):
+        values = [row[i] for row in shown if row[i] is not None]
+        numeric = bool(values) and all(isinstance(v, (int, float, decimal.Decimal)) and not isinstance(v, bool) for v in values)
+        table.add_column(name, overflow="fold", justify="right" if numeric else "left")
+    for row in shown:
         table.add_row(*(_cell(v, width) for v in row))
     console.print(table)
     if len(rows) > max_rows:

@@ -25,9 +25,9 @@ def print_gate(gates, console) -> None:
     from auditor.gate import format_limit, format_value
 
     for g in gates:
-        title = f"persona-audit gate: {g.dataset or g.run_id}  (run {g.run_id}, {g.model}, {g.n_scored} samples"
-        title += f", {g.n_rejected} rejected)" if g.n_rejected else ")"
-        table = Table(title=title, title_justify="left")
+        rejected = f", {g.n_rejected} rejected" if g.n_rejected else ""
+        console.print(f"[bold]persona-audit gate[/] {g.dataset or g.run_id}: run {g.run_id}, {g.model}, {g.n_scored} samples{rejected}", highlight=False)
+        table = Table()
         for col, justify in (("rule", "left"), ("trait", "left"), ("value", "right"), ("limit", "right"), ("result", "left")):
             table.add_column(col, justify=justify)
         for r in g.results:
