@@ -29,7 +29,7 @@ def test_parquet_and_duckdb_round_trip(tmp_path, tiny_lm, tiny_vectors):
 
     # Samples keep the text so flagged samples can be read in SQL.
     stored = con.execute("SELECT sample_id, line, context, response, base_response FROM samples WHERE run_id = ? ORDER BY line", [result.run_id]).fetchall()
-    for (sid, line, context, response, base), chat in zip(stored, SMALL_CHATS):
+    for (_sid, _line, context, response, base), chat in zip(stored, SMALL_CHATS):
         assert json.loads(context) == chat["messages"][:-1]
         assert response == chat["messages"][-1]["content"]
         assert isinstance(base, str)

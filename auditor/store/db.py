@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from auditor.errors import StoreError
@@ -111,10 +111,12 @@ CREATE OR REPLACE VIEW flagged AS
     FROM scores s JOIN samples m USING (run_id, sample_id)
     WHERE s.flagged;
 CREATE OR REPLACE VIEW top_samples AS
+    -- ranked by the score the run flags on: delta, or the raw projection for --baseline none
     SELECT s.run_id, s.trait, s.sample_id,
-           row_number() OVER (PARTITION BY s.run_id, s.trait ORDER BY coalesce(s.delta, s.proj_response) DESC) AS rank,
+           row_number() OVER (PARTITION BY s.run_id, s.trait
+                              ORDER BY CASE WHEN r.baseline = 'none' THEN s.proj_response ELSE s.delta END DESC NULLS LAST, s.sample_id) AS rank,
            s.delta, s.proj_response, s.proj_base, s.flagged, m.source, m.line, m.response
-    FROM scores s JOIN samples m USING (run_id, sample_id);
+    FROM scores s JOIN samples m USING (run_id, sample_id) JOIN runs r USING (run_id);
 CREATE OR REPLACE VIEW dataset_summary AS
     SELECT s.run_id, r.dataset, s.trait, any_value(s.layer) AS layer, count(*) AS n,
            avg(s.delta) AS mean_delta, avg(s.proj_response) AS mean_proj_response,
