@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from auditor.errors import AuditorError, InputError
+from auditor.errors import AuditorError, InputError, StoreError
 from auditor.sources import Rejected, Sample, iter_samples
 
 BASELINES = ("generate", "prompt-last", "none")
@@ -398,11 +398,18 @@ def commit_chunk(db: str, run_id: str, parts_dir: str, out: ChunkOutput) -> None
     from auditor.store.db import connect, insert_arrow
 
     part = os.path.join(parts_dir, f"part-{out.index:06d}.parquet")
+    if not os.path.isdir(parts_dir):
+        raise StoreError(f"run {run_id}: {parts_dir} is gone: another process finished this run meanwhile, or the folder was deleted; see audit runs")
     pq.write_table(out.wide, part + ".tmp")
-    os.replace(part + ".tmp", part)
+    os.replace(part + ".tmp", part)  # a reader sees the old part or the new one, never half of one
     with connect(db) as con:
         con.execute("BEGIN TRANSACTION")
         try:
+            if con.execute("SELECT count(*) FROM run_chunks WHERE run_id = ? AND chunk = ?", [run_id, out.index]).fetchall()[0][0]:
+                raise StoreError(
+                    f"run {run_id}: chunk {out.index} was stored by another process meanwhile (is a second audit scan --resume of this run running?); "
+                    "let that one finish, then check audit runs"
+                )
             if out.new_base.num_rows:
                 con.register("_incoming_cache", out.new_base)
                 con.execute("INSERT INTO base_responses SELECT * FROM _incoming_cache ON CONFLICT DO NOTHING")
@@ -448,6 +455,13 @@ def open_run(config: ScanConfig, lm: Any, vectors: list[Any], scorer: ChunkScore
         run_id, out_dir = resumable
         with connect(config.db) as con:
             done = dict(con.execute("SELECT chunk, fingerprint FROM run_chunks WHERE run_id = ?", [run_id]).fetchall())
+            # The final scores.parquet is built from the parts: a stored chunk without one cannot be finished.
+            lost = [c for c in sorted(done) if not os.path.exists(os.path.join(out_dir, "parts", f"part-{c:06d}.parquet"))]
+            if lost:
+                raise StoreError(
+                    f"run {run_id} cannot be resumed: {os.path.join(out_dir, 'parts', f'part-{lost[0]:06d}.parquet')} is missing"
+                    + (f" (and {len(lost) - 1} more parts)" if len(lost) > 1 else "") + "; scan again without --resume"
+                )
             con.execute("UPDATE runs SET status = 'running' WHERE run_id = ?", [run_id])
     else:
         done = {}
@@ -471,9 +485,17 @@ def open_run(config: ScanConfig, lm: Any, vectors: list[Any], scorer: ChunkScore
 
 
 def pending_chunks(config: ScanConfig, run_id: str, done: dict[int, str]) -> Iterator[tuple[int, list[Sample | Rejected]]]:
-    """The chunks this process still has to score: its shard, minus committed chunks (checked unchanged)."""
+    """The chunks this process still has to score: its shard, minus committed chunks (checked unchanged).
+
+    Raises once the stream ends if the dataset held no record at all, or if it now ends
+    before a chunk the interrupted run had stored (the file was cut short).
+    """
+    from auditor.sources import no_records_error
+
     stream = iter_samples(config.source, fmt=config.format, score_all_turns=config.score_all_turns, split=config.split, config=config.hf_config)
+    last = -1
     for index, items in enumerate(chunked(stream, config.chunk_size)):
+        last = index
         if index % config.num_shards != config.shard_index:
             continue
         if index in done:
@@ -481,6 +503,13 @@ def pending_chunks(config: ScanConfig, run_id: str, done: dict[int, str]) -> Ite
                 raise AuditorError(f"{config.source} changed since run {run_id} was interrupted (chunk {index} differs); scan it again without --resume")
             continue
         yield index, items
+    if last < 0:
+        raise no_records_error(config.source)
+    beyond = sorted(i for i in done if i > last)
+    if beyond:
+        raise AuditorError(
+            f"{config.source} changed since run {run_id} was interrupted (it now ends before chunk {beyond[0]}, which was already stored); scan it again without --resume"
+        )
 
 
 def mark_run(config: ScanConfig, run_id: str, exc: BaseException) -> None:
@@ -503,11 +532,12 @@ def add_counts(counts: dict[str, int], out: ChunkOutput) -> None:
 def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, Any]], None] | None = None) -> ScanResult:
     """Scan a dataset and store the results; see the module docstring."""
     from auditor.model import load_model
-    from auditor.sources import expand_paths
+    from auditor.sources import check_not_empty, expand_paths
     from auditor.vectors import load_vectors
 
     config.validate()
     expand_paths(config.source)  # a missing file fails now, not after the model has loaded
+    check_not_empty(config.source)  # so does an empty one
     started = time.perf_counter()
     timings: dict[str, float] = {"load_model": 0.0, "generate": 0.0, "forward": 0.0, "write": 0.0}
     if lm is None:
@@ -565,7 +595,6 @@ def finalize_run(config: ScanConfig, run_id: str, out_dir: str, lm: Any, vectors
         for c in chunks:
             writer.write_table(pq.read_table(os.path.join(parts_dir, f"part-{c:06d}.parquet"), schema=scorer.schema))
     os.replace(parquet_path + ".tmp", parquet_path)
-    shutil.rmtree(parts_dir, ignore_errors=True)
     n_read, n_scored, n_rejected, n_generated, n_cached, _tokens = (int(x) for x in totals)
 
     summaries = []
@@ -601,6 +630,8 @@ def finalize_run(config: ScanConfig, run_id: str, out_dir: str, lm: Any, vectors
         )
         con.execute("COMMIT")
         rejects = [Rejected(s, ln, r) for s, ln, r in con.execute("SELECT source, line, reason FROM rejects WHERE run_id = ? ORDER BY source, line", [run_id]).fetchall()]
+    # Only now: a crash before the commit above leaves the run resumable, and resuming reads the parts.
+    shutil.rmtree(parts_dir, ignore_errors=True)
     timings["write"] += time.perf_counter() - t0
     report_path = None
     if config.report:

@@ -171,7 +171,25 @@ def print_summary(result, console=None) -> None:
     if result.resumed_chunks:
         console.print(f"resumed: {result.resumed_chunks} chunks were already stored and were not scanned again")
     if result.rejects:
-        console.print(f"[yellow]{len(result.rejects)} rejected rows[/] (first: {result.rejects[0].reason}); all are in the rejects table")
+        shown = 5
+        console.print(f"[yellow]{len(result.rejects)} rejected[/] (--on-error skip); each is in the rejects table with its reason:", markup=True)
+        for r in result.rejects[:shown]:
+            console.print(f"  {r.reason}", markup=False, highlight=False)
+        if len(result.rejects) > shown:
+            console.print(f"  ... and {len(result.rejects) - shown} more: audit sql \"SELECT * FROM rejects WHERE run_id = '{result.run_id}'\"", markup=False, highlight=False)
+
+
+def interrupted_message(argv: list[str] | None = None) -> str:
+    """What Ctrl-C prints: what is kept and the exact command that continues the scan."""
+    import shlex
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--resume" not in args:
+        args.append("--resume")
+    return (
+        "Interrupted. Every completed chunk is stored; to continue where the scan stopped, run the same command with --resume:\n"
+        f"  audit {shlex.join(args)}"
+    )
 
 
 @click.command(context_settings={"max_content_width": 100})
@@ -196,6 +214,6 @@ def scan(source: str, out_dir, no_report: bool, top_n: int, quiet: bool, **kw) -
     try:
         result = run_with_progress(config, quiet=quiet, engine=engine)
     except KeyboardInterrupt:
-        click.echo("\nInterrupted. Completed chunks are stored; run the same command again with --resume to continue.", err=True)
+        click.echo("\n" + interrupted_message(), err=True)
         sys.exit(130)
     print_summary(result)

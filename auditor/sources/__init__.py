@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 from auditor.errors import InputError
 from auditor.sources.formats import FORMATS, detect_format, record_to_samples
-from auditor.sources.readers import expand_paths, read_records
+from auditor.sources.readers import check_not_empty, expand_paths, no_records_error, read_records
 from auditor.sources.sample import Rejected, Sample
 
-__all__ = ["FORMATS", "Rejected", "Sample", "detect_format", "expand_paths", "iter_samples", "read_records", "record_to_samples"]
+__all__ = ["FORMATS", "Rejected", "Sample", "check_not_empty", "detect_format", "expand_paths", "iter_samples", "no_records_error", "read_records", "record_to_samples"]
 
 
 def iter_samples(

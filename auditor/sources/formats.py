@@ -7,6 +7,10 @@ Recognised automatically, or forced with ``--format``:
 - ``alpaca``: ``{"instruction", "input"?, "output"}``
 - ``prompt-response``: ``prompt``/``response``, ``prompt``/``completion``,
   ``question``/``answer`` (optional ``system``)
+
+With ``auto`` each record is recognised on its own, so one file may mix formats (a
+concatenation of datasets is common and every record says what it is). A forced
+``--format`` rejects every record that is not in that format, naming file and line.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ _SHAREGPT_ROLES = {
     "system": "system",
 }
 _ROLES = ("system", "user", "assistant")
+_TABULAR = (".parquet", ".csv", ".csv.gz")
 # Fields consumed by a format; everything else is kept as metadata.
 _FORMAT_FIELDS = {
     "messages": {"messages"},
@@ -77,7 +82,7 @@ def _messages(record: dict, fmt: str, source: str, line: int) -> list[dict[str, 
         out = []
         for i, m in enumerate(raw):
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                raise InputError(source, line, f"message {i} has no 'role' and 'content'", "write each message as {\"role\": ..., \"content\": ...}")
+                raise InputError(source, line, f"message {i} {_lacks(m, ('role', 'content'))}", "write each message as {\"role\": ..., \"content\": ...}")
             role = m["role"]
             if role not in _ROLES:
                 raise InputError(source, line, f"message {i} has role {role!r}", "use one of system, user, assistant")
@@ -90,7 +95,7 @@ def _messages(record: dict, fmt: str, source: str, line: int) -> list[dict[str, 
         out = []
         for i, m in enumerate(raw):
             if not isinstance(m, dict) or "from" not in m or "value" not in m:
-                raise InputError(source, line, f"conversation turn {i} has no 'from' and 'value'", "write each turn as {\"from\": ..., \"value\": ...}")
+                raise InputError(source, line, f"conversation turn {i} {_lacks(m, ('from', 'value'))}", "write each turn as {\"from\": ..., \"value\": ...}")
             role = _SHAREGPT_ROLES.get(str(m["from"]).lower())
             if role is None:
                 raise InputError(source, line, f"conversation turn {i} is from {m['from']!r}", "use human, gpt or system")
@@ -129,14 +134,17 @@ def record_to_samples(
         raise InputError(source, line, f"record is a {type(record).__name__}, not an object", "write one JSON object per line")
     use = detect_format(record) if fmt == "auto" else fmt
     if use is None:
-        keys = ", ".join(sorted(map(str, record))[:8]) or "none"
-        raise InputError(source, line, f"unknown format (fields: {keys})", FORMAT_HELP)
+        names = sorted(map(str, record))
+        keys = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "") if names else "none"
+        # Tabular sources (Parquet, CSV, hub datasets) have columns: say so, it is what the user sees.
+        noun = "columns" if source.startswith("hf:") or source.lower().endswith(_TABULAR) else "fields"
+        raise InputError(source, line, f"unknown format ({noun}: {keys})", FORMAT_HELP)
     if fmt != "auto" and not _has_fields(record, fmt):
         raise InputError(source, line, f"record lacks the fields of the {fmt} format", FORMAT_HELP)
     msgs = _messages(record, use, source, line)
     assistant_at = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
     if not assistant_at:
-        raise InputError(source, line, "no assistant message", "add the assistant's reply as the last message, or use --format prompt-response")
+        raise InputError(source, line, "no assistant message", "add the assistant's reply as the last message (without one there is nothing to score)")
     if assistant_at[-1] != len(msgs) - 1:
         raise InputError(source, line, f"the last message is from {msgs[-1]['role']!r}, not the assistant", "end each conversation with the assistant reply to score")
     record_id = record.get("id")
@@ -158,6 +166,13 @@ def record_to_samples(
             turn=turn_index,
             metadata=metadata,
         )
+
+
+def _lacks(item: Any, keys: tuple[str, str]) -> str:
+    """``has no 'role'`` / ``has no 'role' and no 'content'`` / ``is a str, not an object``."""
+    if not isinstance(item, dict):
+        return f"is a {type(item).__name__}, not an object"
+    return "has no " + " and no ".join(repr(k) for k in keys if k not in item)
 
 
 def _has_fields(record: dict, fmt: str) -> bool:

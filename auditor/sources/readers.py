@@ -51,6 +51,23 @@ def read_records(spec: str, split: str = "train", config: str | None = None) -> 
         yield from read_file(path, split=split, config=config)
 
 
+def no_records_error(spec: str) -> InputError:
+    """An empty dataset is an error: a gate that passes on nothing would hide a broken path or export."""
+    return InputError(spec, None, "holds no records", "a dataset needs at least one record: check the path, or that the file was written completely")
+
+
+def check_not_empty(spec: str) -> None:
+    """Raise :func:`no_records_error` when local files hold no record at all (reads one record).
+
+    Hub datasets are left to the scan itself: opening one only to peek costs a download.
+    """
+    if spec.startswith("hf:"):
+        return
+    for _ in read_records(spec):
+        return
+    raise no_records_error(spec)
+
+
 def read_file(path: str, split: str = "train", config: str | None = None) -> Iterator[Record]:
     if path.startswith("hf:"):
         yield from _read_hf(path[3:], split, config)
@@ -83,7 +100,8 @@ def _read_jsonl(path: str) -> Iterator[Record]:
             if not text.strip():
                 continue  # a blank line holds no record
             try:
-                yield path, number, json.loads(text)
+                # Without its line break, an error at the end of the line reports that line's column.
+                yield path, number, json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 yield path, number, InputError(path, number, f"malformed JSON ({e.msg} at column {e.colno})", "fix the line or remove it; each line must be one JSON object")
 
