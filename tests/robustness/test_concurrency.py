@@ -1,0 +1,111 @@
+"""Concurrency: two scans write one database at once while readers query it.
+
+DuckDB lets one process hold a database file for writing; persona-audit opens it only
+for the moment of a chunk commit and waits (with backoff) while another process holds
+it, so both writers finish and readers get consistent snapshots in between.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from conftest import make_vectors, write_jsonl
+from robust_helpers import audit_popen, audit_run, check_integrity, dataset, read_run, wait_for
+
+from auditor.errors import StoreError
+
+
+def test_two_writers_and_readers_on_one_database(tmp_path, tiny_model_dir, tiny_lm):
+    from auditor.store.db import connect
+
+    vectors = make_vectors(tmp_path / "vectors", tiny_lm.num_layers, tiny_lm.hidden_size, fingerprint=tiny_lm.fingerprint)
+    rows = dataset(24)
+    a = write_jsonl(tmp_path / "a.jsonl", rows)
+    b = write_jsonl(tmp_path / "b.jsonl", rows)  # a copy: both race for the same base-response cache rows
+    db = tmp_path / "audit.duckdb"
+    common = ["--model", tiny_model_dir, "--vectors", vectors, "--chunk-size", "2", "--max-new-tokens", "4", "--dtype", "float32",
+              "--threshold", "0", "--top-n", "3", "--no-report", "-q", "--db", str(db)]
+    writers = [audit_popen(["scan", src, *common, "--out", str(tmp_path / name)], cwd=tmp_path) for src, name in ((a, "run-a"), (b, "run-b"))]
+
+    # Readers while both write: a read-only connection (what audit sql, gate, filter and
+    # report use) and audit sql / audit runs processes. Each sees committed chunks only.
+    assert wait_for(lambda: db.exists(), timeout=120, proc=writers[0])
+    reads, waits, sql_runs = [], [], []
+
+    def cli_reader():
+        for _ in range(2):  # each is a new process (about a second of CPU): a few suffice
+            if all(w.poll() is not None for w in writers):
+                break
+            sql_runs.append(audit_run(["sql", "SELECT count(*) FROM samples", "--db", str(db), "--format", "csv"], cwd=tmp_path))
+            sql_runs.append(audit_run(["runs", "--db", str(db), "--json"], cwd=tmp_path))
+
+    thread = threading.Thread(target=cli_reader)
+    thread.start()
+    while any(w.poll() is None for w in writers):
+        t0 = time.monotonic()
+        with connect(str(db), read_only=True) as con:
+            waits.append(time.monotonic() - t0)
+            # One snapshot: the ledger and the rows it accounts for agree (a chunk is all or nothing).
+            ledger = con.execute("SELECT coalesce(sum(n_scored), 0) FROM run_chunks").fetchall()[0][0]
+            stored = con.execute("SELECT count(*) FROM samples").fetchall()[0][0]
+            reads.append((ledger, stored))
+        time.sleep(0.1)
+    thread.join()
+    results = [w.communicate() for w in writers]
+    for w, (_out, err) in zip(writers, results):
+        assert w.returncode == 0, err
+
+    assert len(reads) >= 5 and all(ledger == stored for ledger, stored in reads), reads
+    assert [r[1] for r in reads] == sorted(r[1] for r in reads)  # never goes backwards
+    assert sql_runs and all(r.returncode == 0 for r in sql_runs), [r.stderr for r in sql_runs if r.returncode]
+    print(f"{len(reads)} reads during the scans, longest wait {max(waits):.2f} s; {len(sql_runs)} audit sql/runs calls")
+
+    counts = check_integrity(str(db))
+    assert counts["runs"] == 2 and counts["samples"] == 48
+    assert counts["base_responses"] == len({r["messages"][0]["content"] for r in rows})  # each prompt generated or cached once
+    # Both runs scored the same samples in the same batches: identical values whichever wrote the cache first.
+    with connect(str(db), read_only=True) as con:
+        run_ids = [r for (r,) in con.execute("SELECT run_id FROM runs ORDER BY dataset").fetchall()]
+    ra, rb = (read_run(str(db), r) for r in run_ids)
+    assert ra["scores"] == rb["scores"]
+    assert [s[7] for s in ra["samples"]] == [s[7] for s in rb["samples"]]  # base responses
+
+
+def test_a_writer_blocked_too_long_fails_with_a_clear_message(tmp_path):
+    """A process holding the file for writing beyond the wait: a clear error, not a hang or a traceback."""
+    import duckdb
+
+    from auditor.store.db import connect
+
+    db = str(tmp_path / "audit.duckdb")
+    with connect(db) as con:
+        con.execute("SELECT 1").fetchall()
+    holder = audit_popen_holder(db)
+    try:
+        assert wait_for(lambda: holder.stdout.readline().strip() == "holding", timeout=60)
+        t0 = time.monotonic()
+        try:
+            with connect(db, timeout=1.0):
+                pass
+            raise AssertionError("opened a database another process holds")
+        except StoreError as e:
+            waited = time.monotonic() - t0
+            assert str(e) == (
+                f"{db}: another process is using the database (a scan writing to it?); waited 1 s. "
+                "Try again when it finishes, or use --db for a separate database"
+            )
+        assert 1.0 <= waited < 5
+    finally:
+        holder.kill()
+        holder.communicate()
+    with duckdb.connect(db, read_only=True) as con:  # released by the kill, still readable
+        assert con.execute("SELECT count(*) FROM runs").fetchall() == [(0,)]
+
+
+def audit_popen_holder(db: str):
+    import subprocess
+    import sys
+
+    code = f"import duckdb, time; c = duckdb.connect({db!r}); print('holding', flush=True); time.sleep(60)"
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
