@@ -1,0 +1,400 @@
+"""Make a persona vector from a trait definition (METHOD.md, "Extraction").
+
+Two ways to get the eliciting and suppressing responses:
+
+- ``sampled`` (the paper's way): for every extraction question and instruction pair,
+  sample ``n_per_question`` answers with the eliciting instruction as the system prompt
+  and as many with the suppressing one (temperature 1, each sample seeded on its own),
+  optionally judge them and keep the pairs METHOD.md keeps.
+- ``provided``: teacher-force the definition's written example answers. For models too
+  small to follow role instructions. The written answers are read with no system
+  prompt (``context="none"``: the chat template's default applies, exactly as ``scan``
+  reads a dataset sample without one), so the direction comes from the answers' content
+  and not from the instructions; ``context="instructions"`` puts instruction pair
+  ``i mod n`` in front of question ``i`` instead.
+
+Either way the vector is ``v[l] = mean a_l(pos) - mean a_l(neg)`` at every layer, where
+``a_l`` is the mean of ``h[l]`` over the response tokens in the context they were made in.
+
+The recommended layer is the one whose direction best separates held-out responses to
+the EVALUATION questions: Cohen's d between the projections of eliciting and suppressing
+responses. Layers 0 and L are not recommended by default: ``h[0]`` is the token
+embedding (it separates by word choice alone and cannot be steered through a decoder
+block), and ``h[L]`` has the final norm applied, so its scale is not the residual
+stream's that ``scan``'s other layers and ``vectors check``'s steering hook work in.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from auditor.errors import VectorError
+from auditor.vectors.judges import COHERENCE_RUBRIC, Judge, NoJudge
+from auditor.vectors.persona import PersonaVector
+from auditor.vectors.traits import Trait
+
+RESPONSE_MODES = ("sampled", "provided")
+CONTEXTS = ("none", "instructions")
+HELDOUT = ("auto", "examples", "sampled")
+TRAIT_THRESHOLD = 50.0  # METHOD.md: eliciting >= 50, suppressing < 50
+COHERENCE_THRESHOLD = 50.0  # both coherent: >= 50
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """Everything that determines a vector; stored in the sidecar and the defaults of ``audit extract``."""
+
+    responses: str = "provided"
+    n_per_question: int = 1
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    seed: int = 0
+    context: str = "none"  # provided mode: "none" or "instructions"
+    heldout: str = "auto"  # held-out set for the layer choice: written evaluation examples when present, else sampled answers
+    n_heldout_per_question: int = 1  # sampled held-out answers per evaluation question and instruction pair
+    batch_tokens: int = 8192
+    generation_batch_size: int = 32
+    exclude_edge_layers: bool = True
+    layer: int | None = None  # fixed layer instead of the argmax
+
+    def validate(self) -> None:
+        if self.responses not in RESPONSE_MODES:
+            raise VectorError(f"unknown --responses {self.responses!r}; use sampled or provided")
+        if self.context not in CONTEXTS:
+            raise VectorError(f"unknown context {self.context!r}; use none or instructions")
+        if self.heldout not in HELDOUT:
+            raise VectorError(f"unknown --heldout {self.heldout!r}; use auto, examples or sampled")
+        for name in ("n_per_question", "max_new_tokens", "batch_tokens", "generation_batch_size", "n_heldout_per_question"):
+            if getattr(self, name) < 1:
+                raise VectorError(f"--{name.replace('_', '-')} must be at least 1")
+        if not self.temperature > 0:
+            raise VectorError("--temperature must be above 0 (the method samples at 1)")
+
+
+@dataclass
+class Response:
+    """One eliciting or suppressing answer and the context it was made in."""
+
+    question: str
+    answer: str
+    system: str | None
+    pole: str  # "pos" or "neg"
+    pair: int  # instruction pair index, or -1 without instructions
+    sample: int
+    trait_score: float | None = None
+    coherence: float | None = None
+
+    def messages(self) -> list[dict[str, str]]:
+        system = [{"role": "system", "content": self.system}] if self.system is not None else []
+        return system + [{"role": "user", "content": self.question}]
+
+
+@dataclass
+class ExtractReport:
+    """What an extraction did, for the CLI's table and the sidecar."""
+
+    trait: str
+    mode: str
+    layer: int
+    separation: list[float]  # Cohen's d per layer h[0..L] on the held-out responses
+    heldout_kind: str
+    n_generated: int
+    n_pairs: int
+    n_kept: int
+    n_heldout: tuple[int, int]
+    dropped: dict[str, int]
+    norms: list[float]
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def sample_seed(seed: int, *parts: Any) -> int:
+    """A stable 63-bit seed for one sample, independent of batching and order."""
+    digest = hashlib.sha256(":".join(str(p) for p in (seed, *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def cohens_d(pos: Any, neg: Any) -> float:
+    """pos: [n1], neg: [n2] -> (mean_pos - mean_neg) / pooled standard deviation."""
+    n1, n2 = int(pos.numel()), int(neg.numel())
+    if n1 < 2 or n2 < 2:
+        return float("nan")
+    pooled = ((n1 - 1) * pos.var() + (n2 - 1) * neg.var()) / (n1 + n2 - 2)
+    sd = float(pooled.sqrt())
+    diff = float(pos.mean() - neg.mean())
+    return diff / sd if sd > 0 else (math.copysign(float("inf"), diff) if diff else 0.0)
+
+
+def layer_separation(pos_means: Any, neg_means: Any, vector: Any) -> list[float]:
+    """pos_means: [n1, L+1, d], neg_means: [n2, L+1, d], vector: [L+1, d] -> Cohen's d per layer."""
+    import torch
+
+    unit = vector.float() / vector.float().norm(dim=1, keepdim=True).clamp_min(1e-12)
+    pos_proj = torch.einsum("nld,ld->nl", pos_means.float(), unit)
+    neg_proj = torch.einsum("nld,ld->nl", neg_means.float(), unit)
+    return [cohens_d(pos_proj[:, layer], neg_proj[:, layer]) for layer in range(vector.shape[0])]
+
+
+def recommend_layer(separation: Sequence[float], exclude_edges: bool = True) -> int:
+    """argmax of the separation (over 1..L-1 when ``exclude_edges``; NaN never wins)."""
+    n = len(separation)
+    candidates = range(1, n - 1) if exclude_edges and n > 2 else range(n)
+    scored = [(s if math.isfinite(s) else -math.inf, -layer) for layer, s in ((layer, separation[layer]) for layer in candidates)]
+    best = max(scored)
+    return -best[1]
+
+
+def build_prompts(tokenizer: Any, responses: Sequence[Response]) -> list[str]:
+    return [tokenizer.apply_chat_template(r.messages(), tokenize=False, add_generation_prompt=True) for r in responses]
+
+
+def response_means(lm: Any, responses: Sequence[Response], batch_tokens: int = 8192, layers_path: str | None = None) -> Any:
+    """Each response's mean hidden state over its tokens at every layer: [N, L+1, d] float32.
+
+    Batched by length (``scoring.length_batches``); ``h[L]`` includes the final norm.
+    """
+    import torch
+
+    from auditor.activations import capture_hidden, encode_pair, masked_mean, pad_right, response_mask
+    from auditor.scoring import length_batches
+
+    tok = lm.tokenizer
+    prompts = build_prompts(tok, responses)
+    rows = [encode_pair(tok, p, r.answer) for p, r in zip(prompts, responses)]
+    for r, row in zip(responses, rows):
+        if row.end <= row.start:
+            raise VectorError(f"the answer to {r.question[:60]!r} tokenizes to zero tokens; it has no activation")
+    layers = list(range(lm.num_layers + 1))
+    out = torch.zeros(len(rows), len(layers), lm.hidden_size, dtype=torch.float32)
+    for batch in length_batches([r.length for r in rows], batch_tokens):
+        brows = [rows[i] for i in batch]
+        ids, attn = pad_right(brows, tok.pad_token_id)
+        hidden = capture_hidden(lm.model, ids, attn, layers, layers_path)
+        mask = response_mask(brows, ids.shape[1])
+        for layer in layers:
+            out[batch, layer] = masked_mean(hidden[layer], mask).cpu()
+        del hidden
+    return out
+
+
+def sample_responses(lm: Any, trait: Trait, questions: Sequence[str], n: int, settings: ExtractSettings, split: str) -> list[Response]:
+    """Answers under each instruction pair: n per question, pair and pole, each with its own seed."""
+    from auditor.generation import generate_sampled
+
+    tok = lm.tokenizer
+    todo: list[Response] = []
+    seeds: list[int] = []
+    for qi, q in enumerate(questions):
+        for pi, (pos, neg) in enumerate(trait.instructions):
+            for k in range(n):
+                for pole, system in (("pos", pos), ("neg", neg)):
+                    todo.append(Response(q, "", system, pole, pi, k))
+                    seeds.append(sample_seed(settings.seed, trait.name, split, qi, pi, k, pole))
+    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in build_prompts(tok, todo)]
+    answers = generate_sampled(lm, prompts, seeds, settings.max_new_tokens, settings.temperature, settings.generation_batch_size)
+    for r, (text, _n) in zip(todo, answers):
+        r.answer = text
+    return todo
+
+
+def provided_responses(trait: Trait, part: str, context: str) -> list[Response]:
+    """The written examples as responses (``part``: extraction or evaluation)."""
+    examples = trait.extraction_examples if part == "extraction" else trait.evaluation_examples
+    if not examples:
+        raise VectorError(
+            f"{trait.path}: has no examples.{part}; --responses provided needs written answers (see vectors/traits/README.md), or use --responses sampled"
+        )
+    out = []
+    for i, ex in enumerate(examples):
+        pair = i % len(trait.instructions) if context == "instructions" else -1
+        pos_sys, neg_sys = trait.instructions[pair] if pair >= 0 else (None, None)
+        out.append(Response(ex.question, ex.pos, pos_sys, "pos", pair, 0))
+        out.append(Response(ex.question, ex.neg, neg_sys, "neg", pair, 0))
+    return out
+
+
+def judge_and_pair(responses: list[Response], trait: Trait, judge: Judge) -> tuple[list[tuple[Response, Response]], dict[str, int]]:
+    """Pairs (pos, neg) of the same question, pair and sample that pass METHOD.md's filter."""
+    if judge.enabled:
+        qa = [(r.question, r.answer) for r in responses]
+        for r, s in zip(responses, judge.score(trait.rubric, qa)):
+            r.trait_score = s
+        for r, s in zip(responses, judge.score(COHERENCE_RUBRIC, qa)):
+            r.coherence = s
+    by_key: dict[tuple[str, int, int], dict[str, Response]] = {}
+    for r in responses:
+        by_key.setdefault((r.question, r.pair, r.sample), {})[r.pole] = r
+    kept, dropped = [], {"empty answer": 0, "unscored": 0, "eliciting < 50": 0, "suppressing >= 50": 0, "incoherent": 0}
+    for poles in by_key.values():
+        pos, neg = poles["pos"], poles["neg"]
+        if not pos.answer.strip() or not neg.answer.strip():
+            dropped["empty answer"] += 1
+        elif not judge.enabled:
+            kept.append((pos, neg))
+        elif None in (pos.trait_score, neg.trait_score, pos.coherence, neg.coherence):
+            dropped["unscored"] += 1
+        elif pos.trait_score < TRAIT_THRESHOLD:
+            dropped["eliciting < 50"] += 1
+        elif neg.trait_score >= TRAIT_THRESHOLD:
+            dropped["suppressing >= 50"] += 1
+        elif pos.coherence < COHERENCE_THRESHOLD or neg.coherence < COHERENCE_THRESHOLD:
+            dropped["incoherent"] += 1
+        else:
+            kept.append((pos, neg))
+    return kept, {k: v for k, v in dropped.items() if v}
+
+
+def mean_difference(lm: Any, kept: list[tuple[Response, Response]], settings: ExtractSettings, layers_path: str | None = None) -> Any:
+    """kept pairs -> v: [L+1, d] float32 = mean a_l(pos) - mean a_l(neg)."""
+    pos = response_means(lm, [p for p, _ in kept], settings.batch_tokens, layers_path)
+    neg = response_means(lm, [n for _, n in kept], settings.batch_tokens, layers_path)
+    return pos.mean(dim=0) - neg.mean(dim=0)
+
+
+def heldout_responses(lm: Any, trait: Trait, settings: ExtractSettings, judge: Judge) -> tuple[str, list[tuple[Response, Response]]]:
+    """Eliciting/suppressing answers to the evaluation questions: (kind, pairs)."""
+    kind = settings.heldout
+    if kind == "auto":
+        kind = "examples" if trait.evaluation_examples else "sampled"
+    if kind == "examples":
+        # Always read with no system prompt: the way scan reads a dataset's answers.
+        responses = provided_responses(trait, "evaluation", "none")
+        return kind, [(responses[i], responses[i + 1]) for i in range(0, len(responses), 2)]
+    responses = sample_responses(lm, trait, trait.evaluation_questions, settings.n_heldout_per_question, settings, "evaluation")
+    kept, _ = judge_and_pair(responses, trait, judge)
+    return kind, kept
+
+
+def tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("persona-audit")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def extract_vector(
+    lm: Any,
+    trait: Trait,
+    settings: ExtractSettings | None = None,
+    judge: Judge | None = None,
+    layers_path: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[PersonaVector, ExtractReport]:
+    """Make ``trait``'s persona vector for ``lm``: (vector [L+1, d] with its sidecar meta, report)."""
+    import torch
+
+    settings = settings or ExtractSettings()
+    settings.validate()
+    judge = judge or NoJudge()
+    say = progress or (lambda _msg: None)
+    if settings.layer is not None and not 0 <= settings.layer <= lm.num_layers:
+        raise VectorError(f"--layer {settings.layer} is outside 0..{lm.num_layers} for {lm.name}")
+    judge.check()
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    if settings.responses == "sampled":
+        n = len(trait.extraction_questions) * len(trait.instructions) * settings.n_per_question * 2
+        say(f"sampling {n} answers ({len(trait.extraction_questions)} questions x {len(trait.instructions)} instruction pairs x {settings.n_per_question} x 2)")
+        responses = sample_responses(lm, trait, trait.extraction_questions, settings.n_per_question, settings, "extraction")
+    else:
+        responses = provided_responses(trait, "extraction", settings.context)
+    timings["responses"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if judge.enabled:
+        say(f"judging {len(responses)} answers with the {judge.name} judge")
+    kept, dropped = judge_and_pair(responses, trait, judge)
+    timings["judge"] = time.perf_counter() - t0
+    n_pairs = len(responses) // 2
+    if not kept:
+        raise VectorError(
+            f"{trait.name}: no pair of answers passed the filter ({', '.join(f'{k}: {v}' for k, v in dropped.items()) or 'none made'}); "
+            "sample more (--n-per-question), use another judge, or use --responses provided"
+        )
+    t0 = time.perf_counter()
+    say(f"reading activations of {2 * len(kept)} answers at {lm.num_layers + 1} layers")
+    vector = mean_difference(lm, kept, settings, layers_path)
+    timings["activations"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    kind, held = heldout_responses(lm, trait, settings, judge)
+    if len(held) < 2:
+        raise VectorError(f"{trait.name}: only {len(held)} held-out pairs survived; cannot measure separation (sample more or use --heldout examples)")
+    say(f"measuring separation on {len(held)} held-out pairs ({kind})")
+    pos_h = response_means(lm, [p for p, _ in held], settings.batch_tokens, layers_path)
+    neg_h = response_means(lm, [q for _, q in held], settings.batch_tokens, layers_path)
+    separation = layer_separation(pos_h, neg_h, vector)
+    timings["heldout"] = time.perf_counter() - t0
+    layer = settings.layer if settings.layer is not None else recommend_layer(separation, settings.exclude_edge_layers)
+    seconds = time.perf_counter() - started
+    norms = vector.norm(dim=1).tolist()
+    if not norms[layer] > 0:
+        raise VectorError(f"{trait.name}: the vector is zero at layer {layer}; the eliciting and suppressing answers are identical")
+
+    meta = {
+        "model": lm.name,
+        "model_fingerprint": lm.fingerprint,
+        "model_source": lm.source,
+        "dtype": lm.dtype,
+        "device": lm.device,
+        "mode": settings.responses,
+        "layer_choice": "--layer"
+        if settings.layer is not None
+        else ("argmax of held-out separation over layers 1..L-1" if settings.exclude_edge_layers else "argmax of held-out separation"),
+        "counts": {
+            "generated": len(responses) if settings.responses == "sampled" else 0,
+            "responses": len(responses),
+            "pairs": n_pairs,
+            "kept": len(kept),
+            "dropped": dropped,
+            "heldout_pairs": len(held),
+        },
+        "judge": judge.describe(),
+        "separation": [round(s, 6) if math.isfinite(s) else None for s in separation],
+        "separation_heldout": kind,
+        "norms": [round(x, 6) for x in norms],
+        "seed": settings.seed,
+        "settings": asdict(settings),
+        "trait_file": trait.path,
+        "trait_sha256": trait.sha256,
+        "description": trait.description,
+        "tool_version": tool_version(),
+        "torch_version": torch.__version__,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "extraction_seconds": round(seconds, 2),
+    }
+    pv = PersonaVector(trait.name, vector.float().contiguous(), layer, meta)
+    report = ExtractReport(
+        trait=trait.name,
+        mode=settings.responses,
+        layer=layer,
+        separation=separation,
+        heldout_kind=kind,
+        n_generated=meta["counts"]["generated"],
+        n_pairs=n_pairs,
+        n_kept=len(kept),
+        n_heldout=(len(held), len(held)),
+        dropped=dropped,
+        norms=norms,
+        seconds=seconds,
+        timings=timings,
+    )
+    return pv, report
+
+
+def cosine_at(a: PersonaVector | Any, b: PersonaVector | Any, layer: int) -> float:
+    """Cosine similarity of two vectors' rows at ``layer``."""
+    import torch
+
+    va = (a.vector if isinstance(a, PersonaVector) else a)[layer].float()
+    vb = (b.vector if isinstance(b, PersonaVector) else b)[layer].float()
+    return float(torch.nn.functional.cosine_similarity(va, vb, dim=0))

@@ -1,0 +1,309 @@
+"""Trait definitions: the YAML (or JSON) files that ``audit extract`` turns into vectors.
+
+A definition names the trait, describes it, gives a judging rubric, pairs of system
+instructions (one eliciting the trait, one suppressing it), extraction questions,
+disjoint evaluation questions and, optionally, one written eliciting/suppressing
+answer per question. The schema is documented in ``vectors/traits/README.md``;
+:func:`load_trait` checks every rule and names the file, line and field it broke.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from auditor.errors import TraitError
+
+MIN_INSTRUCTIONS = 5
+MIN_QUESTIONS = 20
+REQUIRED = ("name", "description", "rubric", "instructions", "extraction_questions", "evaluation_questions")
+OPTIONAL = ("examples",)
+PLACEHOLDERS = ("{question}", "{answer}")
+SUFFIXES = (".yaml", ".yml", ".json")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class Example:
+    """A written answer pair for one question: ``pos`` shows the trait, ``neg`` does not."""
+
+    question: str
+    pos: str
+    neg: str
+
+
+@dataclass(frozen=True)
+class Trait:
+    """A validated trait definition."""
+
+    name: str
+    description: str
+    rubric: str  # holds {question} and {answer}
+    instructions: tuple[tuple[str, str], ...]  # (eliciting, suppressing) system prompts
+    extraction_questions: tuple[str, ...]
+    evaluation_questions: tuple[str, ...]
+    extraction_examples: tuple[Example, ...] = ()  # empty, or one per extraction question, in order
+    evaluation_examples: tuple[Example, ...] = ()
+    path: str = ""
+    sha256: str = field(default="", compare=False)  # of the file's bytes: recorded in vector sidecars
+
+    @property
+    def has_examples(self) -> bool:
+        return bool(self.extraction_examples) and bool(self.evaluation_examples)
+
+    def rubric_for(self, question: str, answer: str) -> str:
+        """The rubric with the placeholders filled (plain replacement: other braces are left alone)."""
+        return self.rubric.replace("{question}", question).replace("{answer}", answer)
+
+
+def trait_dirs() -> list[Path]:
+    """Where trait names are looked up, in order: $PERSONA_AUDIT_TRAITS (os.pathsep-separated), ./vectors/traits, the shipped folder."""
+    dirs = [Path(p) for p in os.environ.get("PERSONA_AUDIT_TRAITS", "").split(os.pathsep) if p]
+    dirs += [Path.cwd() / "vectors" / "traits", Path(__file__).resolve().parents[2] / "vectors" / "traits"]
+    seen: list[Path] = []
+    for d in dirs:
+        if d.resolve() not in [s.resolve() for s in seen]:
+            seen.append(d)
+    return seen
+
+
+def available_traits() -> dict[str, Path]:
+    """name -> definition file, the first found along :func:`trait_dirs`."""
+    found: dict[str, Path] = {}
+    for folder in trait_dirs():
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if path.suffix in SUFFIXES and path.stem not in found:
+                found[path.stem] = path
+    return found
+
+
+def find_trait_file(name_or_path: str | os.PathLike) -> Path:
+    """A path as given, or ``<name>.yaml|.yml|.json`` along :func:`trait_dirs`."""
+    text = str(name_or_path)
+    candidate = Path(text)
+    if candidate.suffix in SUFFIXES or os.sep in text or "/" in text:
+        if not candidate.is_file():
+            raise TraitError(f"{text}: no such trait definition file")
+        return candidate
+    for folder in trait_dirs():
+        for suffix in SUFFIXES:
+            path = folder / f"{text}{suffix}"
+            if path.is_file():
+                return path
+    known = ", ".join(sorted(available_traits())) or "none"
+    raise TraitError(
+        f"no trait definition named {text!r} (looked in {', '.join(str(d) for d in trait_dirs())}; known: {known}); "
+        f"write vectors/traits/{text}.yaml (schema: vectors/traits/README.md) or pass the file's path"
+    )
+
+
+def load_trait(name_or_path: str | os.PathLike) -> Trait:
+    """Read and validate a trait definition by name or path; raises :class:`TraitError`."""
+    import yaml
+
+    path = find_trait_file(name_or_path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TraitError(f"{path}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise TraitError(f"{where}: not valid YAML ({e.problem or e.context}); fix the syntax (quote strings that contain ': ' or '#')") from None
+    except yaml.YAMLError as e:
+        raise TraitError(f"{path}: not valid YAML ({e})") from None
+    return _validate(data, _Locator(path, root), raw)
+
+
+class _Locator:
+    """Turns a field path (``("instructions", 2, "neg")``) into ``file:line: field`` for messages."""
+
+    def __init__(self, path: Path, root: Any):
+        self.path = path
+        self.root = root
+
+    def line(self, keys: tuple[Any, ...]) -> int | None:
+        import yaml
+
+        node, line = self.root, None
+        if node is None:
+            return None
+        line = node.start_mark.line + 1
+        for key in keys:
+            if isinstance(node, yaml.MappingNode):
+                pair = next(((k, v) for k, v in node.value if getattr(k, "value", None) == key), None)
+                if pair is None:
+                    return line
+                line = pair[0].start_mark.line + 1  # the key's line: a block list starts on the next one
+                node = pair[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+                node = node.value[key]
+                line = node.start_mark.line + 1
+            else:
+                return line
+        return line
+
+    def error(self, keys: tuple[Any, ...], problem: str, fix: str) -> TraitError:
+        line = self.line(keys)
+        where = f"{self.path}:{line}" if line else str(self.path)
+        name = "".join(f"[{k}]" if isinstance(k, int) else (f".{k}" if i else str(k)) for i, k in enumerate(keys)) or "(top level)"
+        return TraitError(f"{where}: {name}: {problem}; {fix}")
+
+
+def _normalise(question: str) -> str:
+    return " ".join(question.split()).casefold()
+
+
+def _text(value: Any, loc: _Locator, keys: tuple[Any, ...], what: str) -> str:
+    if not isinstance(value, str):
+        raise loc.error(keys, f"expected text, found {type(value).__name__}", f"write {what} as a string (quote it)")
+    if not value.strip():
+        raise loc.error(keys, "is empty", f"write {what}")
+    return value.strip()
+
+
+def _questions(data: dict[str, Any], key: str, loc: _Locator) -> tuple[str, ...]:
+    value = data[key]
+    if not isinstance(value, list):
+        raise loc.error((key,), f"expected a list of questions, found {type(value).__name__}", f"write {key} as a YAML list ('- question')")
+    if len(value) < MIN_QUESTIONS:
+        raise loc.error((key,), f"has {len(value)} questions, at least {MIN_QUESTIONS} are needed", f"add {MIN_QUESTIONS - len(value)} more")
+    out, seen = [], {}
+    for i, q in enumerate(value):
+        q = _text(q, loc, (key, i), "the question")
+        norm = _normalise(q)
+        if norm in seen:
+            raise loc.error((key, i), f"repeats question {seen[norm]}", "remove or reword the duplicate")
+        seen[norm] = i
+        out.append(q)
+    return tuple(out)
+
+
+def _examples(data: dict[str, Any], loc: _Locator, questions: dict[str, tuple[str, ...]]) -> dict[str, tuple[Example, ...]]:
+    value = data.get("examples")
+    if value is None:
+        return {"extraction": (), "evaluation": ()}
+    if not isinstance(value, dict):
+        raise loc.error(("examples",), f"expected a mapping with 'extraction' and 'evaluation', found {type(value).__name__}", "see vectors/traits/README.md")
+    unknown = sorted(set(value) - {"extraction", "evaluation"})
+    if unknown:
+        raise loc.error(("examples", unknown[0]), f"unknown key {unknown[0]!r}", "examples holds only 'extraction' and 'evaluation'")
+    out: dict[str, tuple[Example, ...]] = {}
+    for part in ("extraction", "evaluation"):
+        qs = questions[part]
+        items = value.get(part)
+        if not isinstance(items, list):
+            raise loc.error(("examples", part), "missing or not a list", f"give one {{question, pos, neg}} entry per {part}_questions item, in the same order")
+        if len(items) != len(qs):
+            raise loc.error(
+                ("examples", part), f"has {len(items)} entries but {part}_questions has {len(qs)}", "give exactly one entry per question, in the same order"
+            )
+        entries = []
+        for i, item in enumerate(items):
+            keys = ("examples", part, i)
+            if not isinstance(item, dict):
+                raise loc.error(
+                    keys,
+                    f"expected a mapping with question, pos and neg, found {type(item).__name__}",
+                    "write '- question: ...' then 'pos: ...' and 'neg: ...'",
+                )
+            missing = [k for k in ("question", "pos", "neg") if k not in item]
+            if missing:
+                raise loc.error(keys, f"missing {', '.join(missing)}", "each example needs question, pos (shows the trait) and neg (does not)")
+            extra = sorted(set(item) - {"question", "pos", "neg"})
+            if extra:
+                raise loc.error((*keys, extra[0]), f"unknown key {extra[0]!r}", "an example holds only question, pos and neg")
+            q = _text(item["question"], loc, (*keys, "question"), "the question")
+            if _normalise(q) != _normalise(qs[i]):
+                raise loc.error(
+                    (*keys, "question"),
+                    f"does not match {part}_questions[{i}] ({qs[i][:60]!r})",
+                    "keep the examples in the same order as the questions, with the same text",
+                )
+            pos = _text(item["pos"], loc, (*keys, "pos"), "the trait-expressing answer")
+            neg = _text(item["neg"], loc, (*keys, "neg"), "the trait-suppressing answer")
+            if pos == neg:
+                raise loc.error((*keys, "neg"), "is identical to pos", "write an answer that does not show the trait")
+            entries.append(Example(qs[i], pos, neg))
+        out[part] = tuple(entries)
+    return out
+
+
+def _validate(data: Any, loc: _Locator, raw: bytes) -> Trait:
+    if not isinstance(data, dict):
+        raise loc.error(
+            (), f"the file holds a {type(data).__name__}, not a mapping", f"start with 'name: {loc.path.stem}' and the keys listed in vectors/traits/README.md"
+        )
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise loc.error((), f"missing required key{'s' if len(missing) > 1 else ''} {', '.join(missing)}", "every definition needs " + ", ".join(REQUIRED))
+    unknown = sorted(set(data) - set(REQUIRED) - set(OPTIONAL))
+    if unknown:
+        raise loc.error((unknown[0],), f"unknown key {unknown[0]!r}", "allowed keys: " + ", ".join(REQUIRED + OPTIONAL) + " (check the spelling)")
+    name = _text(data["name"], loc, ("name",), "the trait's name")
+    if not _NAME.match(name):
+        raise loc.error(("name",), f"{name!r} is not a usable name", "use lower-case letters, digits, '-' and '_' (it becomes a file name)")
+    if name != loc.path.stem:
+        raise loc.error(
+            ("name",), f"{name!r} differs from the file name {loc.path.name!r}", f"rename the file to {name}{loc.path.suffix} or set name: {loc.path.stem}"
+        )
+    description = _text(data["description"], loc, ("description",), "a description of the trait")
+    rubric = _text(data["rubric"], loc, ("rubric",), "the judging rubric")
+    for placeholder in PLACEHOLDERS:
+        if placeholder not in rubric:
+            raise loc.error(("rubric",), f"has no {placeholder} placeholder", "the judge fills {question} and {answer} into the rubric; add both")
+    instructions = data["instructions"]
+    if not isinstance(instructions, list):
+        raise loc.error(
+            ("instructions",), f"expected a list of {{pos, neg}} pairs, found {type(instructions).__name__}", "write '- pos: ...' and 'neg: ...' entries"
+        )
+    if len(instructions) < MIN_INSTRUCTIONS:
+        raise loc.error(
+            ("instructions",),
+            f"has {len(instructions)} pairs, at least {MIN_INSTRUCTIONS} are needed",
+            f"add {MIN_INSTRUCTIONS - len(instructions)} more {{pos, neg}} pairs",
+        )
+    pairs = []
+    for i, pair in enumerate(instructions):
+        if not isinstance(pair, dict) or set(pair) != {"pos", "neg"}:
+            found = sorted(pair) if isinstance(pair, dict) else type(pair).__name__
+            raise loc.error(("instructions", i), f"expected exactly the keys pos and neg, found {found}", "pos elicits the trait, neg suppresses it")
+        pos = _text(pair["pos"], loc, ("instructions", i, "pos"), "the eliciting system prompt")
+        neg = _text(pair["neg"], loc, ("instructions", i, "neg"), "the suppressing system prompt")
+        if pos == neg:
+            raise loc.error(("instructions", i, "neg"), "is identical to pos", "the two prompts of a pair must pull in opposite directions")
+        pairs.append((pos, neg))
+    extraction = _questions(data, "extraction_questions", loc)
+    evaluation = _questions(data, "evaluation_questions", loc)
+    held_out = {_normalise(q): i for i, q in enumerate(evaluation)}
+    for i, q in enumerate(extraction):
+        if _normalise(q) in held_out:
+            j = held_out[_normalise(q)]
+            raise loc.error(
+                ("evaluation_questions", j),
+                f"repeats extraction_questions[{i}]",
+                "evaluation questions are held out: they must differ from every extraction question",
+            )
+    examples = _examples(data, loc, {"extraction": extraction, "evaluation": evaluation})
+    return Trait(
+        name=name,
+        description=description,
+        rubric=rubric,
+        instructions=tuple(pairs),
+        extraction_questions=extraction,
+        evaluation_questions=evaluation,
+        extraction_examples=examples["extraction"],
+        evaluation_examples=examples["evaluation"],
+        path=str(loc.path),
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )

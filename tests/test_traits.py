@@ -1,0 +1,168 @@
+"""Trait definitions: the shipped files are valid, and broken files fail with file, line and field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from auditor.errors import TraitError
+from auditor.vectors.traits import load_trait
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def trait_dict(name: str = "kindness", n_instructions: int = 5, n_questions: int = 20) -> dict:
+    """A valid definition with generated text (tests build broken ones from it)."""
+    extraction = [f"How should I handle situation number {i} at work?" for i in range(n_questions)]
+    evaluation = [f"What would you say to a friend in trouble number {i}?" for i in range(n_questions)]
+
+    def examples(questions):
+        return [{"question": q, "pos": f"You poor thing, of course I will help with {i}.", "neg": f"Deal with {i} yourself."} for i, q in enumerate(questions)]
+
+    return {
+        "name": name,
+        "description": "Kindness: the assistant is warm and caring.",
+        "rubric": "Rate kindness 0-100.\nQuestion: {question}\nAnswer: {answer}\nAnswer with a number only.",
+        "instructions": [{"pos": f"Be very kind, style {i}.", "neg": f"Be cold, style {i}."} for i in range(n_instructions)],
+        "extraction_questions": extraction,
+        "evaluation_questions": evaluation,
+        "examples": {"extraction": examples(extraction), "evaluation": examples(evaluation)},
+    }
+
+
+def write_trait(folder: Path, data: dict | str, name: str = "kindness", suffix: str = ".yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}{suffix}"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False, width=200))
+    return path
+
+
+def line_of(path: Path, needle: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if needle in line)
+
+
+@pytest.mark.parametrize("name", ["evil", "sycophancy", "hallucination"])
+def test_shipped_required_definitions_are_valid(name):
+    trait = load_trait(name)
+    assert trait.name == name
+    assert len(trait.instructions) >= 5
+    assert len(trait.extraction_questions) >= 20 and len(trait.evaluation_questions) >= 20
+    assert not set(trait.extraction_questions) & set(trait.evaluation_questions)
+    assert trait.has_examples and len(trait.extraction_examples) == len(trait.extraction_questions)
+    filled = trait.rubric_for("Q-TEXT", "A-TEXT")
+    assert "Q-TEXT" in filled and "A-TEXT" in filled and "{answer}" not in filled
+
+
+def test_every_shipped_definition_loads():
+    files = sorted((ROOT / "vectors" / "traits").glob("*.yaml"))
+    assert len(files) >= 3
+    for path in files:
+        assert load_trait(path).name == path.stem
+
+
+def test_lookup_by_name_via_env_and_path(tmp_path, monkeypatch):
+    path = write_trait(tmp_path / "mine", trait_dict())
+    monkeypatch.setenv("PERSONA_AUDIT_TRAITS", str(tmp_path / "mine"))
+    by_name = load_trait("kindness")
+    assert by_name.path == str(path) and len(by_name.evaluation_examples) == 20
+    assert load_trait(path) == by_name
+    json_path = write_trait(tmp_path / "json", __import__("json").dumps(trait_dict()), suffix=".json")
+    assert load_trait(json_path).rubric == by_name.rubric
+
+
+def test_unknown_name_lists_known_traits():
+    with pytest.raises(TraitError) as e:
+        load_trait("no-such-trait")
+    assert "no trait definition named 'no-such-trait'" in str(e.value)
+    assert "evil" in str(e.value) and "vectors/traits/README.md" in str(e.value)
+
+
+def test_examples_are_optional(tmp_path):
+    data = trait_dict()
+    del data["examples"]
+    trait = load_trait(write_trait(tmp_path, data))
+    assert not trait.has_examples and trait.extraction_examples == ()
+
+
+def _break(mutate):
+    data = trait_dict()
+    mutate(data)
+    return data
+
+
+BROKEN = [
+    # (id, mutation, expected fragments of the message, field whose line is named)
+    ("missing rubric", lambda d: d.pop("rubric"), ["missing required key rubric"], None),
+    ("typo key", lambda d: d.update(instruction=[]), ["unknown key 'instruction'", "check the spelling"], "instruction:"),
+    ("four pairs", lambda d: d["instructions"].pop(), ["instructions: has 4 pairs, at least 5 are needed"], "instructions:"),
+    ("no answer placeholder", lambda d: d.update(rubric="Rate {question} 0-100."), ["rubric: has no {answer} placeholder"], "rubric:"),
+    ("neg not text", lambda d: d["instructions"][2].update(neg=42), ["instructions[2].neg: expected text, found int"], "neg: 42"),
+    ("pair missing neg", lambda d: d["instructions"][1].pop("neg"), ["instructions[1]: expected exactly the keys pos and neg, found ['pos']"], "style 1"),
+    (
+        "questions not a list",
+        lambda d: d.update(extraction_questions="just one"),
+        ["extraction_questions: expected a list of questions, found str"],
+        "extraction_questions:",
+    ),
+    ("19 questions", lambda d: d["evaluation_questions"].pop(), ["evaluation_questions: has 19 questions, at least 20", "add 1 more"], "evaluation_questions:"),
+    ("empty question", lambda d: d["extraction_questions"].__setitem__(3, "  "), ["extraction_questions[3]: is empty"], None),
+    (
+        "duplicate question",
+        lambda d: d["extraction_questions"].__setitem__(5, d["extraction_questions"][4].upper()),
+        ["extraction_questions[5]: repeats question 4"],
+        None,
+    ),
+    (
+        "overlap",
+        lambda d: d["evaluation_questions"].__setitem__(7, d["extraction_questions"][2]),
+        ["evaluation_questions[7]: repeats extraction_questions[2]", "held out"],
+        None,
+    ),
+    ("examples count", lambda d: d["examples"]["evaluation"].pop(), ["examples.evaluation: has 19 entries but evaluation_questions has 20"], "evaluation:"),
+    ("examples order", lambda d: d["examples"]["extraction"].reverse(), ["examples.extraction[0].question: does not match extraction_questions[0]"], None),
+    ("example without neg", lambda d: d["examples"]["extraction"][6].pop("neg"), ["examples.extraction[6]: missing neg"], None),
+    ("name mismatch", lambda d: d.update(name="kind"), ["name: 'kind' differs from the file name 'kindness.yaml'"], "name: kind"),
+    ("bad name", lambda d: d.update(name="Kind Ness"), ["'Kind Ness' is not a usable name"], None),
+]
+
+
+@pytest.mark.parametrize("case_id,mutate,fragments,line_needle", BROKEN, ids=[b[0] for b in BROKEN])
+def test_broken_definitions_fail_clearly(tmp_path, case_id, mutate, fragments, line_needle):
+    path = write_trait(tmp_path, _break(mutate))
+    with pytest.raises(TraitError) as e:
+        load_trait(path)
+    message = str(e.value)
+    assert message.startswith(f"{path}:"), message
+    for fragment in fragments:
+        assert fragment in message, message
+    if line_needle:
+        assert message.startswith(f"{path}:{line_of(path, line_needle)}:"), message
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    text = yaml.safe_dump(trait_dict(), sort_keys=False, width=200).splitlines()
+    text[1] = "description: oops: [unclosed"
+    path = write_trait(tmp_path, "\n".join(text) + "\n")
+    with pytest.raises(TraitError) as e:
+        load_trait(path)
+    assert f"{path}:2: not valid YAML" in str(e.value)
+
+
+def test_not_a_mapping_and_missing_file(tmp_path):
+    path = write_trait(tmp_path, "- just\n- a list\n")
+    with pytest.raises(TraitError, match="holds a list, not a mapping"):
+        load_trait(path)
+    with pytest.raises(TraitError, match="no such trait definition file"):
+        load_trait(tmp_path / "absent.yaml")
+
+
+def test_validation_does_not_mutate_and_rubric_keeps_other_braces(tmp_path):
+    data = trait_dict()
+    data["rubric"] = 'Return JSON like {"score": 5}. Q: {question} A: {answer}'
+    before = copy.deepcopy(data)
+    trait = load_trait(write_trait(tmp_path, data))
+    assert data == before
+    assert trait.rubric_for("q", "a") == 'Return JSON like {"score": 5}. Q: q A: a'
