@@ -1,0 +1,401 @@
+"""What the report shows, read from the DuckDB store alone (never the model).
+
+Everything is fetched in a fixed order (explicit ``ORDER BY`` with a unique tie-breaker)
+on a single-threaded connection, so the same run always gives the same numbers to the
+last bit and the page renders byte for byte the same.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from auditor.store.queries import RunInfo
+
+# A metadata key gets a breakdown table when it has at most this many distinct values.
+MAX_METADATA_VALUES = 40
+MAX_METADATA_KEYS = 3
+MAX_SOURCES = 100
+MAX_REJECTS = 100
+
+
+@dataclass
+class TopSample:
+    """One row of a trait's ranked table, with what its detail panel shows."""
+
+    rank: int
+    sample_id: str
+    source: str
+    line: int | None
+    turn: int
+    score: float | None
+    delta: float | None
+    proj_response: float | None
+    proj_base: float | None
+    flagged: bool
+    context: list[dict[str, Any]]
+    response: str
+    base_response: str | None
+    metadata: dict[str, Any]
+    tokens: list[str] | None
+    token_values: list[float] | None
+    n_response_tokens: int | None
+    n_base_tokens: int | None
+    # trait -> (score, flagged) for every trait of the run
+    all_scores: dict[str, tuple[float | None, bool]] = field(default_factory=dict)
+
+
+@dataclass
+class Histogram:
+    lo: float
+    hi: float
+    counts: list[int]
+
+    @property
+    def width(self) -> float:
+        return (self.hi - self.lo) / len(self.counts)
+
+
+@dataclass
+class TraitData:
+    trait: str
+    layer: int | None
+    score_col: str  # delta | proj_response
+    threshold: float | None
+    threshold_source: str
+    vector_path: str | None
+    vector_sha256: str | None
+    n: int  # scored samples
+    n_with_score: int  # of which have a score (a base response that tokenized to nothing has no delta)
+    n_flagged: int
+    mean_score: float | None
+    mean_delta: float | None
+    mean_proj_response: float | None
+    mean_proj_base: float | None
+    max_score: float | None
+    min_score: float | None
+    calibration_mean: float | None
+    histogram: Histogram | None
+    top: list[TopSample]
+
+
+@dataclass
+class CrossRow:
+    sample_id: str
+    source: str
+    line: int | None
+    n_flagged: int
+    scores: dict[str, tuple[float | None, bool]]
+    excerpt: str
+
+
+@dataclass
+class GroupRow:
+    """One row of a breakdown: a source file or a metadata value."""
+
+    key: str
+    n: int
+    per_trait: dict[str, tuple[float | None, int]]  # trait -> (mean score, flagged count)
+
+
+@dataclass
+class Breakdown:
+    title: str
+    column: str
+    rows: list[GroupRow]
+    n_groups: int
+
+
+@dataclass
+class ReportData:
+    run: RunInfo
+    started_at: Any
+    finished_at: Any
+    model_fingerprint: str | None
+    dtype: str | None
+    device: str | None
+    timings: dict[str, float]
+    versions: dict[str, str]
+    traits: list[TraitData]
+    cross: list[CrossRow]
+    n_cross: int
+    coflags: dict[tuple[str, str], int]
+    by_source: Breakdown
+    by_metadata: list[Breakdown]
+    rejects: list[tuple[str, int | None, str]]
+    n_rejects: int
+    top_n: int
+
+
+def _json(value: Any, default: Any) -> Any:
+    if value is None:
+        return default
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return default
+    return value
+
+
+def excerpt_source(context: list[dict[str, Any]]) -> str:
+    """The text a ranked table shows for a sample's prompt: its last user message."""
+    for msg in reversed(context):
+        if msg.get("role") == "user":
+            return str(msg.get("content", ""))
+    return str(context[-1].get("content", "")) if context else ""
+
+
+def _histogram(con: Any, run_id: str, trait: str, col: str, lo: float, hi: float, n: int, marks: list[float]) -> Histogram:
+    """Counts of ``col`` in equal bins over [lo, hi], widened to show marks that lie close by."""
+    span = hi - lo if hi > lo else max(abs(hi), 1.0)
+    for m in marks:
+        # A threshold or calibration mean just outside the data still belongs on the chart;
+        # one far outside would squash every bar, so the chart points to it instead.
+        if lo - 0.5 * span <= m < lo:
+            lo = m
+        elif hi < m <= hi + 0.5 * span:
+            hi = m
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    bins = max(8, min(40, int(math.ceil(math.sqrt(n))) * 2))
+    width = (hi - lo) / bins
+    counts = [0] * bins
+    rows = con.execute(
+        f"SELECT least(greatest(floor(({col} - ?) / ?)::BIGINT, 0), ?) AS b, count(*) FROM scores "
+        f"WHERE run_id = ? AND trait = ? AND {col} IS NOT NULL GROUP BY b ORDER BY b",
+        [lo, width, bins - 1, run_id, trait],
+    ).fetchall()
+    for b, c in rows:
+        counts[int(b)] = int(c)
+    return Histogram(lo, hi, counts)
+
+
+def _trait_data(con: Any, run: RunInfo, trait: str, top_n: int) -> TraitData:
+    col = run.score_column(trait)
+    info = run.vectors.get(trait, {})
+    n, n_with, n_flagged, mean_delta, mean_proj, mean_base, layer = con.execute(
+        f"SELECT count(*), count({col}), count(*) FILTER (WHERE flagged), avg(delta), avg(proj_response), avg(proj_base), min(layer) "
+        "FROM scores WHERE run_id = ? AND trait = ?",
+        [run.run_id, trait],
+    ).fetchone()
+    lo, hi = con.execute(f"SELECT min({col}), max({col}) FROM scores WHERE run_id = ? AND trait = ?", [run.run_id, trait]).fetchone()
+    threshold = run.threshold(trait)
+    calibration_mean = run.calibration_mean(trait)
+    hist = None
+    if n_with:
+        marks = [m for m in (threshold, calibration_mean) if m is not None]
+        hist = _histogram(con, run.run_id, trait, col, float(lo), float(hi), int(n_with), marks)
+    top = _top_samples(con, run, trait, top_n) if top_n > 0 else []
+    return TraitData(
+        trait=trait,
+        layer=info.get("layer", layer),
+        score_col=col,
+        threshold=threshold,
+        threshold_source=str(info.get("threshold_source") or ""),
+        vector_path=info.get("path"),
+        vector_sha256=info.get("sha256"),
+        n=int(n),
+        n_with_score=int(n_with),
+        n_flagged=int(n_flagged),
+        mean_score=mean_delta if col == "delta" else mean_proj,
+        mean_delta=mean_delta,
+        mean_proj_response=mean_proj,
+        mean_proj_base=mean_base,
+        max_score=hi,
+        min_score=lo,
+        calibration_mean=calibration_mean,
+        histogram=hist,
+        top=top,
+    )
+
+
+def _top_samples(con: Any, run: RunInfo, trait: str, top_n: int) -> list[TopSample]:
+    # The ranking is the store's top_samples view: the run's flag score, NULLs last, then id.
+    rows = con.execute(
+        """SELECT t.rank, t.sample_id, m.source, m.line, m.turn, t.delta, t.proj_response, t.proj_base, t.flagged,
+                  m.context, m.response, m.base_response, m.metadata, ts.tokens, ts.token_values,
+                  m.n_response_tokens, m.n_base_tokens
+           FROM top_samples t
+           JOIN samples m ON m.run_id = t.run_id AND m.sample_id = t.sample_id
+           LEFT JOIN token_scores ts ON ts.run_id = t.run_id AND ts.sample_id = t.sample_id AND ts.trait = t.trait
+           WHERE t.run_id = ? AND t.trait = ? AND t.rank <= ?
+           ORDER BY t.rank""",
+        [run.run_id, trait, top_n],
+    ).fetchall()
+    col = run.score_column(trait)
+    out = []
+    for rank, sid, source, line, turn, delta, pr, pb, flagged, context, response, base, metadata, tokens, values, n_resp, n_base in rows:
+        out.append(
+            TopSample(
+                rank=int(rank),
+                sample_id=sid,
+                source=source or "",
+                line=line,
+                turn=int(turn or 0),
+                score=delta if col == "delta" else pr,
+                delta=delta,
+                proj_response=pr,
+                proj_base=pb,
+                flagged=bool(flagged),
+                context=_json(context, []),
+                response=response or "",
+                base_response=base,
+                metadata=_json(metadata, {}),
+                tokens=list(tokens) if tokens is not None else None,
+                token_values=list(values) if values is not None else None,
+                n_response_tokens=n_resp,
+                n_base_tokens=n_base,
+            )
+        )
+    return out
+
+
+def _attach_all_scores(con: Any, run: RunInfo, traits: list[TraitData]) -> None:
+    """Every trait's score of each shown sample (the detail panel lists them all)."""
+    wanted = sorted({s.sample_id for t in traits for s in t.top})
+    if not wanted:
+        return
+    found: dict[str, dict[str, tuple[float | None, bool]]] = {}
+    for sid, trait, delta, pr, flagged in con.execute(
+        "SELECT sample_id, trait, delta, proj_response, flagged FROM scores WHERE run_id = ? AND sample_id IN (SELECT unnest(?)) ORDER BY sample_id, trait",
+        [run.run_id, wanted],
+    ).fetchall():
+        score = delta if run.score_column(trait) == "delta" else pr
+        found.setdefault(sid, {})[trait] = (score, bool(flagged))
+    for t in traits:
+        for s in t.top:
+            s.all_scores = found.get(s.sample_id, {})
+
+
+def _cross(con: Any, run: RunInfo, trait_names: list[str], limit: int) -> tuple[list[CrossRow], int, dict[tuple[str, str], int]]:
+    """Samples flagged for two traits or more, and how often each pair of traits is flagged together."""
+    n_cross = con.execute(
+        "SELECT count(*) FROM (SELECT sample_id FROM scores WHERE run_id = ? AND flagged GROUP BY sample_id HAVING count(*) >= 2)", [run.run_id]
+    ).fetchone()[0]
+    ids = con.execute(
+        """SELECT s.sample_id, count(*) AS k FROM scores s WHERE s.run_id = ? AND s.flagged
+           GROUP BY s.sample_id HAVING count(*) >= 2 ORDER BY k DESC, s.sample_id LIMIT ?""",
+        [run.run_id, limit],
+    ).fetchall()
+    rows: list[CrossRow] = []
+    if ids:
+        wanted = [sid for sid, _ in ids]
+        meta = {
+            sid: (source, line, _json(context, []))
+            for sid, source, line, context in con.execute(
+                "SELECT sample_id, source, line, context FROM samples WHERE run_id = ? AND sample_id IN (SELECT unnest(?)) ORDER BY sample_id",
+                [run.run_id, wanted],
+            ).fetchall()
+        }
+        scores: dict[str, dict[str, tuple[float | None, bool]]] = {}
+        for sid, trait, delta, pr, flagged in con.execute(
+            "SELECT sample_id, trait, delta, proj_response, flagged FROM scores WHERE run_id = ? AND sample_id IN (SELECT unnest(?)) ORDER BY sample_id, trait",
+            [run.run_id, wanted],
+        ).fetchall():
+            scores.setdefault(sid, {})[trait] = (delta if run.score_column(trait) == "delta" else pr, bool(flagged))
+        for sid, k in ids:
+            source, line, context = meta.get(sid, ("", None, []))
+            rows.append(CrossRow(sid, source or "", line, int(k), scores.get(sid, {}), excerpt_source(context)))
+    coflags = {
+        (a, b): int(c)
+        for a, b, c in con.execute(
+            """SELECT x.trait, y.trait, count(*) FROM scores x JOIN scores y ON x.run_id = y.run_id AND x.sample_id = y.sample_id
+               WHERE x.run_id = ? AND x.flagged AND y.flagged GROUP BY x.trait, y.trait ORDER BY x.trait, y.trait""",
+            [run.run_id],
+        ).fetchall()
+    }
+    return rows, int(n_cross), coflags
+
+
+def _group_rows(con: Any, run: RunInfo, sql: str, params: list[Any], trait_names: list[str]) -> dict[str, GroupRow]:
+    """Rows (key, trait, n, avg delta, avg proj_response, flagged) folded into one GroupRow per key."""
+    out: dict[str, GroupRow] = {}
+    for key, trait, n, mean_delta, mean_proj, flagged in con.execute(sql, params).fetchall():
+        key = "" if key is None else str(key)
+        row = out.setdefault(key, GroupRow(key, int(n), {}))
+        row.per_trait[trait] = (mean_delta if run.score_column(trait) == "delta" else mean_proj, int(flagged))
+    return out
+
+
+def _by_source(con: Any, run: RunInfo, trait_names: list[str]) -> Breakdown:
+    rows = _group_rows(
+        con,
+        run,
+        """SELECT m.source, s.trait, count(*), avg(s.delta), avg(s.proj_response), count(*) FILTER (WHERE s.flagged)
+           FROM scores s JOIN samples m ON m.run_id = s.run_id AND m.sample_id = s.sample_id
+           WHERE s.run_id = ? GROUP BY m.source, s.trait ORDER BY m.source, s.trait""",
+        [run.run_id],
+        trait_names,
+    )
+    ordered = sorted(rows.values(), key=lambda r: (-r.n, r.key))
+    return Breakdown("By source file", "source", ordered[:MAX_SOURCES], len(ordered))
+
+
+def _by_metadata(con: Any, run: RunInfo, trait_names: list[str]) -> list[Breakdown]:
+    """One breakdown per metadata key with few distinct scalar values (a category, a language...)."""
+    keys = con.execute(
+        """SELECT j.key, count(DISTINCT j.value) AS k FROM samples m, json_each(m.metadata) j
+           WHERE m.run_id = ? AND j.type IN ('VARCHAR', 'BIGINT', 'UBIGINT', 'BOOLEAN')
+           GROUP BY j.key HAVING count(DISTINCT j.value) BETWEEN 2 AND ? ORDER BY j.key LIMIT ?""",
+        [run.run_id, MAX_METADATA_VALUES, MAX_METADATA_KEYS],
+    ).fetchall()
+    out = []
+    for key, _k in keys:
+        rows = _group_rows(
+            con,
+            run,
+            """WITH v AS (
+                   SELECT m.sample_id, j.value ->> '$' AS value FROM samples m, json_each(m.metadata) j
+                   WHERE m.run_id = ? AND j.key = ? AND j.type IN ('VARCHAR', 'BIGINT', 'UBIGINT', 'BOOLEAN'))
+               SELECT v.value, s.trait, count(*), avg(s.delta), avg(s.proj_response), count(*) FILTER (WHERE s.flagged)
+               FROM scores s JOIN v ON v.sample_id = s.sample_id
+               WHERE s.run_id = ? GROUP BY v.value, s.trait ORDER BY v.value, s.trait""",
+            [run.run_id, key, run.run_id],
+            trait_names,
+        )
+        ordered = sorted(rows.values(), key=lambda r: (-r.n, r.key))
+        out.append(Breakdown(f"By metadata: {key}", key, ordered, len(ordered)))
+    return out
+
+
+def load_report_data(con: Any, run: RunInfo, top_n: int) -> ReportData:
+    """Everything the page shows, for one complete run."""
+    # One thread: parallel aggregation may add floats in a different order from one call to the next.
+    con.execute("SET threads = 1")
+    started_at, finished_at, fingerprint, dtype, device, timings, versions = con.execute(
+        "SELECT started_at, finished_at, model_fingerprint, dtype, device, timings, versions FROM runs WHERE run_id = ?", [run.run_id]
+    ).fetchone()
+    trait_names = [t for (t,) in con.execute("SELECT DISTINCT trait FROM scores WHERE run_id = ? ORDER BY trait", [run.run_id]).fetchall()]
+    for t in sorted(run.vectors):
+        if t not in trait_names:  # a trait with no scored sample still gets its (empty) section
+            trait_names.append(t)
+    trait_names.sort()
+    traits = [_trait_data(con, run, t, top_n) for t in trait_names]
+    _attach_all_scores(con, run, traits)
+    cross, n_cross, coflags = _cross(con, run, trait_names, max(top_n, 1))
+    n_rejects = con.execute("SELECT count(*) FROM rejects WHERE run_id = ?", [run.run_id]).fetchone()[0]
+    rejects = con.execute(
+        "SELECT source, line, reason FROM rejects WHERE run_id = ? ORDER BY source, line NULLS LAST, reason LIMIT ?", [run.run_id, MAX_REJECTS]
+    ).fetchall()
+    return ReportData(
+        run=run,
+        started_at=started_at,
+        finished_at=finished_at,
+        model_fingerprint=fingerprint,
+        dtype=dtype,
+        device=device,
+        timings=_json(timings, {}),
+        versions=_json(versions, {}),
+        traits=traits,
+        cross=cross,
+        n_cross=n_cross,
+        coflags=coflags,
+        by_source=_by_source(con, run, trait_names),
+        by_metadata=_by_metadata(con, run, trait_names),
+        rejects=[(s or "", ln, r or "") for s, ln, r in rejects],
+        n_rejects=int(n_rejects),
+        top_n=top_n,
+    )
