@@ -117,6 +117,11 @@ def test_report_in_chromium(browser, report, tmp_path):
         box = long_block.bounding_box()
         assert box and box["width"] <= 1366
 
+        # On a narrow window too (the two response panels stack).
+        page.set_viewport_size({"width": 600, "height": 900})
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        page.set_viewport_size({"width": 1366, "height": 768})
+
         shot = tmp_path / "report.png"
         page.locator("#evil-1").scroll_into_view_if_needed()
         page.screenshot(path=str(shot))

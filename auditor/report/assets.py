@@ -124,7 +124,8 @@ details.sample:target > summary, details.sample.hl > summary { outline: 2px soli
 .txt { white-space: pre-wrap; overflow-wrap: anywhere; unicode-bidi: plaintext; margin: 0; }
 .facts { overflow-wrap: anywhere; margin: 0 0 10px; }
 .msg .txt { max-height: 22em; overflow-y: auto; }
-.panel .txt, .panel .hm { max-height: 36em; overflow-y: auto; }
+/* Long plain text scrolls in its box; the heat map does not (its hover labels would be clipped). */
+.panel .txt { max-height: 36em; overflow-y: auto; }
 .chip { max-width: 100%; overflow-wrap: anywhere; }
 .pair { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 14px; }
 @media (max-width: 860px) { .pair { grid-template-columns: minmax(0, 1fr); } }

@@ -56,12 +56,13 @@ def histogram_svg(hist: Histogram, score_label: str, threshold: float | None, ca
         f'<svg class="hist" viewBox="0 0 {W} {H}" role="img" aria-label="{attr_escape(title)}" xmlns="http://www.w3.org/2000/svg">',
         f"<title>{attr_escape(title)}</title>",
     ]
-    # Horizontal grid: the top count and half of it.
-    for frac in (0.5, 1.0):
-        y = TOP + ph - frac * ph
+    # Horizontal grid at round counts.
+    for tick in nice_ticks(0, top_count, 4):
+        if tick <= 0 or tick != int(tick):
+            continue
+        y = TOP + ph - tick / top_count * ph
         parts.append(f'<line class="grid" x1="{LEFT}" x2="{W - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        label = top_count * frac
-        parts.append(f'<text class="axis" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{label:.0f}</text>' if label == int(label) else "")
+        parts.append(f'<text class="axis" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{int(tick):,}</text>')
     bw = pw / len(hist.counts)
     for i, c in enumerate(hist.counts):
         lo = hist.lo + i * hist.width
@@ -90,7 +91,7 @@ def histogram_svg(hist: Histogram, score_label: str, threshold: float | None, ca
             continue
         y_label = 13 + row * 15
         row += 1
-        label = f"{name} {fmt_num(value)}"
+        label = f"{name} {'+' if cls != 'thr' and value > 0 and fmt_num(value).strip('0.') else ''}{fmt_num(value)}"
         if value < hist.lo or value > hist.hi:
             left = value < hist.lo
             x = LEFT if left else W - RIGHT

@@ -16,7 +16,7 @@ from auditor.report.charts import fmt_num, histogram_svg, rate_bar
 from auditor.report.data import Breakdown, ReportData, TopSample, TraitData, excerpt_source
 from auditor.report.markup import Markup, el, join
 
-EXCERPT_CHARS = 180
+EXCERPT_CHARS = 140
 ID_CHARS = 60
 HEAT_LEVELS = 10
 
@@ -162,7 +162,7 @@ class Page:
         scored = run.n_scored or 0
         items: list[tuple[str, Any]] = [
             ("Dataset", el("code", None, dataset)),
-            ("Samples", f"{scored} scored \u00b7 {run.n_rejected or 0} rejected \u00b7 {run.n_read or 0} read"),
+            ("Samples", f"{scored:,} scored \u00b7 {run.n_rejected or 0:,} rejected \u00b7 {run.n_read or 0:,} read"),
             (
                 "Model",
                 [
@@ -211,7 +211,7 @@ class Page:
         heads = [
             ("trait", "text"),
             ("layer", "num"),
-            ("dataset score", "num"),
+            ("dataset \u0394" if self.baseline != "none" else "mean proj", "num"),
             ("calibration mean", "num"),
             ("above calibration", "num"),
             ("threshold", "num"),
@@ -233,7 +233,7 @@ class Page:
                     el("td", {"class": "num", "data-v": sort_value(t.calibration_mean)}, fmt(t.calibration_mean, signed=True)),
                     el("td", {"class": "num" + (" pos" if diff is not None and diff > 0 else ""), "data-v": sort_value(diff)}, fmt(diff, signed=True)),
                     el("td", {"class": "num", "data-v": sort_value(t.threshold)}, fmt(t.threshold)),
-                    el("td", {"class": "num", "data-v": sort_value(t.n_flagged)}, f"{t.n_flagged} / {t.n}"),
+                    el("td", {"class": "num", "data-v": sort_value(t.n_flagged)}, f"{t.n_flagged:,} / {t.n:,}"),
                     el("td", {"class": "num", "data-v": sort_value(rate)}, pct(t.n_flagged, t.n), rate_bar(rate or 0.0)),
                     el("td", {"class": "num", "data-v": sort_value(t.max_score)}, fmt(t.max_score, signed=True)),
                 )
@@ -281,7 +281,7 @@ class Page:
         if not t.top:
             listing = el("p", {"class": "empty"}, "No samples to rank.")
             return el("section", {"id": f"trait-{slug}"}, head, cards, chart, listing)
-        shown = f"Top {len(t.top)} of {t.n} samples, most trait-inducing first"
+        shown = f"Top {len(t.top)} of {t.n:,} samples, most trait-inducing first"
         tools = el(
             "div",
             {"class": "tools", "data-table": f"tbl-{slug}"},
@@ -314,7 +314,7 @@ class Page:
                 {"class": "card"},
                 el("div", {"class": "label"}, f"dataset {score_name}"),
                 el("div", {"class": "value"}, fmt(t.mean_score, signed=True)),
-                el("div", {"class": "note"}, f"mean over {t.n_with_score} samples"),
+                el("div", {"class": "note"}, f"mean over {t.n_with_score:,} samples"),
             ),
         ]
         if t.calibration_mean is not None and t.mean_score is not None:
@@ -338,13 +338,12 @@ class Page:
                     el("div", {"class": "note"}, "the vector has no calibration for this baseline and layer"),
                 )
             )
-        rate = t.n_flagged / t.n if t.n else 0.0
         cards.append(
             el(
                 "div",
                 {"class": "card alert" if t.n_flagged else "card"},
                 el("div", {"class": "label"}, "flagged"),
-                el("div", {"class": "value"}, f"{t.n_flagged} ", el("span", {"class": "small muted"}, f"({pct(t.n_flagged, t.n)})"), rate_bar(rate)),
+                el("div", {"class": "value"}, f"{t.n_flagged:,} ", el("span", {"class": "small muted"}, f"({pct(t.n_flagged, t.n)})")),
                 el("div", {"class": "note"}, f"{score_name} > {fmt(t.threshold)}" if t.threshold is not None else "no threshold: pass --threshold TRAIT=VALUE"),
             )
         )
@@ -521,9 +520,10 @@ class Page:
             el(
                 "div",
                 {"class": "row"},
-                el("span", None, f"away from {t.trait} {fmt(-scale)}"),
+                el("span", {"class": "mono"}, fmt(-scale)),
                 el("span", {"class": "scale", "aria-hidden": "true"}, scale_boxes),
-                el("span", None, f"{fmt(scale, signed=True)} toward {t.trait}"),
+                el("span", {"class": "mono"}, fmt(scale, signed=True)),
+                el("span", None, f"blue: away from {t.trait} \u00b7 red: toward it"),
             ),
             el("div", None, note),
         )
@@ -595,12 +595,12 @@ class Page:
             heads += [(f"{n} mean", "num"), (f"{n} flagged", "num")]
         rows = []
         for r in b.rows:
-            cells = [el("td", {"class": "key", "data-v": r.key}, el("bdi", None, r.key or "(empty)")), el("td", {"class": "num", "data-v": str(r.n)}, str(r.n))]
+            cells = [el("td", {"class": "key", "data-v": r.key}, el("bdi", None, r.key or "(empty)")), el("td", {"class": "num", "data-v": str(r.n)}, f"{r.n:,}")]
             for n in names:
                 mean, flagged = r.per_trait.get(n, (None, 0))
                 cells.append(el("td", {"class": "num", "data-v": sort_value(mean)}, fmt(mean, signed=True)))
                 rate = flagged / r.n if r.n else None
-                cells.append(el("td", {"class": "num" + (" pos" if flagged else ""), "data-v": sort_value(rate)}, f"{flagged} ({pct(flagged, r.n)})"))
+                cells.append(el("td", {"class": "num" + (" pos" if flagged else ""), "data-v": sort_value(rate)}, f"{flagged:,} ({pct(flagged, r.n)})"))
             rows.append(el("tr", None, cells))
         shown = f"{len(b.rows)} of {b.n_groups} groups" if b.n_groups > len(b.rows) else f"{len(b.rows)} group" + ("s" if len(b.rows) != 1 else "")
         return Markup(el("h3", None, b.title, el("span", {"class": "muted small"}, f"  ({shown})")) + self.table(table_id, heads, rows))
