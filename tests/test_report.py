@@ -429,3 +429,44 @@ def test_real_model_report(tmp_path, embedded_lm_bf16):
         assert d.find_all("div", cls="base")[0].find_all("div", cls="txt")[0].text() == base
     bars = dom.by_id("trait-evil").find_all("rect", cls="bar")
     assert sum(int(re.search(r": (\d+) sample", b.find_all("title")[0].text()).group(1)) for b in bars) == 4
+
+
+def test_heat_map_pieces_spell_text_split_inside_characters(tiny_lm):
+    """Byte-level BPE splits emoji and CJK characters over several tokens, each decoding to
+    U+FFFD on its own; the heat map gives such a run the real text and the mean value."""
+    from auditor.report.page import align_tokens
+
+    tok = tiny_lm.tokenizer
+    response = "Coffee \u2615 costs 3\u20ac in \u6771\u4eac, caf\u00e9 na\u00efve \U0001f600!"
+    ids = tok(response, add_special_tokens=False).input_ids
+    pieces = [tok.decode([i]) for i in ids]
+    assert any("\ufffd" in p for p in pieces)  # the case this is about really happens
+    values = [float(i) for i in range(len(pieces))]
+    groups = align_tokens(response, pieces, values)
+    assert groups is not None
+    assert "".join(text for text, _, _ in groups) == response
+    assert sum(n for _, _, n in groups) == len(pieces)
+    assert "\ufffd" not in "".join(text for text, _, _ in groups)
+    # A value is the mean of the tokens it stands for, in order.
+    start = 0
+    for _text, value, n in groups:
+        assert value == sum(values[start : start + n]) / n
+        start += n
+    # Pieces of some other text are refused rather than forced onto this one.
+    assert align_tokens("something else entirely", pieces, values) is None
+
+
+def test_markup_refuses_handlers_and_shows_invisible_characters():
+    from auditor.report.markup import el, text
+
+    with pytest.raises(ValueError):
+        el("a", {"onclick": "x"}, "y")
+    with pytest.raises(ValueError):
+        el("img src=x", None)
+    with pytest.raises(TypeError):
+        el("td", None, 1.5)
+    assert el("a", {"title": '"><script>\u202e'}, "<b>") == '<a title="&quot;&gt;&lt;script&gt;[U+202E]">&lt;b&gt;</a>'
+    assert (
+        text("a\u202eb\U000e0041")
+        == 'a<span class="ctl" title="RIGHT-TO-LEFT OVERRIDE">U+202E</span>b<span class="ctl" title="TAG LATIN CAPITAL LETTER A">U+E0041</span>'
+    )
