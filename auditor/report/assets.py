@@ -88,7 +88,8 @@ svg.ratebar .fill { fill: var(--flag); }
 .tablewrap { overflow-x: auto; border: 1px solid var(--line); border-radius: 8px; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
 th, td { padding: 6px 10px; border-bottom: 1px solid var(--line); vertical-align: top; text-align: left; }
-tbody tr:last-child td { border-bottom: 0; }
+tbody tr:last-child > * { border-bottom: 0; }
+td.pos a { color: var(--flag); }
 thead th { background: var(--bg2); font-weight: 600; white-space: nowrap; position: sticky; top: 0; }
 th button { all: unset; cursor: pointer; }
 th button:focus-visible { outline: 2px solid var(--accent); }
