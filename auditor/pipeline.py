@@ -516,7 +516,9 @@ def mark_run(config: ScanConfig, run_id: str, exc: BaseException) -> None:
     """Record why a run stopped (best effort: the database may be what failed)."""
     from auditor.store.db import connect
 
-    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    # Ctrl-C inside a DuckDB query arrives as RuntimeError("Query interrupted").
+    interrupted = isinstance(exc, KeyboardInterrupt) or (type(exc) is RuntimeError and str(exc) == "Query interrupted")
+    status = "interrupted" if interrupted else "failed"
     try:
         with connect(config.db, timeout=10) as con:
             con.execute("UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, _dt.datetime.now(), run_id])

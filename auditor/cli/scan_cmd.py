@@ -107,8 +107,37 @@ def run_with_progress(config, quiet: bool = False, engine: dict | None = None):
         if engine.get("engine", "local") == "ray":
             from auditor.distributed import scan_run_ray
 
-            return scan_run_ray(config, workers=engine["workers"], num_gpus_per_worker=engine["num_gpus_per_worker"], ray_address=engine["ray_address"], progress=on_progress)
-        return scan_run(config, progress=on_progress)
+            return interruptible(lambda: scan_run_ray(config, workers=engine["workers"], num_gpus_per_worker=engine["num_gpus_per_worker"], ray_address=engine["ray_address"], progress=on_progress))
+        return interruptible(lambda: scan_run(config, progress=on_progress))
+
+
+def interruptible(fn):
+    """Run ``fn``; a Ctrl-C always comes out as KeyboardInterrupt.
+
+    Ctrl-C during a DuckDB query makes DuckDB raise ``RuntimeError("Query interrupted")``
+    (it swallows the KeyboardInterrupt): the handler notes the signal so the caller still
+    sees an interruption (exit 130 and how to resume) instead of a traceback.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return fn()
+    pressed = []
+
+    def on_sigint(signum, frame):
+        pressed.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return fn()
+    except Exception:
+        if pressed:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def estimate_records(source: str) -> int | None:

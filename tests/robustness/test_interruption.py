@@ -25,7 +25,8 @@ from auditor.pipeline import ScanConfig, scan_run
 
 N_SAMPLES, CHUNK = 40, 2
 N_CHUNKS = N_SAMPLES // CHUNK + 1  # plus one chunk holding the bad line
-SEED = 20240611
+# Other kill points: ROBUSTNESS_SEED=<n> python -m pytest tests/robustness/test_interruption.py
+SEED = int(os.environ.get("ROBUSTNESS_SEED", "20240611"))
 
 
 @pytest.fixture(scope="module")
@@ -235,3 +236,55 @@ def _run_ids(tmp_path):
 
 def setup_lines(setup):
     return Path(setup["data"]).read_text().splitlines(keepends=True)
+
+
+# About a second of work: long enough for the signal to land inside it. (With torch loaded,
+# DuckDB notices the signal only when the query ends, then raises the same error.)
+LONG_QUERY = "SELECT count(*) FROM range(300000000) t(x) WHERE x % 7 = 3"
+
+
+def test_ctrl_c_inside_a_database_write_is_still_an_interruption(setup, tmp_path, tiny_lm, monkeypatch):
+    """DuckDB turns Ctrl-C during a query into RuntimeError("Query interrupted"): still exit 130, run resumable."""
+    import threading
+
+    import auditor.pipeline as pipeline
+    from auditor.cli.scan_cmd import interruptible
+    from auditor.store.db import connect
+
+    def ctrl_c_soon():
+        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    # The control: with Python's usual handler, DuckDB swallows the KeyboardInterrupt.
+    def default_handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, default_handler)
+    try:
+        with connect(str(tmp_path / "probe.duckdb")) as con, pytest.raises(RuntimeError, match="^Query interrupted$"):
+            ctrl_c_soon()
+            con.execute(LONG_QUERY).fetchall()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+    real_commit = pipeline.commit_chunk
+    calls = []
+
+    def slow_commit(db, run_id, parts_dir, out):
+        real_commit(db, run_id, parts_dir, out)
+        calls.append(out.index)
+        if len(calls) == 3:  # after the third commit: a long query inside an open transaction
+            with connect(db) as con:
+                con.execute("BEGIN TRANSACTION")
+                ctrl_c_soon()
+                try:
+                    con.execute(LONG_QUERY).fetchall()
+                finally:
+                    con.execute("ROLLBACK")
+
+    monkeypatch.setattr(pipeline, "commit_chunk", slow_commit)
+    with pytest.raises(KeyboardInterrupt):
+        interruptible(lambda: scan_run(_config(setup, tmp_path), lm=tiny_lm))
+    state = read_run(str(tmp_path / "audit.duckdb"))
+    assert state["run"][0] == "interrupted"
+    assert [c[0] for c in state["chunks"]] == [0, 1, 2]
+    assert all((tmp_path / "run" / "parts" / f"part-{c:06d}.parquet").exists() for c in (0, 1, 2))
