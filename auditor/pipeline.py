@@ -29,6 +29,9 @@ from auditor.sources import Rejected, Sample, iter_samples
 
 BASELINES = ("generate", "prompt-last", "none")
 ON_ERROR = ("fail", "skip")
+# A scan waits this long for a reader to let go of the database before a chunk write fails:
+# long enough to outlast a big export or filter, instead of losing a scored chunk.
+WRITE_WAIT = 600.0
 # Settings that do not change any score: excluded from the resume key.
 _NOT_RESULT_SETTINGS = ("out_dir", "report", "top_n", "db", "resume")
 
@@ -382,7 +385,7 @@ def lookup_base(db: str, fingerprint: str, settings_key: str, hashes: list[str])
 
     if not hashes:
         return {}
-    with connect(db) as con:
+    with connect(db, timeout=WRITE_WAIT) as con:
         found = con.execute(
             "SELECT prompt_hash, response, n_tokens FROM base_responses WHERE model_fingerprint = ? AND settings_key = ? AND prompt_hash IN (SELECT unnest(?))",
             [fingerprint, settings_key, hashes],
@@ -402,7 +405,7 @@ def commit_chunk(db: str, run_id: str, parts_dir: str, out: ChunkOutput) -> None
         raise StoreError(f"run {run_id}: {parts_dir} is gone: another process finished this run meanwhile, or the folder was deleted; see audit runs")
     pq.write_table(out.wide, part + ".tmp")
     os.replace(part + ".tmp", part)  # a reader sees the old part or the new one, never half of one
-    with connect(db) as con:
+    with connect(db, timeout=WRITE_WAIT) as con:
         con.execute("BEGIN TRANSACTION")
         try:
             if con.execute("SELECT count(*) FROM run_chunks WHERE run_id = ? AND chunk = ?", [run_id, out.index]).fetchall()[0][0]:

@@ -8,6 +8,7 @@ message that says who to wait for.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 from auditor.errors import StoreError
 
 DEFAULT_DB = os.path.join("reports", "audit.duckdb")
+NOTE_AFTER = 3.0  # seconds of waiting for a busy database before saying so on stderr
 SCHEMA_VERSION = 1
 
 TABLES = """
@@ -141,14 +143,22 @@ def open_db(path: str, read_only: bool = False, timeout: float = 60.0) -> Any:
         raise StoreError(f"{path}: no such database; run audit scan first, or pass --db PATH")
     if not read_only:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     delay = 0.05
+    noted = False
     while True:
         try:
             return duckdb.connect(path, read_only=read_only)
         except duckdb.Error as e:
             if not _is_lock_error(e):
                 raise StoreError(f"{path}: cannot open the database ({e})") from None
+            if not noted and time.monotonic() - started > NOTE_AFTER:
+                # A long wait would otherwise look like a hang (e.g. a duckdb CLI session holds the file).
+                logging.getLogger("auditor").warning(
+                    f"{path}: waiting for another process that holds the database (a duckdb session or a long query?); waiting up to {timeout:.0f} s"
+                )
+                noted = True
             if time.monotonic() >= deadline:
                 raise StoreError(
                     f"{path}: another process is using the database (a scan writing to it?); "

@@ -11,7 +11,7 @@ import threading
 import time
 
 from conftest import make_vectors, write_jsonl
-from robust_helpers import audit_popen, audit_run, check_integrity, dataset, read_run, wait_for
+from robust_helpers import audit_popen, audit_run, check_integrity, count_parts, dataset, read_run, wait_for
 
 from auditor.errors import StoreError
 
@@ -20,7 +20,7 @@ def test_two_writers_and_readers_on_one_database(tmp_path, tiny_model_dir, tiny_
     from auditor.store.db import connect
 
     vectors = make_vectors(tmp_path / "vectors", tiny_lm.num_layers, tiny_lm.hidden_size, fingerprint=tiny_lm.fingerprint)
-    rows = dataset(24)
+    rows = dataset(16)
     a = write_jsonl(tmp_path / "a.jsonl", rows)
     b = write_jsonl(tmp_path / "b.jsonl", rows)  # a copy: both race for the same base-response cache rows
     db = tmp_path / "audit.duckdb"
@@ -42,6 +42,10 @@ def test_two_writers_and_readers_on_one_database(tmp_path, tiny_model_dir, tiny_
 
     thread = threading.Thread(target=cli_reader)
     thread.start()
+    # A reader that keeps the file for 6 s (a duckdb CLI session, a long export): the
+    # writers wait it out, say so on stderr, and go on.
+    assert wait_for(lambda: count_parts(tmp_path / "run-a" / "parts") >= 2, timeout=120, proc=writers[0])
+    holder = hold_database(str(db), seconds=6)
     while any(w.poll() is None for w in writers):
         t0 = time.monotonic()
         with connect(str(db), read_only=True) as con:
@@ -52,9 +56,12 @@ def test_two_writers_and_readers_on_one_database(tmp_path, tiny_model_dir, tiny_
             reads.append((ledger, stored))
         time.sleep(0.1)
     thread.join()
+    holder.communicate(timeout=60)
     results = [w.communicate() for w in writers]
     for w, (_out, err) in zip(writers, results):
         assert w.returncode == 0, err
+    waited = [err for _out, err in results if f"{db}: waiting for another process that holds the database" in err]
+    assert waited, "no writer reported waiting for the held database"
 
     assert len(reads) >= 5 and all(ledger == stored for ledger, stored in reads), reads
     assert [r[1] for r in reads] == sorted(r[1] for r in reads)  # never goes backwards
@@ -62,7 +69,7 @@ def test_two_writers_and_readers_on_one_database(tmp_path, tiny_model_dir, tiny_
     print(f"{len(reads)} reads during the scans, longest wait {max(waits):.2f} s; {len(sql_runs)} audit sql/runs calls")
 
     counts = check_integrity(str(db))
-    assert counts["runs"] == 2 and counts["samples"] == 48
+    assert counts["runs"] == 2 and counts["samples"] == 2 * len(rows)
     assert counts["base_responses"] == len({r["messages"][0]["content"] for r in rows})  # each prompt generated or cached once
     # Both runs scored the same samples in the same batches: identical values whichever wrote the cache first.
     with connect(str(db), read_only=True) as con:
@@ -101,6 +108,15 @@ def test_a_writer_blocked_too_long_fails_with_a_clear_message(tmp_path):
         holder.communicate()
     with duckdb.connect(db, read_only=True) as con:  # released by the kill, still readable
         assert con.execute("SELECT count(*) FROM runs").fetchall() == [(0,)]
+
+
+def hold_database(db: str, seconds: float):
+    """A process that opens ``db`` read-only (waiting its turn) and keeps it for ``seconds``."""
+    import subprocess
+    import sys
+
+    code = f"import time; from auditor.store.db import open_db; c = open_db({db!r}, read_only=True); time.sleep({seconds}); c.close()"
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def audit_popen_holder(db: str):
