@@ -9,17 +9,21 @@ for JSON arrays, Parquet and Hugging Face datasets.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import glob
 import gzip
 import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
 from auditor.errors import InputError, MissingDependency
 
+# What errors="surrogateescape" turns undecodable bytes into.
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".parquet", ".csv", ".csv.gz")
 Record = tuple[str, int, "dict[str, Any] | InputError"]
 
@@ -92,6 +96,8 @@ def _open_binary(path: str):
 def _read_jsonl(path: str) -> Iterator[Record]:
     with _open_binary(path) as fh:
         for number, raw in enumerate(fh, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]  # editors on Windows start UTF-8 files with a BOM
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -109,7 +115,7 @@ def _read_jsonl(path: str) -> Iterator[Record]:
 def _read_json(path: str) -> Iterator[Record]:
     try:
         with _open_binary(path) as fh:
-            data = json.loads(fh.read().decode("utf-8"))
+            data = json.loads(fh.read().decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         raise InputError(path, None, f"not valid UTF-8 (byte {e.start})", "re-encode the file as UTF-8") from None
     except json.JSONDecodeError as e:
@@ -142,20 +148,25 @@ def _read_parquet(path: str) -> Iterator[Record]:
 
 def _read_csv(path: str) -> Iterator[Record]:
     with _open_binary(path) as fh:
-        try:
-            text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
-            reader = csv.DictReader(text)
-            previous_end = 1
-            for row in reader:
-                # The record starts on the line after the previous one ended (rows may span lines).
-                start = previous_end + 1
-                previous_end = reader.line_num
-                if None in row:
-                    yield path, start, InputError(path, start, "row has more fields than the header", "quote fields that contain commas")
-                    continue
-                yield path, start, dict(row)
-        except UnicodeDecodeError as e:
-            raise InputError(path, None, f"not valid UTF-8 (byte {e.start})", "re-encode the file as UTF-8") from None
+        # Bad bytes decode to lone surrogates instead of stopping the file, so the row that
+        # holds them is rejected by line like any other bad record. utf-8-sig: Excel's BOM.
+        text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        reader = csv.DictReader(text)
+        if any(_NOT_UTF8.search(name) for name in reader.fieldnames or []):
+            raise InputError(path, 1, "the header is not valid UTF-8", "re-encode the file as UTF-8")
+        previous_end = 1
+        for row in reader:
+            # The record starts on the line after the previous one ended (rows may span lines).
+            start = previous_end + 1
+            previous_end = reader.line_num
+            if None in row:
+                yield path, start, InputError(path, start, "row has more fields than the header", "quote fields that contain commas")
+                continue
+            bad = [k for k, v in row.items() if isinstance(v, str) and _NOT_UTF8.search(v)]
+            if bad:
+                yield path, start, InputError(path, start, f"not valid UTF-8 (column {bad[0]!r})", "re-encode the file as UTF-8")
+                continue
+            yield path, start, dict(row)
 
 
 def _read_hf(name: str, split: str, config: str | None) -> Iterator[Record]:

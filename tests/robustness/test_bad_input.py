@@ -228,3 +228,30 @@ def test_cli_fail_is_the_default_and_skip_shows_counts_and_reasons(tmp_path, tin
     assert "5 rejected (--on-error skip); each is in the rejects table with its reason:" in out
     for n, case in zip(range(2, 7), (CASES[0], CASES[6], CASES[8], CASES[13], CASES[14])):
         assert " ".join(f"d.jsonl:{n}: {case[2]}".split()) in out
+
+
+def test_non_utf8_in_a_csv_rejects_that_row_by_line(tmp_path, tiny_lm, vectors):
+    path = tmp_path / "data.csv"
+    # A quoted field spanning two lines first, so the bad row's line is not its row number.
+    path.write_bytes(b'prompt,response\nq1,"two\nlines"\nq2,caf\xe9\nq3,fine\nq4,also fine\n')
+    reason = "not valid UTF-8 (column 'response'); re-encode the file as UTF-8"
+    with pytest.raises(InputError) as err:
+        scan(tmp_path, tiny_lm, vectors, str(path))
+    assert str(err.value) == f"{path}:4: {reason}"
+    result = scan(tmp_path, tiny_lm, vectors, str(path), on_error="skip")
+    assert_counts(result, n_read=4, n_scored=3, n_rejected=1)
+    assert stored_rejects(result.db_path, result.run_id) == [(str(path), 4, f"{path}:4: {reason}")]
+
+
+def test_a_utf8_byte_order_mark_is_not_an_error(tmp_path):
+    """Excel and Windows editors start UTF-8 files with a BOM: the first record still reads."""
+    from auditor.sources import Sample, iter_samples
+
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "a.csv").write_bytes(bom + b"prompt,response\nq,r\n")
+    (tmp_path / "a.jsonl").write_bytes(bom + b'{"prompt": "q", "response": "r"}\n')
+    (tmp_path / "a.json").write_bytes(bom + b'[{"prompt": "q", "response": "r"}]')
+    for name in ("a.csv", "a.jsonl", "a.json"):
+        (got,) = list(iter_samples(str(tmp_path / name)))
+        assert isinstance(got, Sample), got
+        assert (got.context[-1]["content"], got.response) == ("q", "r")
