@@ -180,11 +180,15 @@ def connect(path: str = DEFAULT_DB, read_only: bool = False, timeout: float = 60
     con = open_db(path, read_only=read_only, timeout=timeout)
     try:
         if not read_only:
-            st = os.stat(path)
-            key = (os.path.realpath(path), st.st_dev, st.st_ino)
-            if key not in _SCHEMA_READY or not _has_current_schema(con):
+            try:
+                st = os.stat(path)
+                key = (os.path.realpath(path), st.st_dev, st.st_ino)
+            except OSError:  # not a plain file (":memory:"): always check
+                key = None
+            if key is None or key not in _SCHEMA_READY or not _has_current_schema(con):
                 ensure_schema(con)
-                _SCHEMA_READY.add(key)
+                if key is not None:
+                    _SCHEMA_READY.add(key)
         yield con
     finally:
         con.close()

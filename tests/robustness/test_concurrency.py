@@ -34,7 +34,7 @@ def test_two_writers_and_readers_on_one_database(tmp_path, tiny_model_dir, tiny_
     reads, waits, sql_runs = [], [], []
 
     def cli_reader():
-        for _ in range(2):  # each is a new process (about a second of CPU): a few suffice
+        for _ in range(1):  # each is a new process (about a second of CPU): one round suffices
             if all(w.poll() is not None for w in writers):
                 break
             sql_runs.append(audit_run(["sql", "SELECT count(*) FROM samples", "--db", str(db), "--format", "csv"], cwd=tmp_path))
@@ -42,10 +42,10 @@ def test_two_writers_and_readers_on_one_database(tmp_path, tiny_model_dir, tiny_
 
     thread = threading.Thread(target=cli_reader)
     thread.start()
-    # A reader that keeps the file for 6 s (a duckdb CLI session, a long export): the
+    # A reader that keeps the file for 5 s (a duckdb CLI session, a long export): the
     # writers wait it out, say so on stderr, and go on.
     assert wait_for(lambda: count_parts(tmp_path / "run-a" / "parts") >= 2, timeout=120, proc=writers[0])
-    holder = hold_database(str(db), seconds=6)
+    holder = hold_database(str(db), seconds=5)
     while any(w.poll() is None for w in writers):
         t0 = time.monotonic()
         with connect(str(db), read_only=True) as con:

@@ -66,22 +66,44 @@ def assert_same_results(setup, db: Path, out: Path) -> None:
     assert counts["runs"] == 1  # resuming never starts a second run
 
 
-def test_sigkill_at_random_points_then_resume_gives_identical_scores(setup, tmp_path):
+def test_ctrl_c_then_sigkill_at_random_points_then_resume_gives_identical_scores(setup, tmp_path):
+    """One scan stopped seven times: Ctrl-C first (exit 130, the resume command printed),
+    then SIGKILL at five seeded random points and once during start-up, every restart
+    being the printed command; the end result equals the uninterrupted run's."""
     rng = random.Random(SEED)
     db, out = tmp_path / "audit.duckdb", tmp_path / "run"
     args = [*setup["args"], "--db", str(db), "--out", str(out)]
     per_chunk = setup["seconds"] / N_CHUNKS
-    # Kill points spread over the whole run: after the k-th stored part plus a random
+    # Stop points spread over the whole run: after the k-th stored part plus a random
     # fraction of a chunk's time (so kills land while generating, in the forward, while
     # writing a part and inside the database commit).
-    targets = sorted(rng.sample(range(1, N_CHUNKS - 1), 5))
-    kills = []
-    for i, target in enumerate(targets):
+    targets = sorted(rng.sample(range(1, N_CHUNKS - 1), 6))
+
+    def run_until(command, target):
         before = count_parts(out / "parts")
-        proc = audit_popen(args + (["--resume"] if i else []), cwd=tmp_path)
-        reached = wait_for(lambda t=max(target, before + 1): count_parts(out / "parts") >= t, timeout=120, proc=proc)
+        proc = audit_popen(command, cwd=tmp_path)
+        reached = wait_for(lambda: count_parts(out / "parts") >= max(target, before + 1), timeout=120, proc=proc)
         assert reached, proc.communicate()
         time.sleep(rng.uniform(0, per_chunk))
+        return proc
+
+    # Ctrl-C: a clean stop that says how to go on.
+    proc = run_until(args, targets[0])
+    proc.send_signal(signal.SIGINT)
+    _stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert lines[-2] == "Interrupted. Every completed chunk is stored; to continue where the scan stopped, run the same command with --resume:"
+    assert lines[-1] == "  audit " + shlex.join([*args, "--resume"])
+    assert "Traceback" not in stderr
+    assert read_run(str(db))["run"][0] == "interrupted"
+    printed = shlex.split(lines[-1])
+    assert printed[0] == "audit"
+    resume = printed[1:]  # every restart below is the printed command, as printed
+
+    kills = []
+    for target in targets[1:]:
+        proc = run_until(resume, target)
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
         assert proc.returncode == -signal.SIGKILL, "the scan ended before the kill: the test did not interrupt it"
@@ -94,38 +116,16 @@ def test_sigkill_at_random_points_then_resume_gives_identical_scores(setup, tmp_
         assert state["run"][0] == "running"
         kills.append(len(stored))
     # One more kill during start-up of a resume (imports / model load), before any chunk.
-    proc = audit_popen([*args, "--resume"], cwd=tmp_path)
+    proc = audit_popen(resume, cwd=tmp_path)
     time.sleep(rng.uniform(0.2, 1.0))
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
 
-    final = audit_run([*args, "--resume"], cwd=tmp_path)
+    final = audit_run(resume, cwd=tmp_path)
     assert final.returncode == 0, final.stderr
     assert "chunks were already stored and were not scanned again" in final.stdout
     assert len(set(kills)) >= 3 and kills[-1] < N_CHUNKS, f"kills landed after {kills} stored chunks"
     print(f"SIGKILL after {kills} of {N_CHUNKS} chunks stored; baseline run {setup['seconds']:.1f} s")
-    assert_same_results(setup, db, out)
-
-
-def test_ctrl_c_stops_cleanly_and_says_how_to_resume(setup, tmp_path):
-    db, out = tmp_path / "audit.duckdb", tmp_path / "run"
-    args = [*setup["args"], "--db", str(db), "--out", str(out)]
-    proc = audit_popen(args, cwd=tmp_path)
-    assert wait_for(lambda: count_parts(out / "parts") >= 4, timeout=120, proc=proc), proc.communicate()
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    lines = stderr.strip().splitlines()
-    assert lines[-2] == "Interrupted. Every completed chunk is stored; to continue where the scan stopped, run the same command with --resume:"
-    assert lines[-1] == "  audit " + shlex.join([*args, "--resume"])
-    assert "Traceback" not in stderr
-    assert read_run(str(db))["run"][0] == "interrupted"
-
-    # The printed command, as printed, finishes the scan.
-    printed = shlex.split(lines[-1])
-    assert printed[0] == "audit"
-    final = audit_run(printed[1:], cwd=tmp_path)
-    assert final.returncode == 0, final.stderr
     assert_same_results(setup, db, out)
 
 
