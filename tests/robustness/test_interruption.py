@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from conftest import make_vectors, write_jsonl
 from polars.testing import assert_frame_equal
@@ -113,6 +114,8 @@ def test_ctrl_c_then_sigkill_at_random_points_then_resume_gives_identical_scores
         stored = [c[0] for c in state["chunks"]]
         assert stored == list(range(len(stored))), "chunks are committed in order"
         assert all((out / "parts" / f"part-{c:06d}.parquet").exists() for c in stored)
+        for part in (out / "parts").glob("*.parquet"):  # never half a part: written as .tmp, then renamed
+            assert pq.read_table(part).num_rows > 0, part
         assert state["run"][0] == "running"
         kills.append(len(stored))
     # One more kill during start-up of a resume (imports / model load), before any chunk.
