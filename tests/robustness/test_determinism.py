@@ -8,6 +8,7 @@ embedded model.
 
 from __future__ import annotations
 
+import pytest
 from conftest import SMALL_CHATS, make_vectors, write_jsonl
 from test_equivalence import BF16_ABS_TOL
 
@@ -33,6 +34,7 @@ def test_fp32_scores_are_identical_run_to_run(tmp_path, tiny_lm):
     assert first.equals(cached)
 
 
+@pytest.mark.slow  # the real embedded model, as the project marks such tests
 def test_bf16_identical_run_to_run_and_within_tolerance_of_fp32(tmp_path, embedded_lm_bf16, embedded_lm_fp32):
     lm16, lm32 = embedded_lm_bf16, embedded_lm_fp32
     vectors = make_vectors(tmp_path / "v", lm16.num_layers, lm16.hidden_size, fingerprint=lm16.fingerprint)
