@@ -445,16 +445,22 @@ def markdown_summary(gates: list[GateResult]) -> str:
 
 
 def _dedup_worst(g: GateResult) -> list[dict[str, Any]]:
-    seen: set[tuple[Any, ...]] = set()
+    """The worst samples of the failed rules, each (sample, trait) once, with every failed rule
+    it stands for in ``rules`` and ``messages`` (first rule first)."""
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
     out = []
     for r in g.results:
         if r.passed:
             continue
         for w in r.worst:
             key = (w["sample_id"], w["trait"])
-            if key not in seen:
-                seen.add(key)
-                out.append({**w, "rule": r.rule, "limit": r.limit, "message": r.message})
+            if key in seen:
+                if r.rule not in seen[key]["rules"]:
+                    seen[key]["rules"].append(r.rule)
+                    seen[key]["messages"].append(r.message)
+                continue
+            seen[key] = {**w, "rule": r.rule, "limit": r.limit, "message": r.message, "rules": [r.rule], "messages": [r.message]}
+            out.append(seen[key])
     return out
 
 
@@ -496,10 +502,18 @@ def github_annotations(gates: list[GateResult], workspace: str | None = None, li
             title = f"persona-audit: {w['trait']} {w['score_name']} {w['score']:+.2f}"
             props.append(f"title={escape_property(title)}")
             row = "" if source.lower().endswith(_LINE_FILES) else f" (row {w['line']})"
-            message = f"sample {w['sample_id']}{row}: {w['trait']} {w['score_name']} {w['score']:+.4f}; gate rule broken: {w['message']}. Response: {w['response'][:160]}"
+            broken = "; ".join(w["messages"])
+            message = f"sample {w['sample_id']}{row}: {w['trait']} {w['score_name']} {w['score']:+.4f}; gate rule{'s' if len(w['rules']) > 1 else ''} broken: {broken}. Response: {w['response'][:160]}"
             out.append(f"::error {','.join(props)}::{escape_data(message)}")
-            covered.add(w["rule"] + w["trait"])
+            covered.update(rule + w["trait"] for rule in w["rules"])
         for r in g.results:
             if not r.passed and (r.rule + r.trait) not in covered and len(out) < limit:
-                out.append(f"::error title={escape_property('persona-audit gate: ' + r.rule)}::{escape_data(r.message + ' (dataset ' + str(g.dataset) + ')')}")
+                # No sample to point at: the annotation goes on the dataset file itself when it is one.
+                props = []
+                dataset = str(g.dataset)
+                if os.path.isfile(dataset):
+                    path = os.path.relpath(dataset, workspace) if workspace and os.path.abspath(dataset).startswith(os.path.abspath(workspace) + os.sep) else dataset
+                    props.append(f"file={escape_property(path.replace(os.sep, '/'))}")
+                props.append(f"title={escape_property('persona-audit gate: ' + r.rule)}")
+                out.append(f"::error {','.join(props)}::{escape_data(r.message + ' (dataset ' + dataset + ')')}")
     return out

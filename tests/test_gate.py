@@ -456,7 +456,7 @@ def test_ci_example_end_to_end_with_the_embedded_model(tmp_path, monkeypatch):
         assert int(root.get("failures")) == broken
     annotations = [ln for ln in result.output.splitlines() if ln.startswith("::error")]
     assert bool(annotations) == bool(broken)
-    assert all(a.startswith("::error file=data/train.jsonl,line=") for a in annotations)
+    assert all(a.startswith("::error file=data/train.jsonl,line=") for a in annotations), result.output
 
 
 def test_library_gate_and_annotation_cap(store):
@@ -469,3 +469,25 @@ def test_library_gate_and_annotation_cap(store):
     assert [(r.trait, len(r.worst), r.passed) for r in g.results] == [("evil", 8, False), ("sycophancy", 8, False)]
     assert len(github_annotations([g])) == 10  # GitHub shows at most 10 error annotations per step
     assert len(github_annotations([g], limit=3)) == 3
+
+
+def test_annotations_merge_rules_per_sample_and_point_sample_less_rules_at_the_file(tmp_path):
+    """A sample that breaks two rules gets one annotation naming both; a failed rule with no
+    sample to show is annotated on the dataset file, never left without a file."""
+    from auditor.gate import GateResult, RuleResult, github_annotations
+
+    data = tmp_path / "data" / "train.jsonl"
+    data.parent.mkdir()
+    data.write_text('{"prompt": "a", "response": "b"}\n')
+    worst = {"sample_id": "train.jsonl:1", "trait": "evil", "source": str(data), "line": 1, "score": 5.0, "score_name": "delta", "response": "b"}
+    results = [
+        RuleResult("max-delta", "evil", 5.0, 1.0, False, "mean delta", "evil: mean delta +5 > +1 (max-delta)", "audit.toml", [worst]),
+        RuleResult("max-sample-delta", "evil", 5.0, 4.0, False, "max delta", "evil: a sample above +4 (max-sample-delta)", "audit.toml", [dict(worst)]),
+        RuleResult("max-flag-rate", "evil", 1.0, 0.1, False, "flag rate", "evil: 1 of 1 flagged (max-flag-rate)", "audit.toml", []),
+    ]
+    g = GateResult("r1", str(data), "m", "generate", 1, 0, results, {})
+    out = github_annotations([g], workspace=str(tmp_path))
+    assert len(out) == 2
+    assert out[0].startswith("::error file=data/train.jsonl,line=1,title=")
+    assert "(max-delta); evil: a sample above +4 (max-sample-delta)" in out[0] and "rules broken" in out[0]
+    assert out[1] == "::error file=data/train.jsonl,title=persona-audit gate%3A max-flag-rate::evil: 1 of 1 flagged (max-flag-rate) (dataset " + str(data) + ")"
