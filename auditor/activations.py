@@ -7,7 +7,8 @@ output, ``h[l]`` the residual stream after block ``l`` (block index ``l - 1``), 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +95,65 @@ def gather_positions(h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return h[torch.arange(h.shape[0], device=h.device), positions.to(h.device)]
 
 
+def causal_mask_suffices(attention_mask: torch.Tensor) -> bool:
+    """attention_mask: [B, T] -> True when every row is ones then zeros (right padding, or none).
+
+    With right padding a real token only sees earlier positions, which are all real, so
+    the causal mask alone gives the same ``h[l]`` on real tokens; the forward can then
+    skip the padding mask and use the faster causal attention kernel.
+    """
+    m = attention_mask.to(torch.int64)
+    return bool((m[:, 1:] <= m[:, :-1]).all()) and bool((m[:, 0] == 1).all())
+
+
+@contextmanager
+def recording_hidden(
+    model: Any,
+    layers: Sequence[int],
+    sink: Callable[[int, torch.Tensor], None],
+    layers_path: str | None = None,
+    stop_after_deepest: bool = False,
+) -> Iterator[None]:
+    """Hooks that pass ``(l, h[l] [B, T, d])`` to ``sink`` on every forward inside the block.
+
+    ``h[L]`` gets the final norm applied, as ``output_hidden_states=True`` returns it. With
+    ``stop_after_deepest`` the hook on the deepest layer raises :class:`_StopForward`, so
+    nothing after it (later blocks, the final norm, the logits) is computed.
+    """
+    blocks = decoder_layers(model, layers_path)
+    n_blocks = len(blocks)
+    wanted = sorted(set(int(x) for x in layers))
+    if wanted and (wanted[0] < 0 or wanted[-1] > n_blocks):
+        raise ValueError(f"layer {wanted[-1] if wanted[-1] > n_blocks else wanted[0]} is outside 0..{n_blocks}")
+    deepest = wanted[-1] if wanted else -1
+    norm = final_norm(model, layers_path) if deepest == n_blocks else None
+
+    def _output(out: Any) -> torch.Tensor:
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    handles = []
+    if 0 in wanted:
+        handles.append(model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: sink(0, _output(out))))
+    for layer in wanted:
+        if layer == 0:
+            continue
+
+        def hook(_m, _i, out, layer=layer):
+            h = _output(out)
+            if layer == n_blocks and norm is not None:
+                h = norm(h)
+            sink(layer, h)
+            if stop_after_deepest and layer == deepest:
+                raise _StopForward
+
+        handles.append(blocks[layer - 1].register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def capture_hidden(
     model: Any,
     input_ids: torch.Tensor,
@@ -103,49 +163,24 @@ def capture_hidden(
 ) -> dict[int, torch.Tensor]:
     """Run the decoder up to the deepest requested layer; return ``{l: h[l] [B, T, d]}``.
 
-    No logits are computed and blocks after the deepest layer never run.
+    No logits are computed and blocks after the deepest layer never run. Positions the
+    attention mask marks as padding hold unspecified values.
     """
-    blocks = decoder_layers(model, layers_path)
-    n_blocks = len(blocks)
     wanted = sorted(set(int(x) for x in layers))
     if not wanted:
         return {}
-    if wanted[0] < 0 or wanted[-1] > n_blocks:
-        raise ValueError(f"layer {wanted[-1] if wanted[-1] > n_blocks else wanted[0]} is outside 0..{n_blocks}")
-    deepest = wanted[-1]
     captured: dict[int, torch.Tensor] = {}
-    handles = []
-
-    def _output(out: Any) -> torch.Tensor:
-        return out[0] if isinstance(out, (tuple, list)) else out
-
-    if 0 in wanted:
-        handles.append(model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: captured.__setitem__(0, _output(out))))
-    norm = final_norm(model, layers_path) if deepest == n_blocks else None
-    for layer in wanted:
-        if layer == 0:
-            continue
-
-        def hook(_m, _i, out, layer=layer):
-            h = _output(out)
-            if layer == n_blocks and norm is not None:
-                h = norm(h)
-            captured[layer] = h
-            if layer == deepest:
-                raise _StopForward
-
-        handles.append(blocks[layer - 1].register_forward_hook(hook))
-    try:
-        with torch.inference_mode():
-            if deepest == 0:
-                model.get_input_embeddings()(input_ids.to(model.device))
-            else:
-                model.base_model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device), use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    # Right padding (what pad_right makes) needs no padding mask: see causal_mask_suffices.
+    mask = None if causal_mask_suffices(attention_mask) else attention_mask.to(model.device)
+    with recording_hidden(model, wanted, captured.__setitem__, layers_path, stop_after_deepest=True):
+        try:
+            with torch.inference_mode():
+                if wanted[-1] == 0:
+                    model.get_input_embeddings()(input_ids.to(model.device))
+                else:
+                    model.base_model(input_ids=input_ids.to(model.device), attention_mask=mask, use_cache=False)
+        except _StopForward:
+            pass
     return captured
 
 

@@ -16,6 +16,35 @@ import torch
 
 from auditor.activations import EncodedRow, capture_hidden, gather_positions, masked_mean, pad_right, project, response_mask
 
+# Padded tokens per forward on CPU. Rows of a few hundred tokens already fill the matrix
+# units (AMX) one at a time, so larger batches only add padding; short rows still get
+# grouped. Measured in bench/NOTES.md ("Throughput").
+CPU_BATCH_TOKENS = 4096
+# Share of free GPU memory the scoring forward may use for its activations.
+GPU_MEMORY_SHARE = 0.25
+
+
+def default_batch_tokens(lm) -> int:
+    """``batch_tokens`` for ``lm``'s device: from free memory on CUDA, ``CPU_BATCH_TOKENS`` elsewhere.
+
+    On CUDA the estimate is the activation memory of one token while the forward runs
+    (the residual stream of every captured layer plus one block's attention and MLP
+    intermediates, doubled for the allocator's slack) against a quarter of the free memory.
+    """
+    import torch
+
+    model = lm.model
+    if model.device.type != "cuda" or not torch.cuda.is_available():
+        return CPU_BATCH_TOKENS
+    free, _total = torch.cuda.mem_get_info(model.device)
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    d = int(cfg.hidden_size)
+    intermediate = int(getattr(cfg, "intermediate_size", 4 * d) or 4 * d)
+    element = torch.finfo(model.dtype).bits // 8
+    per_token = 2 * element * (int(cfg.num_hidden_layers) * d + 8 * d + 3 * intermediate)
+    tokens = int(free * GPU_MEMORY_SHARE) // per_token
+    return max(CPU_BATCH_TOKENS, min(tokens, 1 << 20) // 1024 * 1024)
+
 
 @dataclass
 class RowScores:
