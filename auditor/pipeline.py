@@ -19,6 +19,8 @@ import json
 import os
 import platform
 import shutil
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -56,6 +58,7 @@ class ScanConfig:
     device: str = "auto"
     batch_tokens: int = 8192
     generation_batch_size: int = 16
+    generator: str = "hf"
     chunk_size: int = 256
     flag_percentile: float = 95.0
     thresholds: dict[str, float] = field(default_factory=dict)
@@ -73,6 +76,10 @@ class ScanConfig:
     def validate(self) -> None:
         if self.baseline not in BASELINES:
             raise AuditorError(f"unknown --baseline {self.baseline!r}; use one of {', '.join(BASELINES)}")
+        from auditor.generation import GENERATORS
+
+        if self.generator not in GENERATORS:
+            raise AuditorError(f"unknown --generator {self.generator!r}; use one of {', '.join(GENERATORS)}")
         if self.on_error not in ON_ERROR:
             raise AuditorError(f"unknown --on-error {self.on_error!r}; use fail or skip")
         if not 0 < self.flag_percentile < 100:
@@ -241,7 +248,7 @@ class ChunkScorer:
         self.run_id = run_id
         self.directions = {pv.trait: (pv.layer, pv.direction()) for pv in vectors}
         self.score_col, self.thresholds = resolve_thresholds(config, vectors)
-        self.settings_key = GenerationSettings(config.max_new_tokens, config.max_prompt_tokens, lm.dtype).key()
+        self.settings_key = GenerationSettings(config.max_new_tokens, config.max_prompt_tokens, lm.dtype, config.generator).key()
         self.max_len = lm.max_length
         self.schema = wide_schema([pv.trait for pv in vectors])
 
@@ -279,7 +286,7 @@ class ChunkScorer:
         import pyarrow as pa
 
         from auditor.activations import encode_pair
-        from auditor.generation import generate_greedy, prompt_hash, prompt_ids
+        from auditor.generation import generate_base, prompt_hash, prompt_ids
         from auditor.scoring import score_rows
 
         cfg, lm, tok = self.config, self.lm, self.lm.tokenizer
@@ -300,7 +307,8 @@ class ChunkScorer:
             if missing:
                 t0 = time.perf_counter()
                 keys = list(missing)
-                gen = generate_greedy(lm, [prompt_ids(lm, missing[h], cfg.max_prompt_tokens) for h in keys], cfg.max_new_tokens, cfg.generation_batch_size)
+                gen = generate_base(lm, [prompt_ids(lm, missing[h], cfg.max_prompt_tokens) for h in keys], cfg.max_new_tokens, cfg.generation_batch_size,
+                                    cfg.generator, cfg.trust_remote_code)
                 seconds["generate"] = time.perf_counter() - t0
                 for h, result in zip(keys, gen):
                     base[h] = new_base[h] = result
@@ -515,13 +523,28 @@ def pending_chunks(config: ScanConfig, run_id: str, done: dict[int, str]) -> Ite
         )
 
 
+# Set by the CLI's SIGINT handler (auditor.cli.scan_cmd.interruptible). Libraries that catch
+# the KeyboardInterrupt a Ctrl-C raises and raise an error of their own instead (DuckDB:
+# RuntimeError("Query interrupted") or duckdb.InterruptException, depending on where the
+# signal lands) must still leave the run marked interrupted, not failed.
+SIGINT_RECEIVED = threading.Event()
+
+
+def is_interruption(exc: BaseException) -> bool:
+    """True when ``exc`` is how a Ctrl-C surfaced, whichever library it passed through."""
+    if isinstance(exc, KeyboardInterrupt) or SIGINT_RECEIVED.is_set():
+        return True
+    if type(exc) is RuntimeError and str(exc) == "Query interrupted":
+        return True
+    duckdb = sys.modules.get("duckdb")
+    return duckdb is not None and isinstance(exc, duckdb.InterruptException)
+
+
 def mark_run(config: ScanConfig, run_id: str, exc: BaseException) -> None:
     """Record why a run stopped (best effort: the database may be what failed)."""
     from auditor.store.db import connect
 
-    # Ctrl-C inside a DuckDB query arrives as RuntimeError("Query interrupted").
-    interrupted = isinstance(exc, KeyboardInterrupt) or (type(exc) is RuntimeError and str(exc) == "Query interrupted")
-    status = "interrupted" if interrupted else "failed"
+    status = "interrupted" if is_interruption(exc) else "failed"
     try:
         with connect(config.db, timeout=10) as con:
             con.execute("UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, _dt.datetime.now(), run_id])

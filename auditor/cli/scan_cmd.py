@@ -32,6 +32,8 @@ def scan_options(fn):
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps."),
         click.option("--batch-tokens", default=8192, show_default=True, type=int, help="Padded tokens per forward batch."),
         click.option("--generation-batch-size", default=16, show_default=True, type=int, help="Prompts generated together."),
+        click.option("--generator", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
+                     help="Base responses with transformers (hf) or vLLM (pip install 'persona-audit[vllm]', a CUDA GPU)."),
         click.option("--chunk-size", default=256, show_default=True, type=int, help="Records per stored chunk (memory and resume granularity)."),
         click.option("--flag-percentile", default=95.0, show_default=True, type=float, help="Flag samples above this percentile of the vector's clean calibration set."),
         click.option("--threshold", "thresholds", multiple=True, help="Absolute flag threshold, TRAIT=VALUE (overrides calibration). Repeatable."),
@@ -114,26 +116,29 @@ def run_with_progress(config, quiet: bool = False, engine: dict | None = None):
 def interruptible(fn):
     """Run ``fn``; a Ctrl-C always comes out as KeyboardInterrupt.
 
-    Ctrl-C during a DuckDB query makes DuckDB raise ``RuntimeError("Query interrupted")``
-    (it swallows the KeyboardInterrupt): the handler notes the signal so the caller still
-    sees an interruption (exit 130 and how to resume) instead of a traceback.
+    Ctrl-C during a DuckDB query makes DuckDB raise an error of its own
+    (``RuntimeError("Query interrupted")`` or ``duckdb.InterruptException``; it swallows the
+    KeyboardInterrupt): the handler sets ``SIGINT_RECEIVED`` so the caller still sees an
+    interruption (exit 130 and how to resume) and the run is marked interrupted, not failed.
     """
     import signal
     import threading
 
+    from auditor.pipeline import SIGINT_RECEIVED, is_interruption
+
     if threading.current_thread() is not threading.main_thread():
         return fn()
-    pressed = []
+    SIGINT_RECEIVED.clear()
 
     def on_sigint(signum, frame):
-        pressed.append(signum)
+        SIGINT_RECEIVED.set()
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         return fn()
-    except Exception:
-        if pressed:
+    except Exception as exc:
+        if is_interruption(exc):
             raise KeyboardInterrupt from None
         raise
     finally:
