@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import platform
 import sys
@@ -116,6 +117,18 @@ def projections(vec: np.ndarray, acts: np.ndarray) -> np.ndarray:
     return np.einsum("nld,ld->nl", acts, unit)
 
 
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("persona-audit", "torch", "transformers", "numpy"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
@@ -125,6 +138,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--eval-dir", default=str(ROOT / "examples" / "eval"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.json"))
+    ap.add_argument("--no-acts-cache", action="store_true", help="recompute activations even if bench/.cache holds them")
     args = ap.parse_args()
 
     from auditor.model import load_model
@@ -132,15 +146,31 @@ def main() -> None:
 
     started = time.perf_counter()
     lm = load_model(args.model, dtype=args.dtype, device=args.device)
-    vectors = {pv.trait: pv for pv in load_vectors(args.vectors, lm.name, traits=list(TRAITS), num_layers=lm.num_layers, hidden_size=lm.hidden_size, fingerprint=lm.fingerprint)}
+    vectors = {
+        pv.trait: pv
+        for pv in load_vectors(args.vectors, lm.name, traits=list(TRAITS), num_layers=lm.num_layers, hidden_size=lm.hidden_size, fingerprint=lm.fingerprint)
+    }
     eval_dir = Path(args.eval_dir)
     sets = {t: load_records(eval_dir / f"{t}.jsonl") for t in TRAITS}
     clean = load_records(eval_dir / "clean.jsonl")
     cache = ROOT / "bench" / ".cache" / f"base-{lm.fingerprint}-{lm.dtype}-{args.max_new_tokens}.json"
+    # Activations depend only on the model, dtype, base-response length and the eval files, not on
+    # the vectors: keep them so that --vectors DIR comparisons need no model pass.
+    digest = hashlib.sha256(b"".join((eval_dir / f"{n}.jsonl").read_bytes() for n in (*TRAITS, "clean"))).hexdigest()[:16]
+    acts_cache = ROOT / "bench" / ".cache" / f"acts-{lm.fingerprint}-{lm.dtype}-{args.max_new_tokens}-{digest}.npz"
     acts = {}
-    for name, records in [*sets.items(), ("clean", clean)]:
-        print(f"scanning {name}: {len(records)} samples", file=sys.stderr)
-        acts[name] = activations(lm, records, args.max_new_tokens, cache)
+    from_cache = acts_cache.exists() and not args.no_acts_cache
+    if from_cache:
+        with np.load(acts_cache) as z:
+            for name in (*TRAITS, "clean"):
+                acts[name] = tuple(z[f"{name}.{k}"] for k in ("resp", "base", "last", "empty"))
+        print(f"activations from {acts_cache}", file=sys.stderr)
+    else:
+        for name, records in [*sets.items(), ("clean", clean)]:
+            print(f"scanning {name}: {len(records)} samples", file=sys.stderr)
+            acts[name] = activations(lm, records, args.max_new_tokens, cache)
+        acts_cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(acts_cache, **{f"{name}.{k}": a for name, v in acts.items() for k, a in zip(("resp", "base", "last", "empty"), v)})
 
     def scores(trait_vec: str, data: str):
         """-> dict score name -> [N, L+1]"""
@@ -155,11 +185,23 @@ def main() -> None:
 
     def meta(data: str):
         recs = clean if data == "clean" else sets[data]
-        return (np.array([r.get("label", 0) for r in recs]), np.array([r.get("set", "control") for r in recs]),
-                np.array([r.get("split", "test") for r in recs]), [r.get("pair") for r in recs])
+        return (
+            np.array([r.get("label", 0) for r in recs]),
+            np.array([r.get("set", "control") for r in recs]),
+            np.array([r.get("split", "test") for r in recs]),
+            [r.get("pair") for r in recs],
+        )
 
-    results: dict = {"date": dt.date.today().isoformat(), "model": lm.name, "model_fingerprint": lm.fingerprint, "dtype": lm.dtype,
-                     "max_new_tokens": args.max_new_tokens, "versions": {"python": platform.python_version()}, "traits": {}}
+    results: dict = {
+        "date": dt.date.today().isoformat(),
+        "model": lm.name,
+        "model_fingerprint": lm.fingerprint,
+        "dtype": lm.dtype,
+        "max_new_tokens": args.max_new_tokens,
+        "versions": versions(),
+        "activations_from_cache": from_cache,
+        "traits": {},
+    }
     for trait in TRAITS:
         label, subset, split, pairs = meta(trait)
         sc = scores(trait, trait)
@@ -190,9 +232,14 @@ def main() -> None:
                         by_pair.setdefault(pairs[i], {})[int(label[i])] = sc[kind][i, layer]
                     wins = [p[1] > p[0] for p in by_pair.values() if 0 in p and 1 in p]
                     cm = csplit == "test"
-                    row[kind] = {"layer": layer, "auroc_vs_same_prompt_clean": round(auroc(pos, neg), 4),
-                                 "auroc_vs_clean_controls": round(auroc(pos, csc[kind][cm, layer]), 4),
-                                 "pair_accuracy": round(float(np.mean(wins)), 4) if wins else None, "n_pos": int(len(pos)), "n_neg": int(len(neg))}
+                    row[kind] = {
+                        "layer": layer,
+                        "auroc_vs_same_prompt_clean": round(auroc(pos, neg), 4),
+                        "auroc_vs_clean_controls": round(auroc(pos, csc[kind][cm, layer]), 4),
+                        "pair_accuracy": round(float(np.mean(wins)), 4) if wins else None,
+                        "n_pos": int(len(pos)),
+                        "n_neg": int(len(neg)),
+                    }
                 block[s] = row
             entry["by_set"][which] = block
         # Dataset-level curve on the test split: mixtures of trait samples with clean controls.
@@ -210,8 +257,13 @@ def main() -> None:
                 shares.append(share)
                 means.append(float(mix.mean()))
         curve = [round(float(np.mean([m for s2, m in zip(shares, means) if s2 == s])), 4) for s in np.linspace(0, 1, 11)]
-        entry["dataset_curve"] = {"layer": layer, "mixture_size": size, "shares": [round(float(s), 1) for s in np.linspace(0, 1, 11)],
-                                  "mean_delta": curve, "spearman_rho": round(spearman(shares, means), 4)}
+        entry["dataset_curve"] = {
+            "layer": layer,
+            "mixture_size": size,
+            "shares": [round(float(s), 1) for s in np.linspace(0, 1, 11)],
+            "mean_delta": curve,
+            "spearman_rho": round(spearman(shares, means), 4),
+        }
         results["traits"][trait] = entry
     # Cross-trait specificity (explicit test split, delta and proj at each vector's shipped layer).
     for kind in ("delta", "proj"):
@@ -236,8 +288,10 @@ def print_table(results: dict) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for trait, e in results["traits"].items():
         for s, row in e["by_set"]["shipped_layer"].items():
-            print(f"| {trait} | {s} | {row['delta']['layer']} | {row['delta']['auroc_vs_same_prompt_clean']:.3f} | {row['proj']['auroc_vs_same_prompt_clean']:.3f} | "
-                  f"{row['delta_prompt_last']['auroc_vs_same_prompt_clean']:.3f} | {row['delta']['pair_accuracy']:.3f} | {row['delta']['auroc_vs_clean_controls']:.3f} |")
+            print(
+                f"| {trait} | {s} | {row['delta']['layer']} | {row['delta']['auroc_vs_same_prompt_clean']:.3f} | {row['proj']['auroc_vs_same_prompt_clean']:.3f} | "
+                f"{row['delta_prompt_last']['auroc_vs_same_prompt_clean']:.3f} | {row['delta']['pair_accuracy']:.3f} | {row['delta']['auroc_vs_clean_controls']:.3f} |"
+            )
     print("\n| trait | dataset-level Spearman rho (delta, 0-100 % mixtures) | mean delta at 0 % | at 100 % |")
     print("|---|---|---|---|")
     for trait, e in results["traits"].items():
