@@ -138,6 +138,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--eval-dir", default=str(ROOT / "examples" / "eval"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.json"))
+    ap.add_argument("--note", default=None, help="free text stored in the results (e.g. how the cached activations were made)")
     ap.add_argument("--no-acts-cache", action="store_true", help="recompute activations even if bench/.cache holds them")
     args = ap.parse_args()
 
@@ -200,6 +201,7 @@ def main() -> None:
         "max_new_tokens": args.max_new_tokens,
         "versions": versions(),
         "activations_from_cache": from_cache,
+        "note": args.note,
         "traits": {},
     }
     for trait in TRAITS:
@@ -243,27 +245,31 @@ def main() -> None:
                 block[s] = row
             entry["by_set"][which] = block
         # Dataset-level curve on the test split: mixtures of trait samples with clean controls.
+        # delta is the measure the paper validated; the raw projection is reported next to it.
         layer = vectors[trait].layer
-        rng = np.random.default_rng(0)
-        pos_delta = sc["delta"][(split == "test") & (label == 1), layer]
-        clean_delta = csc["delta"][csplit == "test", layer]
-        pos_delta, clean_delta = pos_delta[~np.isnan(pos_delta)], clean_delta[~np.isnan(clean_delta)]
-        size = min(len(pos_delta), len(clean_delta))
-        shares, means = [], []
-        for share in np.linspace(0, 1, 11):
-            k = int(round(share * size))
-            for _rep in range(5):
-                mix = np.concatenate([rng.choice(pos_delta, k, replace=False), rng.choice(clean_delta, size - k, replace=False)])
-                shares.append(share)
-                means.append(float(mix.mean()))
-        curve = [round(float(np.mean([m for s2, m in zip(shares, means) if s2 == s])), 4) for s in np.linspace(0, 1, 11)]
-        entry["dataset_curve"] = {
-            "layer": layer,
-            "mixture_size": size,
-            "shares": [round(float(s), 1) for s in np.linspace(0, 1, 11)],
-            "mean_delta": curve,
-            "spearman_rho": round(spearman(shares, means), 4),
-        }
+        for kind, key in (("delta", "dataset_curve"), ("proj", "dataset_curve_proj")):
+            rng = np.random.default_rng(0)
+            pos = sc[kind][(split == "test") & (label == 1), layer]
+            neg = csc[kind][csplit == "test", layer]
+            pos, neg = pos[~np.isnan(pos)], neg[~np.isnan(neg)]
+            size = min(len(pos), len(neg))
+            shares, means = [], []
+            for share in np.linspace(0, 1, 11):
+                k = int(round(share * size))
+                for _rep in range(5):
+                    mix = np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, size - k, replace=False)])
+                    shares.append(share)
+                    means.append(float(mix.mean()))
+            curve = [round(float(np.mean([m for s2, m in zip(shares, means) if s2 == s])), 4) for s in np.linspace(0, 1, 11)]
+            entry[key] = {
+                "score": kind,
+                "layer": layer,
+                "mixture_size": size,
+                "shares": [round(float(s), 1) for s in np.linspace(0, 1, 11)],
+                f"mean_{kind}": curve,
+                "spearman_rho": round(spearman(shares, means), 4),
+                "auroc_trait_vs_clean_controls": round(auroc(pos, neg), 4),
+            }
         results["traits"][trait] = entry
     # Cross-trait specificity (explicit test split, delta and proj at each vector's shipped layer).
     for kind in ("delta", "proj"):
@@ -292,11 +298,11 @@ def print_table(results: dict) -> None:
                 f"| {trait} | {s} | {row['delta']['layer']} | {row['delta']['auroc_vs_same_prompt_clean']:.3f} | {row['proj']['auroc_vs_same_prompt_clean']:.3f} | "
                 f"{row['delta_prompt_last']['auroc_vs_same_prompt_clean']:.3f} | {row['delta']['pair_accuracy']:.3f} | {row['delta']['auroc_vs_clean_controls']:.3f} |"
             )
-    print("\n| trait | dataset-level Spearman rho (delta, 0-100 % mixtures) | mean delta at 0 % | at 100 % |")
-    print("|---|---|---|---|")
+    print("\n| trait | dataset-level Spearman rho, delta (0-100 % mixtures) | mean delta at 0 % | at 100 % | rho, raw projection |")
+    print("|---|---|---|---|---|")
     for trait, e in results["traits"].items():
-        c = e["dataset_curve"]
-        print(f"| {trait} | {c['spearman_rho']:.3f} | {c['mean_delta'][0]:+.3f} | {c['mean_delta'][-1]:+.3f} |")
+        c, cp = e["dataset_curve"], e.get("dataset_curve_proj", {})
+        print(f"| {trait} | {c['spearman_rho']:.3f} | {c['mean_delta'][0]:+.3f} | {c['mean_delta'][-1]:+.3f} | {cp.get('spearman_rho', float('nan')):.3f} |")
     for kind in ("delta", "proj"):
         print(f"\nSpecificity ({kind}, explicit test split; rows: vector, columns: data)\n")
         print("| vector \\ data | " + " | ".join(TRAITS) + " |")
