@@ -6,7 +6,6 @@ import hashlib
 import inspect
 import json
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,46 +65,28 @@ def greedy_decode(
     attention_mask: torch.Tensor,
     max_new_tokens: int,
     eos_ids: set[int],
-    layers: Sequence[int] = (),
-    layers_path: str | None = None,
-) -> tuple[list[list[int]], dict[int, torch.Tensor]]:
+) -> list[list[int]]:
     """Greedy decoding with a KV cache: input_ids, attention_mask [B, T] (left-padded) ->
-    (each row's new token ids, end-of-sequence excluded; ``{l: sum of h[l] [B, d] float32}``).
+    each row's new token ids, end of sequence excluded.
 
     The same tokens as ``model.generate(do_sample=False)``, computed with less waste: a row
     leaves the batch (and its KV cache rows are dropped) as soon as it ends, so finished
-    rows cost nothing, and the loop stops when no row is left. With ``layers``, ``h[l]``
-    of every generated token is summed per row while it is fed back in (one extra step
-    feeds the last token of rows that reached ``max_new_tokens``): divided by the row's
-    token count it is the base response's mean activation, without a second forward.
+    rows cost nothing, only the last position's logits are computed, and the loop stops
+    when no row is left.
     """
-    from auditor.activations import recording_hidden
-
     device = model.device
     batch = input_ids.shape[0]
     tokens: list[list[int]] = [[] for _ in range(batch)]
-    sums: dict[int, torch.Tensor] = {}
-    feeding: list[torch.Tensor | None] = [None]  # original row of each input row; None while prefilling
-
-    def sink(layer: int, h: torch.Tensor) -> None:
-        rows = feeding[0]
-        if rows is None:
-            return
-        if layer not in sums:
-            sums[layer] = torch.zeros(batch, h.shape[-1], dtype=torch.float32, device=h.device)
-        sums[layer].index_add_(0, rows, h[:, -1].float())
-
     mask = attention_mask.to(device)
     # Positions count real tokens only, as generate() computes them for left-padded rows.
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     alive = torch.arange(batch, device=device)
-    # Only the last position's logits are needed (the vocabulary projection is a large matmul).
     parameters = inspect.signature(model.forward).parameters
+    # Only the last position's logits are needed (the vocabulary projection is a large matmul).
     last_only = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
     # transformers 5.x calls the KV cache ``cache``; earlier releases ``past_key_values``.
     cache_arg = "cache" if "cache" in parameters else "past_key_values"
-    recorder = recording_hidden(model, layers, sink, layers_path) if layers else nullcontext()
-    with recorder, torch.inference_mode():
+    with torch.inference_mode():
         out = model(input_ids=input_ids.to(device), attention_mask=mask, position_ids=positions, use_cache=True, **last_only)
         cache = getattr(out, cache_arg)
         next_position = positions[:, -1:] + 1
@@ -116,19 +97,16 @@ def greedy_decode(
             keep = [j for j, t in enumerate(chosen_list) if t not in eos_ids]
             for j in keep:
                 tokens[alive_list[j]].append(chosen_list[j])
-            last = step == max_new_tokens - 1
-            if not keep or (last and not layers):
+            if not keep or step == max_new_tokens - 1:
                 break
             if len(keep) < len(alive_list):
                 index = torch.tensor(keep, device=device)
                 cache.batch_select_indices(index)
                 mask, next_position, chosen, alive = mask[index], next_position[index], chosen[index], alive[index]
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            feeding[0] = alive
             out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_position, use_cache=True, **last_only, **{cache_arg: cache})
-            feeding[0] = None
             next_position = next_position + 1
-    return tokens, sums
+    return tokens
 
 
 def generate_greedy(
@@ -149,7 +127,7 @@ def generate_greedy(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         ids, mask = _left_padded([prompts[i] for i in chunk], tok.pad_token_id)
-        new, _ = greedy_decode(lm.model, ids, mask, max_new_tokens, eos_ids)
+        new = greedy_decode(lm.model, ids, mask, max_new_tokens, eos_ids)
         for row, i in enumerate(chunk):
             out[i] = (tok.decode(new[row], skip_special_tokens=True), len(new[row]))
     return out  # type: ignore[return-value]
@@ -207,66 +185,6 @@ def generate_vllm(lm: LoadedModel, prompts: Sequence[Sequence[int]], max_new_tok
         n = next((j for j, t in enumerate(ids) if t in eos_ids), len(ids))
         result.append((lm.tokenizer.decode(ids[:n], skip_special_tokens=True), n))
     return result
-
-
-@dataclass
-class ProjectedBase:
-    """A generated base response and, when it could be taken during generation, its projections.
-
-    ``proj`` is None when the response has no tokens (no activation), or when
-    ``needs_rescore``: decoding the tokens and re-encoding ``prompt + text`` (the plain
-    path of METHOD.md) gives other ids than were generated, so the activations taken
-    during generation are not those of the text; score that text the plain way.
-    """
-
-    text: str
-    n_tokens: int
-    proj: dict[str, float] | None
-    needs_rescore: bool
-
-
-def generate_greedy_projected(
-    lm: LoadedModel,
-    prompts: Sequence[str],
-    max_new_tokens: int,
-    directions: dict[str, tuple[int, torch.Tensor]],
-    max_prompt_tokens: int | None = 512,
-    batch_size: int = 16,
-    layers_path: str | None = None,
-) -> list[ProjectedBase]:
-    """Base responses to prompt texts, each with ``proj_l(x, y')`` per direction, in one pass.
-
-    ``directions``: name -> (layer, unit direction [d]), as for ``score_rows``. The mean of
-    ``h[l]`` over the generated tokens is taken while generating (METHOD.md's fast path), so
-    the base responses need no second forward. Equal to the plain path (decode, re-encode,
-    forward) within float rounding wherever the re-encoded ids equal the generated ids;
-    elsewhere ``needs_rescore`` is set. ``text`` and ``n_tokens`` equal generate_greedy's.
-    """
-    from auditor.activations import encode_pair
-
-    tok = lm.tokenizer
-    eos_ids = _eos_ids(lm)
-    layers = sorted({layer for layer, _ in directions.values()})
-    encoded = [prompt_ids(lm, p, max_prompt_tokens) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    out: list[ProjectedBase | None] = [None] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        ids, mask = _left_padded([encoded[i] for i in chunk], tok.pad_token_id)
-        new, sums = greedy_decode(lm.model, ids, mask, max_new_tokens, eos_ids, layers, layers_path)
-        for row, i in enumerate(chunk):
-            gen = new[row]
-            text = tok.decode(gen, skip_special_tokens=True)
-            if not gen:
-                out[i] = ProjectedBase(text, 0, None, False)
-                continue
-            replay = encode_pair(tok, prompts[i], text, max_prompt_tokens)
-            if replay.start != len(encoded[i]) or replay.ids != tuple(encoded[i]) + tuple(gen):
-                out[i] = ProjectedBase(text, len(gen), None, True)
-                continue
-            proj = {name: float((sums[layer][row] / len(gen)) @ d.to(sums[layer].device).float()) for name, (layer, d) in directions.items()}
-            out[i] = ProjectedBase(text, len(gen), proj, False)
-    return out  # type: ignore[return-value]
 
 
 class _PerRowSampler:

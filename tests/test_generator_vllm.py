@@ -56,7 +56,7 @@ def _greedy_ids(lm, ids, max_new_tokens):
     from auditor.generation import _left_padded, greedy_decode
 
     input_ids, mask = _left_padded([ids], lm.tokenizer.pad_token_id)
-    new, _ = greedy_decode(lm.model, input_ids, mask, max_new_tokens, _eos_ids(lm))
+    new = greedy_decode(lm.model, input_ids, mask, max_new_tokens, _eos_ids(lm))
     return new[0]
 
 

@@ -1,11 +1,9 @@
 """Every fast path against a plain one-sample-at-a-time computation (speed never changes results).
 
 Fast paths checked here: the forward without a padding mask for right-padded batches,
-length-bucketed batches at several ``batch_tokens``, the greedy decoder that drops
-finished rows from the batch, and taking the base response's activations while it is
-generated (METHOD.md's fast path). Plain references: the whole model with
-``output_hidden_states=True`` on one unpadded sample, ``model.generate`` on one prompt,
-and decode -> re-encode -> forward for base responses.
+length-bucketed batches at several ``batch_tokens``, and the greedy decoder that drops
+finished rows from the batch. Plain references: the whole model with
+``output_hidden_states=True`` on one unpadded sample, and ``model.generate`` on one prompt.
 """
 
 from __future__ import annotations
@@ -15,13 +13,10 @@ import torch
 from conftest import SMALL_CHATS
 
 from auditor.activations import EncodedRow, capture_hidden, causal_mask_suffices, encode_pair, full_hidden_states, pad_right
-from auditor.generation import _eos_ids, _left_padded, generate_greedy, generate_greedy_projected, greedy_decode, prompt_ids
+from auditor.generation import _eos_ids, generate_greedy, prompt_ids
 from auditor.scoring import CPU_BATCH_TOKENS, default_batch_tokens, score_rows
 
 FP32_TOL = 1e-4
-# bf16 fast path vs the plain bf16 path on the same text: the KV-cache decode adds its
-# rounding to the forward's; the documented bf16 tolerance (README "Numerics") is 0.15.
-BF16_ABS_TOL = 0.15
 
 LONG_ANSWER = (
     "Start with the basics, because every later step depends on them. Write down what you have before changing anything. "
@@ -154,79 +149,6 @@ def test_greedy_decoder_matches_generate_embedded_fp32(embedded_lm_fp32):
         got = generate_greedy(lm, prompts, 20, batch_size)
         assert [n for _, n in got] == [len(t) for t in plain]
         assert [text for text, _ in got] == [lm.tokenizer.decode(t, skip_special_tokens=True) for t in plain]
-
-
-def _check_projected_against_plain(lm, max_new_tokens, batch_size, tol):
-    texts_ids = [_prompt_ids(lm, m) for m in GEN_PROMPTS]
-    prompts = [p for p, _ in texts_ids]
-    directions = _directions(lm, [2, lm.num_layers // 2, lm.num_layers])
-    fast = generate_greedy_projected(lm, prompts, max_new_tokens, directions, 512, batch_size)
-    texts = generate_greedy(lm, [ids for _, ids in texts_ids], max_new_tokens, batch_size)
-    checked = rescored = 0
-    worst = 0.0
-    for prompt, (_, ids), base, (text, n) in zip(prompts, texts_ids, fast, texts):
-        assert (base.text, base.n_tokens) == (text, n)
-        replay = encode_pair(lm.tokenizer, prompt, base.text, 512)
-        if base.needs_rescore:
-            if tol == FP32_TOL:  # fp32 batches generate the plain tokens (tested above); bf16 may differ
-                # The fallback is taken only when re-encoding really gives other tokens.
-                assert replay.ids[replay.start :] != tuple(plain_generate(lm, ids, max_new_tokens))
-            rescored += 1
-            continue
-        if base.n_tokens == 0:
-            assert base.proj is None
-            continue
-        proj, _ = plain_scores(lm, replay, directions)
-        for name in directions:
-            assert base.proj[name] == pytest.approx(proj[name], abs=tol), (prompt, name)
-            worst = max(worst, abs(base.proj[name] - proj[name]))
-        checked += 1
-    return checked, rescored, worst
-
-
-def test_activations_taken_while_decoding_match_a_plain_forward_tiny(tiny_lm):
-    """The core of the fast path, free of tokenization: h[l] summed while decoding vs one forward of prompt + tokens."""
-    lm = tiny_lm
-    prompts = [_prompt_ids(lm, m)[1] for m in GEN_PROMPTS]
-    layers = [0, 2, lm.num_layers]
-    ids, mask = _left_padded(prompts, lm.tokenizer.pad_token_id)
-    new, sums = greedy_decode(lm.model, ids, mask, 10, _eos_ids(lm), layers)
-    assert any(new)
-    for row, (p, gen) in enumerate(zip(prompts, new)):
-        if not gen:
-            continue
-        hs = full_hidden_states(lm.model, torch.tensor([list(p) + gen]))
-        for layer in layers:
-            plain = hs[layer][0, len(p) :].float().mean(0)
-            assert torch.allclose(sums[layer][row] / len(gen), plain, atol=FP32_TOL), (row, layer)
-
-
-def test_projected_base_falls_back_exactly_when_reencoding_differs_tiny(tiny_lm):
-    # A random model emits token sequences that often re-encode differently: both branches occur.
-    lm = tiny_lm
-    texts_ids = [_prompt_ids(lm, m) for m in GEN_PROMPTS]
-    directions = _directions(lm, [2])
-    fast = generate_greedy_projected(lm, [p for p, _ in texts_ids], 10, directions, 512, 4)
-    for (prompt, ids), base in zip(texts_ids, fast):
-        gen = plain_generate(lm, ids, 10)
-        replay = encode_pair(lm.tokenizer, prompt, base.text, 512)
-        assert base.needs_rescore == (replay.ids != tuple(ids) + tuple(gen))
-        assert (base.proj is None) == (base.needs_rescore or not gen)
-
-
-@pytest.mark.slow
-def test_projected_base_matches_plain_embedded_fp32(embedded_lm_fp32):
-    checked, rescored, worst = _check_projected_against_plain(embedded_lm_fp32, 24, 6, FP32_TOL)
-    # The real model's text re-encodes to its own tokens: the fast path must apply to almost all.
-    assert checked >= len(GEN_PROMPTS) - 1
-    print(f"embedded fp32 fast path: {checked} compared, {rescored} re-scored, worst |difference| {worst:.2e}")
-
-
-@pytest.mark.slow
-def test_projected_base_within_bf16_tolerance(embedded_lm_bf16):
-    checked, _rescored, worst = _check_projected_against_plain(embedded_lm_bf16, 24, 6, BF16_ABS_TOL)
-    assert checked >= len(GEN_PROMPTS) - 1
-    print(f"embedded bf16 fast path: {checked} compared, worst |difference| {worst:.3f}")
 
 
 def test_default_batch_tokens_on_cpu(tiny_lm):
