@@ -62,7 +62,7 @@ def _scorer_actor(ray: Any):
         def token_values(self, rows: list):
             from auditor.scoring import score_rows
 
-            return score_rows(self.lm.model, rows, self.scorer.directions, self.lm.tokenizer.pad_token_id, self.config.batch_tokens, [True] * len(rows), self.config.layers_path)
+            return score_rows(self.lm.model, rows, self.scorer.directions, self.lm.tokenizer.pad_token_id, self.scorer.batch_tokens, [True] * len(rows), self.config.layers_path)
 
     return ScorerActor
 

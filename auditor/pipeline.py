@@ -31,6 +31,7 @@ from auditor.sources import Rejected, Sample, iter_samples
 
 BASELINES = ("generate", "prompt-last", "none")
 ON_ERROR = ("fail", "skip")
+FLAG_ON = ("delta", "projection")
 # A scan waits this long for a reader to let go of the database before a chunk write fails:
 # long enough to outlast a big export or filter, instead of losing a scored chunk.
 WRITE_WAIT = 600.0
@@ -56,11 +57,12 @@ class ScanConfig:
     max_prompt_tokens: int | None = 512
     dtype: str = "auto"
     device: str = "auto"
-    batch_tokens: int = 8192
-    generation_batch_size: int = 16
+    batch_tokens: int = 0  # 0: auto (scoring.default_batch_tokens)
+    generation_batch_size: int = 0  # 0: auto (scoring.default_generation_batch_size)
     generator: str = "hf"
     chunk_size: int = 256
     flag_percentile: float = 95.0
+    flag_on: str = "delta"  # delta | projection (proj_response); baseline none always flags on the projection
     thresholds: dict[str, float] = field(default_factory=dict)
     on_error: str = "fail"
     db: str = os.path.join("reports", "audit.duckdb")
@@ -84,9 +86,14 @@ class ScanConfig:
             raise AuditorError(f"unknown --on-error {self.on_error!r}; use fail or skip")
         if not 0 < self.flag_percentile < 100:
             raise AuditorError("--flag-percentile must be between 0 and 100 (e.g. 95)")
-        for name in ("batch_tokens", "generation_batch_size", "chunk_size", "max_new_tokens", "num_shards"):
+        for name in ("chunk_size", "max_new_tokens", "num_shards"):
             if getattr(self, name) < 1:
                 raise AuditorError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("batch_tokens", "generation_batch_size"):
+            if getattr(self, name) < 0:
+                raise AuditorError(f"--{name.replace('_', '-')} must be at least 1 (or 0 for automatic)")
+        if self.flag_on not in FLAG_ON:
+            raise AuditorError(f"unknown --flag-on {self.flag_on!r}; use one of {', '.join(FLAG_ON)}")
         if not 0 <= self.shard_index < self.num_shards:
             raise AuditorError(f"--shard-index must be between 0 and {self.num_shards - 1} for --num-shards {self.num_shards}")
 
@@ -219,7 +226,7 @@ def wide_schema(traits: list[str]):
 
 def resolve_thresholds(config: ScanConfig, vectors: list[Any]) -> tuple[str, dict[str, tuple[float | None, str]]]:
     """The score column flags use, and per trait (threshold, where it came from)."""
-    score_col = "proj_response" if config.baseline == "none" else "delta"
+    score_col = "proj_response" if config.baseline == "none" or config.flag_on == "projection" else "delta"
     out: dict[str, tuple[float | None, str]] = {}
     for pv in vectors:
         given = config.thresholds.get(pv.trait, config.thresholds.get("*"))
@@ -241,6 +248,7 @@ class ChunkScorer:
 
     def __init__(self, config: ScanConfig, lm: Any, vectors: list[Any], run_id: str):
         from auditor.generation import GenerationSettings
+        from auditor.scoring import default_batch_tokens, default_generation_batch_size
 
         self.config = config
         self.lm = lm
@@ -249,6 +257,9 @@ class ChunkScorer:
         self.directions = {pv.trait: (pv.layer, pv.direction()) for pv in vectors}
         self.score_col, self.thresholds = resolve_thresholds(config, vectors)
         self.settings_key = GenerationSettings(config.max_new_tokens, config.max_prompt_tokens, lm.dtype, config.generator).key()
+        # 0 means: what suits this process's device (a Ray actor may hold another one).
+        self.batch_tokens = config.batch_tokens or default_batch_tokens(lm)
+        self.generation_batch_size = config.generation_batch_size or default_generation_batch_size(lm, config.max_new_tokens, config.max_prompt_tokens)
         self.max_len = lm.max_length
         self.schema = wide_schema([pv.trait for pv in vectors])
 
@@ -307,7 +318,7 @@ class ChunkScorer:
             if missing:
                 t0 = time.perf_counter()
                 keys = list(missing)
-                gen = generate_base(lm, [prompt_ids(lm, missing[h], cfg.max_prompt_tokens) for h in keys], cfg.max_new_tokens, cfg.generation_batch_size,
+                gen = generate_base(lm, [prompt_ids(lm, missing[h], cfg.max_prompt_tokens) for h in keys], cfg.max_new_tokens, self.generation_batch_size,
                                     cfg.generator, cfg.trust_remote_code)
                 seconds["generate"] = time.perf_counter() - t0
                 for h, result in zip(keys, gen):
@@ -327,7 +338,7 @@ class ChunkScorer:
                 else:
                     base_at.append(None)  # the model answered nothing: no activation, so no delta
         t0 = time.perf_counter()
-        results = score_rows(lm.model, rows + base_rows, self.directions, tok.pad_token_id, cfg.batch_tokens, None, cfg.layers_path) if ready else []
+        results = score_rows(lm.model, rows + base_rows, self.directions, tok.pad_token_id, self.batch_tokens, None, cfg.layers_path) if ready else []
         seconds["forward"] = time.perf_counter() - t0
         all_rows = rows + base_rows
         tokens += sum(r.length for r in all_rows)
@@ -602,7 +613,7 @@ def local_score_fn(lm: Any, config: ScanConfig, scorer: ChunkScorer) -> Callable
     """Per-token projections of encoded rows with the model in this process."""
     from auditor.scoring import score_rows
 
-    return lambda rows: score_rows(lm.model, rows, scorer.directions, lm.tokenizer.pad_token_id, config.batch_tokens, [True] * len(rows), config.layers_path)
+    return lambda rows: score_rows(lm.model, rows, scorer.directions, lm.tokenizer.pad_token_id, scorer.batch_tokens, [True] * len(rows), config.layers_path)
 
 
 def finalize_run(config: ScanConfig, run_id: str, out_dir: str, lm: Any, vectors: list[Any], scorer: ChunkScorer,

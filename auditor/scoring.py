@@ -18,10 +18,14 @@ from auditor.activations import EncodedRow, capture_hidden, gather_positions, ma
 
 # Padded tokens per forward on CPU. Rows of a few hundred tokens already fill the matrix
 # units (AMX) one at a time, so larger batches only add padding; short rows still get
-# grouped. Measured in bench/NOTES.md ("Throughput").
+# grouped. Measured in bench/NOTES.md ("Throughput": 1,024-8,192 within noise, 16,384 slower).
 CPU_BATCH_TOKENS = 4096
-# Share of free GPU memory the scoring forward may use for its activations.
+# Prompts decoded together on CPU (bench/NOTES.md: 32 beat 16 and 64 on 2 cores with AMX).
+CPU_GENERATION_BATCH = 32
+# Share of free GPU memory the scoring forward may use for its activations, and the
+# generation batch for its KV cache.
 GPU_MEMORY_SHARE = 0.25
+MAX_GPU_GENERATION_BATCH = 256
 
 
 def default_batch_tokens(lm) -> int:
@@ -34,7 +38,7 @@ def default_batch_tokens(lm) -> int:
     import torch
 
     model = lm.model
-    if model.device.type != "cuda" or not torch.cuda.is_available():
+    if model is None or model.device.type != "cuda" or not torch.cuda.is_available():  # None: a Ray driver, which never runs the model
         return CPU_BATCH_TOKENS
     free, _total = torch.cuda.mem_get_info(model.device)
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -44,6 +48,24 @@ def default_batch_tokens(lm) -> int:
     per_token = 2 * element * (int(cfg.num_hidden_layers) * d + 8 * d + 3 * intermediate)
     tokens = int(free * GPU_MEMORY_SHARE) // per_token
     return max(CPU_BATCH_TOKENS, min(tokens, 1 << 20) // 1024 * 1024)
+
+
+def default_generation_batch_size(lm, max_new_tokens: int, max_prompt_tokens: int | None) -> int:
+    """Prompts generated together: ``CPU_GENERATION_BATCH`` on CPU; on CUDA as many as the KV
+    cache of full-length rows fits in a quarter of the free memory (16 to 256)."""
+    import torch
+
+    model = lm.model
+    if model is None or model.device.type != "cuda" or not torch.cuda.is_available():  # None: a Ray driver, which never runs the model
+        return CPU_GENERATION_BATCH
+    free, _total = torch.cuda.mem_get_info(model.device)
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    element = torch.finfo(model.dtype).bits // 8
+    length = (max_prompt_tokens or 2048) + max_new_tokens
+    per_row = 2 * int(cfg.num_hidden_layers) * heads * head_dim * length * element
+    return max(16, min(MAX_GPU_GENERATION_BATCH, int(free * GPU_MEMORY_SHARE) // per_row))
 
 
 @dataclass
