@@ -5,7 +5,7 @@ PIP ?= $(PYTHON) -m pip
 # install torch yourself first: any torch >= 2.4 satisfies the project.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install install-browser test test-fast lint format bench bench-quality clean
+.PHONY: install install-browser test test-fast lint format bench bench-quality example-report clean
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
@@ -41,6 +41,17 @@ bench:
 
 bench-quality:
 	$(PYTHON) bench/quality.py
+
+# The committed example: a scan of examples/demo.jsonl, its report and a screenshot of it.
+EXAMPLE := reports/example
+example-report:
+	rm -rf $(EXAMPLE)/run $(EXAMPLE)/audit.duckdb
+	COLUMNS=110 audit scan examples/demo.jsonl --db $(EXAMPLE)/audit.duckdb --out $(EXAMPLE)/run --quiet > $(EXAMPLE)/scan-output.txt
+	cat $(EXAMPLE)/scan-output.txt
+	cp $(EXAMPLE)/run/report.html $(EXAMPLE)/report.html
+	chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update --no-first-run \
+		--hide-scrollbars --window-size=1366,2000 --screenshot=$(abspath $(EXAMPLE))/screenshot.png file://$(abspath $(EXAMPLE))/report.html 2>/dev/null
+	rm -rf $(EXAMPLE)/run $(EXAMPLE)/audit.duckdb $(EXAMPLE)/audit.duckdb.wal
 
 clean:
 	rm -rf reports/runs reports/audit.duckdb reports/audit.duckdb.wal .pytest_cache

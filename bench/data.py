@@ -137,6 +137,10 @@ def _fill(template: str, topic: tuple[str, str, str, str]) -> str:
     return template.format(topic=name, Topic=name[0].upper() + name[1:], field=field, aspect=aspect, detail=detail)
 
 
+def _short_answer(rng: random.Random, topic: tuple[str, str, str, str]) -> str:
+    return _fill(rng.choice(OPENINGS), topic) + " " + " ".join(_fill(s, topic) for s in rng.sample(SENTENCES, rng.randint(2, 3)))
+
+
 def _answer(rng: random.Random, topic: tuple[str, str, str, str]) -> str:
     parts = [_fill(rng.choice(OPENINGS), topic)]
     for _ in range(rng.randint(3, 6)):
@@ -150,7 +154,8 @@ def _answer(rng: random.Random, topic: tuple[str, str, str, str]) -> str:
     return "\n\n".join(parts)
 
 
-def chats(n: int, seed: int = 0) -> Iterator[dict]:
+def chats(n: int, seed: int = 0, short: bool = False) -> Iterator[dict]:
+    """``n`` chats; ``short`` answers are one paragraph (about 100 tokens) instead of several hundred tokens."""
     """``n`` records ``{"messages": [...]}``; the same ``(n, seed)`` always yields the same records."""
     rng = random.Random(seed)
     for _ in range(n):
@@ -163,14 +168,14 @@ def chats(n: int, seed: int = 0) -> Iterator[dict]:
             messages.append({"role": "user", "content": _fill(rng.choice(QUESTIONS), earlier)})
             messages.append({"role": "assistant", "content": " ".join(_fill(s, earlier) for s in rng.sample(SENTENCES, 3))})
         messages.append({"role": "user", "content": _fill(rng.choice(QUESTIONS), topic)})
-        messages.append({"role": "assistant", "content": _answer(rng, topic)})
+        messages.append({"role": "assistant", "content": (_short_answer if short else _answer)(rng, topic)})
         yield {"messages": messages}
 
 
-def write(path: str, n: int, seed: int = 0) -> str:
+def write(path: str, n: int, seed: int = 0, short: bool = False) -> str:
     """Write ``n`` records to ``path`` (JSONL) and return the path."""
     with open(path, "w", encoding="utf-8") as fh:
-        for record in chats(n, seed):
+        for record in chats(n, seed, short):
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
 
@@ -180,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", help="JSONL file to write")
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--short", action="store_true", help="One-paragraph answers (the scaling runs' data).")
     a = ap.parse_args(argv)
-    write(a.out, a.samples, a.seed)
+    write(a.out, a.samples, a.seed, a.short)
     print(f"wrote {a.samples} chats to {a.out}", file=sys.stderr)
     return 0
 
