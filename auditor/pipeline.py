@@ -60,6 +60,7 @@ class ScanConfig:
     batch_tokens: int = 0  # 0: auto (scoring.default_batch_tokens)
     generation_batch_size: int = 0  # 0: auto (scoring.default_generation_batch_size)
     generator: str = "hf"
+    generation_dtype: str = "auto"  # auto: float32 on CPU (batch-invariant greedy tokens), the model's dtype on a GPU
     chunk_size: int = 256
     flag_percentile: float = 95.0
     flag_on: str = "delta"  # delta | projection (proj_response); baseline none always flags on the projection
@@ -92,6 +93,8 @@ class ScanConfig:
         for name in ("batch_tokens", "generation_batch_size"):
             if getattr(self, name) < 0:
                 raise AuditorError(f"--{name.replace('_', '-')} must be at least 1 (or 0 for automatic)")
+        if self.generation_dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise AuditorError(f"unknown --generation-dtype {self.generation_dtype!r}; use auto, float32, bfloat16 or float16")
         if self.flag_on not in FLAG_ON:
             raise AuditorError(f"unknown --flag-on {self.flag_on!r}; use one of {', '.join(FLAG_ON)}")
         if not 0 <= self.shard_index < self.num_shards:
@@ -239,6 +242,22 @@ def resolve_thresholds(config: ScanConfig, vectors: list[Any]) -> tuple[str, dic
     return score_col, out
 
 
+def resolve_generation_dtype(requested: str, lm: Any) -> str:
+    """``auto``: float32 on CPU, the scoring model's dtype elsewhere.
+
+    Greedy decoding in bfloat16 is not batch-invariant: measured on the embedded model, only
+    11 of 32 base responses (128 tokens) were the same generated 32 at a time as 8 at a
+    time, against 32 of 32 in float32, at half the speed (bench/NOTES.md "Throughput"). A
+    base response that changes with the batch size moves that sample's delta by up to ~10,
+    so on CPU base responses are generated in float32 by default (the scoring forward stays
+    bfloat16, within the documented tolerance). On a GPU a float32 copy of a large model
+    costs too much memory; pass --generation-dtype float32 there to get the same guarantee.
+    """
+    if requested != "auto":
+        return requested
+    return "float32" if str(lm.device).startswith("cpu") else lm.dtype
+
+
 class ChunkScorer:
     """Scores one chunk of samples: base responses (cached or generated), one forward, flags.
 
@@ -256,12 +275,24 @@ class ChunkScorer:
         self.run_id = run_id
         self.directions = {pv.trait: (pv.layer, pv.direction()) for pv in vectors}
         self.score_col, self.thresholds = resolve_thresholds(config, vectors)
-        self.settings_key = GenerationSettings(config.max_new_tokens, config.max_prompt_tokens, lm.dtype, config.generator).key()
+        self.generation_dtype = resolve_generation_dtype(config.generation_dtype, lm)
+        self.settings_key = GenerationSettings(config.max_new_tokens, config.max_prompt_tokens, self.generation_dtype, config.generator).key()
+        self._generation_lm = lm if self.generation_dtype == lm.dtype else None  # loaded when first needed (a Ray driver never needs it)
         # 0 means: what suits this process's device (a Ray actor may hold another one).
         self.batch_tokens = config.batch_tokens or default_batch_tokens(lm)
         self.generation_batch_size = config.generation_batch_size or default_generation_batch_size(lm, config.max_new_tokens, config.max_prompt_tokens)
         self.max_len = lm.max_length
         self.schema = wide_schema([pv.trait for pv in vectors])
+
+    def generation_lm(self) -> Any:
+        """The model that generates base responses: the scoring model, or its copy in the generation dtype."""
+        if self._generation_lm is None:
+            from auditor.model import load_model
+
+            lm = self.lm
+            self._generation_lm = load_model(None if lm.source == "embedded" else lm.source, dtype=self.generation_dtype, device=lm.device,
+                                             trust_remote_code=self.config.trust_remote_code)
+        return self._generation_lm
 
     def prepare(self, items: list[Sample | Rejected]) -> tuple[list[tuple[Sample, str, Any]], list[Rejected]]:
         """Prompts and token ids of the usable samples; everything else becomes a Rejected."""
@@ -318,7 +349,7 @@ class ChunkScorer:
             if missing:
                 t0 = time.perf_counter()
                 keys = list(missing)
-                gen = generate_base(lm, [prompt_ids(lm, missing[h], cfg.max_prompt_tokens) for h in keys], cfg.max_new_tokens, self.generation_batch_size,
+                gen = generate_base(self.generation_lm(), [prompt_ids(lm, missing[h], cfg.max_prompt_tokens) for h in keys], cfg.max_new_tokens, self.generation_batch_size,
                                     cfg.generator, cfg.trust_remote_code)
                 seconds["generate"] = time.perf_counter() - t0
                 for h, result in zip(keys, gen):

@@ -137,3 +137,36 @@ def test_prompt_last_baseline_tiny(tmp_path, tiny_lm, tiny_vectors):
             expected = float(hs[pv.layer][0, -1] @ v / v.norm())
             assert row[f"{trait}_proj_base"] == pytest.approx(expected, abs=1e-5)
             assert row[f"{trait}_delta"] == pytest.approx(row[f"{trait}_proj_response"] - expected, abs=1e-5)
+
+
+def test_generation_dtype_auto_is_float32_on_cpu(tiny_lm, embedded_lm_bf16):
+    from auditor.pipeline import resolve_generation_dtype
+
+    assert resolve_generation_dtype("auto", embedded_lm_bf16) == "float32"
+    assert resolve_generation_dtype("bfloat16", embedded_lm_bf16) == "bfloat16"
+    assert resolve_generation_dtype("auto", tiny_lm) == "float32"
+
+
+@pytest.mark.slow
+def test_bf16_scan_generates_the_plain_fp32_base_responses_whatever_the_batch(tmp_path, embedded_lm_bf16, embedded_lm_fp32):
+    """Scoring in bf16, base responses in float32 (the CPU default): every base response is the
+    plain one-prompt-at-a-time fp32 generation, at any generation batch size, so delta does not
+    depend on how prompts were batched. (Greedy bf16 decoding changed 21 of 32 responses between
+    batches of 8 and 32 here.)"""
+    import duckdb
+
+    lm = embedded_lm_bf16
+    vec_dir = make_vectors(tmp_path / "v", lm.num_layers, lm.hidden_size, fingerprint=lm.fingerprint)
+    runs = {}
+    for size in (1, 6):
+        sub = tmp_path / f"bs{size}"
+        sub.mkdir()
+        _scan(sub, lm, vec_dir, max_new_tokens=32, generation_batch_size=size)
+        con = duckdb.connect(str(sub / "audit.duckdb"), read_only=True)
+        runs[size] = (con.execute("SELECT sample_id, base_response FROM samples ORDER BY sample_id").fetchall(),
+                      con.execute("SELECT sample_id, trait, delta FROM scores ORDER BY sample_id, trait").fetchall())
+        con.close()
+    assert runs[1] == runs[6]
+    bases = dict(runs[1][0])
+    for i, chat in enumerate(SMALL_CHATS):
+        assert bases[f"data.jsonl:{i + 1}"] == plain_base_response(embedded_lm_fp32, chat["messages"][:-1], 32)

@@ -32,6 +32,8 @@ def scan_options(fn):
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps."),
         click.option("--batch-tokens", default=0, show_default=True, type=int, help="Padded tokens per forward batch; 0: automatic (4096 on CPU, from free memory on a GPU)."),
         click.option("--generation-batch-size", default=0, show_default=True, type=int, help="Prompts generated together; 0: automatic (32 on CPU, from free memory on a GPU)."),
+        click.option("--generation-dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True,
+                     help="dtype of the model copy that generates base responses; auto: float32 on CPU (greedy tokens then do not depend on the batch), the model's dtype on a GPU."),
         click.option("--generator", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
                      help="Base responses with transformers (hf) or vLLM (pip install 'persona-audit[vllm]', a CUDA GPU)."),
         click.option("--chunk-size", default=256, show_default=True, type=int, help="Records per stored chunk (memory and resume granularity)."),

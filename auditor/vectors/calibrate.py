@@ -100,8 +100,8 @@ def calibrate(
     db: str | None = None,
     max_new_tokens: int = 256,
     max_prompt_tokens: int | None = 512,
-    batch_tokens: int = 8192,
-    generation_batch_size: int = 16,
+    batch_tokens: int = 0,
+    generation_batch_size: int = 0,
     layers_path: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
@@ -112,7 +112,7 @@ def calibrate(
     """
     import pyarrow.parquet as pq
 
-    from auditor.pipeline import ScanConfig, scan_run
+    from auditor.pipeline import ScanConfig, resolve_generation_dtype, scan_run
 
     say = progress or (lambda _msg: None)
     ref = find_reference(reference)
@@ -172,6 +172,7 @@ def calibrate(
                 "n": n_scored,
                 "model_fingerprint": lm.fingerprint,
                 "dtype": lm.dtype,
+                "generation_dtype": resolve_generation_dtype("auto", lm),
                 "max_new_tokens": max_new_tokens,
                 "max_prompt_tokens": max_prompt_tokens,
                 "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
