@@ -49,8 +49,7 @@ example-report:
 	COLUMNS=110 audit scan examples/demo.jsonl --db $(EXAMPLE)/audit.duckdb --out $(EXAMPLE)/run --quiet > $(EXAMPLE)/scan-output.txt
 	cat $(EXAMPLE)/scan-output.txt
 	cp $(EXAMPLE)/run/report.html $(EXAMPLE)/report.html
-	chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update --no-first-run \
-		--hide-scrollbars --window-size=1366,2000 --screenshot=$(abspath $(EXAMPLE))/screenshot.png file://$(abspath $(EXAMPLE))/report.html 2>/dev/null
+	$(PYTHON) reports/screenshots.py $(EXAMPLE)/report.html $(EXAMPLE)
 	rm -rf $(EXAMPLE)/run $(EXAMPLE)/audit.duckdb $(EXAMPLE)/audit.duckdb.wal
 
 clean:

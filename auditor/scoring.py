@@ -17,10 +17,10 @@ import torch
 from auditor.activations import EncodedRow, capture_hidden, gather_positions, masked_mean, pad_right, project, response_mask
 
 # Padded tokens per forward on CPU. Rows of a few hundred tokens already fill the matrix
-# units (AMX) one at a time, so larger batches only add padding; short rows still get
+# units (AMX, AVX-512 BF16) one at a time, so larger batches only add padding; short rows still get
 # grouped. Measured in bench/NOTES.md ("Throughput": 1,024-8,192 within noise, 16,384 slower).
 CPU_BATCH_TOKENS = 4096
-# Prompts decoded together on CPU (bench/NOTES.md: 32 beat 16 and 64 on 2 cores with AMX).
+# Prompts decoded together on CPU (bench/NOTES.md: 32 beat 16 and 64 on 2 cores with AVX-512 BF16).
 CPU_GENERATION_BATCH = 32
 # Share of free GPU memory the scoring forward may use for its activations, and the
 # generation batch for its KV cache.

@@ -117,10 +117,10 @@ def machine() -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-        amx = "amx_bf16" in open("/proc/cpuinfo").read()
+        flags = open("/proc/cpuinfo").read()
     except OSError:
-        amx = False
-    return {"cpu": cpu, "cores": os.cpu_count(), "amx_bf16": amx, "platform": platform.platform()}
+        flags = ""
+    return {"cpu": cpu, "cores": os.cpu_count(), "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags, "platform": platform.platform()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,19 +148,22 @@ def main(argv: list[str] | None = None) -> int:
         gen_data = Path(bench_data.write(str(work / "gen.jsonl"), a.gen_samples, seed=1))
 
         jobs = [
-            ("projection", proj_data, "none", False, "tokens_per_s"),
-            ("prompt_last", proj_data, "prompt-last", False, "samples_per_s"),
-            ("projection_difference", gen_data, "generate", True, "samples_per_s"),
+            ("projection", proj_data, "none", False, "tokens_per_s", []),
+            ("prompt_last", proj_data, "prompt-last", False, "samples_per_s", []),
+            # The default: scoring in bf16, base responses decoded in float32 (batch-invariant).
+            ("projection_difference", gen_data, "generate", True, "samples_per_s", []),
+            # The same with bf16 decoding, as the baseline does: faster, but not batch-invariant.
+            ("projection_difference_bf16_decoding", gen_data, "generate", True, "samples_per_s", ["--generation-dtype", "bfloat16"]),
         ]
         ref_cache: dict[str, dict] = {}
-        for name, path, baseline, with_base, unit in jobs:
+        for name, path, baseline, with_base, unit, extra in jobs:
             key = f"{path.name}:{with_base}"
             if key not in ref_cache:
                 print(f"[{name}] baseline: reference_scan.py on {path.name} ...", file=sys.stderr, flush=True)
                 ref_cache[key] = reference(path, vector_pt, pv.layer, a.max_new_tokens, with_base, work, f"ref-{name}")
             ref = ref_cache[key]
-            print(f"[{name}] persona-audit: audit scan --baseline {baseline} ...", file=sys.stderr, flush=True)
-            ours = scanner(path, baseline, a.max_new_tokens, work, f"scan-{name}")
+            print(f"[{name}] persona-audit: audit scan --baseline {baseline} {' '.join(extra)}...", file=sys.stderr, flush=True)
+            ours = scanner(path, baseline, a.max_new_tokens, work, f"scan-{name}", extra)
             ratio = ours[unit] / ref[unit]
             agree = max(abs(x - y) for x, y in zip(ours["first_scores"], ref["first_scores"])) if baseline != "prompt-last" else None
             results["jobs"][name] = {"unit": unit, "baseline": ref, "persona_audit": ours, "ratio": round(ratio, 2),
