@@ -102,7 +102,9 @@ def test_a_writer_blocked_too_long_fails_with_a_clear_message(tmp_path):
                 f"{db}: another process is using the database (a scan writing to it?); waited 1 s. "
                 "Try again when it finishes, or use --db for a separate database"
             )
-        assert 1.0 <= waited < 5
+        # It waited its full timeout before giving up (the behaviour under test); the upper
+        # bound only catches a hang, far from what a loaded machine could need.
+        assert 1.0 <= waited < 30
     finally:
         holder.kill()
         holder.communicate()
