@@ -187,5 +187,7 @@ def capture_hidden(
 def full_hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """The plain reference: the whole model with ``output_hidden_states=True`` -> (h[0], ..., h[L])."""
     with torch.inference_mode():
-        out = model(input_ids=input_ids.to(model.device), attention_mask=None if attention_mask is None else attention_mask.to(model.device), output_hidden_states=True)
+        out = model(
+            input_ids=input_ids.to(model.device), attention_mask=None if attention_mask is None else attention_mask.to(model.device), output_hidden_states=True
+        )
     return out.hidden_states

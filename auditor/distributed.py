@@ -45,15 +45,29 @@ def _scorer_actor(ray: Any):
             self.config = ScanConfig(**config_fields)
             self.lm = load_model(self.config.model, dtype=self.config.dtype, device=self.config.device, trust_remote_code=self.config.trust_remote_code)
             self.vectors = load_vectors(
-                self.config.vectors, self.lm.name, traits=self.config.traits, layers=self.config.layers,
-                num_layers=self.lm.num_layers, hidden_size=self.lm.hidden_size, fingerprint=self.lm.fingerprint,
+                self.config.vectors,
+                self.lm.name,
+                traits=self.config.traits,
+                layers=self.config.layers,
+                num_layers=self.lm.num_layers,
+                hidden_size=self.lm.hidden_size,
+                fingerprint=self.lm.fingerprint,
             )
             self.scorer = ChunkScorer(self.config, self.lm, self.vectors, run_id="")
 
         def describe(self) -> dict[str, Any]:
             lm = self.lm
-            return {"name": lm.name, "fingerprint": lm.fingerprint, "num_layers": lm.num_layers, "hidden_size": lm.hidden_size,
-                    "dtype": lm.dtype, "device": lm.device, "source": lm.source, "max_length": lm.max_length, "path": lm.path}
+            return {
+                "name": lm.name,
+                "fingerprint": lm.fingerprint,
+                "num_layers": lm.num_layers,
+                "hidden_size": lm.hidden_size,
+                "dtype": lm.dtype,
+                "device": lm.device,
+                "source": lm.source,
+                "max_length": lm.max_length,
+                "path": lm.path,
+            }
 
         def score(self, run_id: str, index: int, items: list, cached: dict, prepared: tuple):
             self.scorer.run_id = run_id
@@ -62,7 +76,15 @@ def _scorer_actor(ray: Any):
         def token_values(self, rows: list):
             from auditor.scoring import score_rows
 
-            return score_rows(self.lm.model, rows, self.scorer.directions, self.lm.tokenizer.pad_token_id, self.scorer.batch_tokens, [True] * len(rows), self.config.layers_path)
+            return score_rows(
+                self.lm.model,
+                rows,
+                self.scorer.directions,
+                self.lm.tokenizer.pad_token_id,
+                self.scorer.batch_tokens,
+                [True] * len(rows),
+                self.config.layers_path,
+            )
 
     return ScorerActor
 
@@ -104,11 +126,28 @@ def scan_run_ray(
     actors = [Actor.options(num_cpus=cpus_per_worker, num_gpus=num_gpus_per_worker).remote(fields, max(int(cpus_per_worker), 1)) for _ in range(workers)]
     info = ray.get(actors[0].describe.remote())
     # The driver holds only the tokenizer: enough to prepare chunks and look up the cache.
-    lm = LoadedModel(model=None, tokenizer=load_tokenizer(fields["model"], config.trust_remote_code), name=info["name"], fingerprint=info["fingerprint"],
-                     num_layers=info["num_layers"], hidden_size=info["hidden_size"], dtype=info["dtype"], device=info["device"], source=info["source"],
-                     max_length=info["max_length"], path=info["path"])
-    vectors = load_vectors(fields["vectors"] or str(default_vectors_dir(lm.name)), lm.name, traits=config.traits, layers=config.layers,
-                           num_layers=lm.num_layers, hidden_size=lm.hidden_size, fingerprint=lm.fingerprint)
+    lm = LoadedModel(
+        model=None,
+        tokenizer=load_tokenizer(fields["model"], config.trust_remote_code),
+        name=info["name"],
+        fingerprint=info["fingerprint"],
+        num_layers=info["num_layers"],
+        hidden_size=info["hidden_size"],
+        dtype=info["dtype"],
+        device=info["device"],
+        source=info["source"],
+        max_length=info["max_length"],
+        path=info["path"],
+    )
+    vectors = load_vectors(
+        fields["vectors"] or str(default_vectors_dir(lm.name)),
+        lm.name,
+        traits=config.traits,
+        layers=config.layers,
+        num_layers=lm.num_layers,
+        hidden_size=lm.hidden_size,
+        fingerprint=lm.fingerprint,
+    )
     run_config = replace(config, vectors=fields["vectors"], model=fields["model"])
     scorer = ChunkScorer(run_config, lm, vectors, run_id="")
     run_id, out_dir, done = open_run(run_config, lm, vectors, scorer)
@@ -140,7 +179,9 @@ def scan_run_ray(
             if prepared[1] and run_config.on_error == "fail":
                 first = prepared[1][0]
                 raise first.error or AuditorError(first.reason)
-            cached = lookup_base(run_config.db, lm.fingerprint, scorer.settings_key, scorer.prompt_hashes(prepared[0])) if run_config.baseline == "generate" else {}
+            cached = (
+                lookup_base(run_config.db, lm.fingerprint, scorer.settings_key, scorer.prompt_hashes(prepared[0])) if run_config.baseline == "generate" else {}
+            )
             collect(block_until=len(actors) - 1)  # wait for a free actor
             actor = idle.pop()
             in_flight[actor.score.remote(run_id, index, items, cached, prepared)] = actors.index(actor)
@@ -149,5 +190,16 @@ def scan_run_ray(
         mark_run(run_config, run_id, exc)
         raise
     score_fn = lambda rows: ray.get(actors[0].token_values.remote(rows))  # noqa: E731
-    return finalize_run(run_config, run_id, out_dir, lm=lm, vectors=vectors, scorer=scorer, started=started, timings=timings,
-                        counts=counts, resumed=len(done), score_fn=score_fn)
+    return finalize_run(
+        run_config,
+        run_id,
+        out_dir,
+        lm=lm,
+        vectors=vectors,
+        scorer=scorer,
+        started=started,
+        timings=timings,
+        counts=counts,
+        resumed=len(done),
+        score_fn=score_fn,
+    )

@@ -57,10 +57,7 @@ class MissingDependency(AuditorError):
 
     def __init__(self, package: str, extra: str, purpose: str):
         self.args_ = (package, extra, purpose)
-        super().__init__(
-            f"{purpose} needs the '{package}' package; install it with "
-            f"pip install 'persona-audit[{extra}]'"
-        )
+        super().__init__(f"{purpose} needs the '{package}' package; install it with pip install 'persona-audit[{extra}]'")
 
     def __reduce__(self):
         return (MissingDependency, self.args_)

@@ -512,7 +512,11 @@ def github_annotations(gates: list[GateResult], workspace: str | None = None, li
                 props = []
                 dataset = str(g.dataset)
                 if os.path.isfile(dataset):
-                    path = os.path.relpath(dataset, workspace) if workspace and os.path.abspath(dataset).startswith(os.path.abspath(workspace) + os.sep) else dataset
+                    path = (
+                        os.path.relpath(dataset, workspace)
+                        if workspace and os.path.abspath(dataset).startswith(os.path.abspath(workspace) + os.sep)
+                        else dataset
+                    )
                     props.append(f"file={escape_property(path.replace(os.sep, '/'))}")
                 props.append(f"title={escape_property('persona-audit gate: ' + r.rule)}")
                 out.append(f"::error {','.join(props)}::{escape_data(r.message + ' (dataset ' + dataset + ')')}")

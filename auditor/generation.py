@@ -25,7 +25,16 @@ class GenerationSettings:
     generator: str = "hf"
 
     def key(self) -> str:
-        payload = json.dumps({"max_new_tokens": self.max_new_tokens, "max_prompt_tokens": self.max_prompt_tokens, "dtype": self.dtype, "generator": self.generator, "greedy": True}, sort_keys=True)
+        payload = json.dumps(
+            {
+                "max_new_tokens": self.max_new_tokens,
+                "max_prompt_tokens": self.max_prompt_tokens,
+                "dtype": self.dtype,
+                "generator": self.generator,
+                "greedy": True,
+            },
+            sort_keys=True,
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -169,12 +178,16 @@ def generate_vllm(lm: LoadedModel, prompts: Sequence[Sequence[int]], max_new_tok
     try:
         import vllm
     except ImportError as e:
-        raise AuditorError("--generator vllm needs vLLM, which is not installed: pip install 'persona-audit[vllm]' on a machine with a CUDA GPU, or use --generator hf") from e
+        raise AuditorError(
+            "--generator vllm needs vLLM, which is not installed: pip install 'persona-audit[vllm]' on a machine with a CUDA GPU, or use --generator hf"
+        ) from e
     if not lm.path:
         raise AuditorError(f"--generator vllm needs the model as a folder on disk; {lm.source} was not loaded from one: pass --model /path/to/model")
     engine = _VLLM_ENGINES.get(lm.path)
     if engine is None:
-        engine = vllm.LLM(model=lm.path, tokenizer=lm.path, dtype=lm.dtype, seed=0, gpu_memory_utilization=VLLM_MEMORY_SHARE, trust_remote_code=trust_remote_code)
+        engine = vllm.LLM(
+            model=lm.path, tokenizer=lm.path, dtype=lm.dtype, seed=0, gpu_memory_utilization=VLLM_MEMORY_SHARE, trust_remote_code=trust_remote_code
+        )
         _VLLM_ENGINES[lm.path] = engine
     params = vllm.SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
     outputs = engine.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)

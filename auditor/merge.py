@@ -86,7 +86,9 @@ def merge_runs(specs: list[str], db: str, into: str | None = None) -> dict[str, 
     if indices != list(range(n)):
         missing = sorted(set(range(n)) - set(indices))
         dupes = sorted({i for i in indices if indices.count(i) > 1})
-        raise AuditorError(f"shards do not cover 0..{n - 1} exactly once (missing: {missing or 'none'}, repeated: {dupes or 'none'}); scan the missing shards with --shard-index")
+        raise AuditorError(
+            f"shards do not cover 0..{n - 1} exactly once (missing: {missing or 'none'}, repeated: {dupes or 'none'}); scan the missing shards with --shard-index"
+        )
 
     run_id = into or f"{first.run_id.rsplit('-', 1)[0]}-merged"
     out_dir = os.path.join(os.path.dirname(db) or ".", "runs", run_id)
@@ -111,22 +113,46 @@ def merge_runs(specs: list[str], db: str, into: str | None = None) -> dict[str, 
                     cols = [c[0] for c in con.execute(f"SELECT * FROM main.{table} LIMIT 0").description]
                     select = ", ".join("? AS run_id" if c == "run_id" else f'"{c}"' for c in cols)
                     con.execute(f"INSERT INTO main.{table} SELECT {select} FROM {src}.{table} WHERE run_id = ?", [run_id, p.run_id])
-                con.execute(f"INSERT INTO main.run_chunks SELECT ? AS run_id, chunk, n_read, n_scored, n_rejected, fingerprint, n_generated, n_cached, tokens FROM {src}.run_chunks WHERE run_id = ?", [run_id, p.run_id])
+                con.execute(
+                    f"INSERT INTO main.run_chunks SELECT ? AS run_id, chunk, n_read, n_scored, n_rejected, fingerprint, n_generated, n_cached, tokens FROM {src}.run_chunks WHERE run_id = ?",
+                    [run_id, p.run_id],
+                )
                 con.execute(f"INSERT INTO main.base_responses SELECT * FROM {src}.base_responses ON CONFLICT DO NOTHING")
             # Keep the report's heat maps for the merged top N only.
             top_n = int(first.config.get("top_n", 50))
             order = "delta" if first.row["baseline"] != "none" else "proj_response"
-            con.execute(f"""DELETE FROM token_scores t WHERE t.run_id = ? AND NOT EXISTS (
+            con.execute(
+                f"""DELETE FROM token_scores t WHERE t.run_id = ? AND NOT EXISTS (
                 SELECT 1 FROM (SELECT trait, sample_id, row_number() OVER (PARTITION BY trait ORDER BY {order} DESC NULLS LAST, sample_id) AS rank
-                               FROM scores WHERE run_id = ?) s WHERE s.trait = t.trait AND s.sample_id = t.sample_id AND s.rank <= ?)""", [run_id, run_id, top_n])
+                               FROM scores WHERE run_id = ?) s WHERE s.trait = t.trait AND s.sample_id = t.sample_id AND s.rank <= ?)""",
+                [run_id, run_id, top_n],
+            )
             totals = con.execute("SELECT sum(n_read), sum(n_scored), sum(n_rejected) FROM run_chunks WHERE run_id = ?", [run_id]).fetchone()
             summary = _merged_summary(con, run_id, first, order)
             con.execute(
                 "INSERT INTO runs (run_id, status, started_at, finished_at, dataset, model, model_fingerprint, baseline, dtype, device, output_dir, config, vectors, versions, timings, n_read, n_scored, n_rejected, summary, result_key) "
                 "VALUES (?, 'complete', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [run_id, min(p.row["started_at"] for p in parts), _dt.datetime.now(), first.row["dataset"], first.row["model"], first.row["model_fingerprint"],
-                 first.row["baseline"], first.row["dtype"], first.row["device"], out_dir, json.dumps(config, sort_keys=True), first.row["vectors"], first.row["versions"],
-                 json.dumps({"merged_from": [f"{p.db}:{p.run_id}" for p in parts]}), totals[0], totals[1], totals[2], json.dumps(summary), None],
+                [
+                    run_id,
+                    min(p.row["started_at"] for p in parts),
+                    _dt.datetime.now(),
+                    first.row["dataset"],
+                    first.row["model"],
+                    first.row["model_fingerprint"],
+                    first.row["baseline"],
+                    first.row["dtype"],
+                    first.row["device"],
+                    out_dir,
+                    json.dumps(config, sort_keys=True),
+                    first.row["vectors"],
+                    first.row["versions"],
+                    json.dumps({"merged_from": [f"{p.db}:{p.run_id}" for p in parts]}),
+                    totals[0],
+                    totals[1],
+                    totals[2],
+                    json.dumps(summary),
+                    None,
+                ],
             )
             con.execute("COMMIT")
         except BaseException:
@@ -145,7 +171,15 @@ def merge_runs(specs: list[str], db: str, into: str | None = None) -> dict[str, 
     mem.close()
     os.replace(parquet_path + ".tmp", parquet_path)
     pq.read_metadata(parquet_path)  # fail here, not later, if the file is unreadable
-    return {"run_id": run_id, "parts": len(parts), "n_read": int(totals[0] or 0), "n_scored": int(totals[1] or 0), "n_rejected": int(totals[2] or 0), "parquet": parquet_path, "out_dir": out_dir}
+    return {
+        "run_id": run_id,
+        "parts": len(parts),
+        "n_read": int(totals[0] or 0),
+        "n_scored": int(totals[1] or 0),
+        "n_rejected": int(totals[2] or 0),
+        "parquet": parquet_path,
+        "out_dir": out_dir,
+    }
 
 
 def _merged_summary(con: Any, run_id: str, first: Part, order: str) -> list[dict[str, Any]]:
@@ -153,10 +187,26 @@ def _merged_summary(con: Any, run_id: str, first: Part, order: str) -> list[dict
     out = []
     for trait, layer in con.execute("SELECT trait, any_value(layer) FROM scores WHERE run_id = ? GROUP BY trait ORDER BY trait", [run_id]).fetchall():
         mean_delta, mean_proj, n_flagged, n = con.execute(
-            "SELECT avg(delta), avg(proj_response), count(*) FILTER (WHERE flagged), count(*) FROM scores WHERE run_id = ? AND trait = ?", [run_id, trait]).fetchone()
-        top = con.execute(f"SELECT sample_id, {order} FROM scores WHERE run_id = ? AND trait = ? AND {order} IS NOT NULL ORDER BY {order} DESC, sample_id LIMIT 5", [run_id, trait]).fetchall()
+            "SELECT avg(delta), avg(proj_response), count(*) FILTER (WHERE flagged), count(*) FROM scores WHERE run_id = ? AND trait = ?", [run_id, trait]
+        ).fetchone()
+        top = con.execute(
+            f"SELECT sample_id, {order} FROM scores WHERE run_id = ? AND trait = ? AND {order} IS NOT NULL ORDER BY {order} DESC, sample_id LIMIT 5",
+            [run_id, trait],
+        ).fetchall()
         prev = previous.get(trait, {})
-        out.append({"trait": trait, "layer": layer, "score": prev.get("score", order), "threshold": prev.get("threshold"), "threshold_source": prev.get("threshold_source", ""),
-                    "mean_delta": mean_delta, "mean_proj_response": mean_proj, "n_flagged": int(n_flagged or 0), "n": int(n or 0),
-                    "calibration_mean": prev.get("calibration_mean"), "top": [{"sample_id": s, "score": v} for s, v in top]})
+        out.append(
+            {
+                "trait": trait,
+                "layer": layer,
+                "score": prev.get("score", order),
+                "threshold": prev.get("threshold"),
+                "threshold_source": prev.get("threshold_source", ""),
+                "mean_delta": mean_delta,
+                "mean_proj_response": mean_proj,
+                "n_flagged": int(n_flagged or 0),
+                "n": int(n or 0),
+                "calibration_mean": prev.get("calibration_mean"),
+                "top": [{"sample_id": s, "score": v} for s, v in top],
+            }
+        )
     return out

@@ -212,15 +212,23 @@ def build_prompt(tokenizer: Any, sample: Sample) -> str:
     try:
         return tokenizer.apply_chat_template(list(sample.context), tokenize=False, add_generation_prompt=True)
     except Exception as e:  # templates raise their own errors (e.g. roles not alternating)
-        raise InputError(sample.source, sample.line, f"the model's chat template rejects this conversation ({e})", "check the roles alternate user/assistant") from None
+        raise InputError(
+            sample.source, sample.line, f"the model's chat template rejects this conversation ({e})", "check the roles alternate user/assistant"
+        ) from None
 
 
 def wide_schema(traits: list[str]):
     import pyarrow as pa
 
     fields = [
-        ("sample_id", pa.string()), ("source", pa.string()), ("line", pa.int64()), ("turn", pa.int32()),
-        ("content_hash", pa.string()), ("n_prompt_tokens", pa.int32()), ("n_response_tokens", pa.int32()), ("n_base_tokens", pa.int32()),
+        ("sample_id", pa.string()),
+        ("source", pa.string()),
+        ("line", pa.int64()),
+        ("turn", pa.int32()),
+        ("content_hash", pa.string()),
+        ("n_prompt_tokens", pa.int32()),
+        ("n_response_tokens", pa.int32()),
+        ("n_base_tokens", pa.int32()),
     ]
     for t in traits:
         fields += [(f"{t}_proj_response", pa.float64()), (f"{t}_proj_base", pa.float64()), (f"{t}_delta", pa.float64()), (f"{t}_flagged", pa.bool_())]
@@ -237,7 +245,11 @@ def resolve_thresholds(config: ScanConfig, vectors: list[Any]) -> tuple[str, dic
             out[pv.trait] = (float(given), "--threshold")
             continue
         t = pv.threshold(config.baseline, score_col, config.flag_percentile)
-        src = f"p{config.flag_percentile:g} of the calibration set" if t is not None else "none: the vector has no calibration for this baseline and layer; pass --threshold TRAIT=VALUE"
+        src = (
+            f"p{config.flag_percentile:g} of the calibration set"
+            if t is not None
+            else "none: the vector has no calibration for this baseline and layer; pass --threshold TRAIT=VALUE"
+        )
         out[pv.trait] = (t, src)
     return score_col, out
 
@@ -290,8 +302,9 @@ class ChunkScorer:
             from auditor.model import load_model
 
             lm = self.lm
-            self._generation_lm = load_model(None if lm.source == "embedded" else lm.source, dtype=self.generation_dtype, device=lm.device,
-                                             trust_remote_code=self.config.trust_remote_code)
+            self._generation_lm = load_model(
+                None if lm.source == "embedded" else lm.source, dtype=self.generation_dtype, device=lm.device, trust_remote_code=self.config.trust_remote_code
+            )
         return self._generation_lm
 
     def prepare(self, items: list[Sample | Rejected]) -> tuple[list[tuple[Sample, str, Any]], list[Rejected]]:
@@ -312,7 +325,12 @@ class ChunkScorer:
                     raise InputError(item.source, item.line, "the response tokenizes to zero tokens", "give it a non-empty response")
                 budget = row.length + (cfg.max_new_tokens if cfg.baseline == "generate" else 0)
                 if self.max_len and budget > self.max_len:
-                    raise InputError(item.source, item.line, f"{row.length} tokens (plus {cfg.max_new_tokens} to generate) is longer than the model's context ({self.max_len})", "shorten the sample, lower --max-prompt-tokens or --max-new-tokens")
+                    raise InputError(
+                        item.source,
+                        item.line,
+                        f"{row.length} tokens (plus {cfg.max_new_tokens} to generate) is longer than the model's context ({self.max_len})",
+                        "shorten the sample, lower --max-prompt-tokens or --max-new-tokens",
+                    )
             except InputError as e:
                 rejects.append(Rejected.of(e))
                 continue
@@ -349,8 +367,14 @@ class ChunkScorer:
             if missing:
                 t0 = time.perf_counter()
                 keys = list(missing)
-                gen = generate_base(self.generation_lm(), [prompt_ids(lm, missing[h], cfg.max_prompt_tokens) for h in keys], cfg.max_new_tokens, self.generation_batch_size,
-                                    cfg.generator, cfg.trust_remote_code)
+                gen = generate_base(
+                    self.generation_lm(),
+                    [prompt_ids(lm, missing[h], cfg.max_prompt_tokens) for h in keys],
+                    cfg.max_new_tokens,
+                    self.generation_batch_size,
+                    cfg.generator,
+                    cfg.trust_remote_code,
+                )
                 seconds["generate"] = time.perf_counter() - t0
                 for h, result in zip(keys, gen):
                     base[h] = new_base[h] = result
@@ -375,7 +399,21 @@ class ChunkScorer:
         tokens += sum(r.length for r in all_rows)
 
         wide: dict[str, list[Any]] = {name: [] for name in self.schema.names}
-        sample_cols = ("run_id", "sample_id", "source", "line", "turn", "content_hash", "context", "response", "base_response", "n_prompt_tokens", "n_response_tokens", "n_base_tokens", "metadata")
+        sample_cols = (
+            "run_id",
+            "sample_id",
+            "source",
+            "line",
+            "turn",
+            "content_hash",
+            "context",
+            "response",
+            "base_response",
+            "n_prompt_tokens",
+            "n_response_tokens",
+            "n_base_tokens",
+            "metadata",
+        )
         samples: dict[str, list[Any]] = {k: [] for k in sample_cols}
         long: dict[str, list[Any]] = {k: [] for k in ("run_id", "sample_id", "trait", "layer", "proj_response", "proj_base", "delta", "flagged")}
         for i, (sample, p, row) in enumerate(ready):
@@ -383,8 +421,16 @@ class ChunkScorer:
             bi = base_at[i] if cfg.baseline == "generate" else None
             base_text = base[prompt_hash(p)][0] if cfg.baseline == "generate" else None
             n_base = (all_rows[bi].end - all_rows[bi].start) if bi is not None else None
-            common = {"sample_id": sample.id, "source": sample.source, "line": sample.line, "turn": sample.turn, "content_hash": sample.content_hash,
-                      "n_prompt_tokens": row.start, "n_response_tokens": row.end - row.start, "n_base_tokens": n_base}
+            common = {
+                "sample_id": sample.id,
+                "source": sample.source,
+                "line": sample.line,
+                "turn": sample.turn,
+                "content_hash": sample.content_hash,
+                "n_prompt_tokens": row.start,
+                "n_response_tokens": row.end - row.start,
+                "n_base_tokens": n_base,
+            }
             for k, v in common.items():
                 wide[k].append(v)
                 samples[k].append(v)
@@ -415,17 +461,58 @@ class ChunkScorer:
                 long["layer"].append(pv.layer)
         now = _dt.datetime.now()
         keys = list(new_base)
-        new_base_table = pa.table({
-            "model_fingerprint": [lm.fingerprint] * len(keys), "settings_key": [self.settings_key] * len(keys), "prompt_hash": keys,
-            "response": [new_base[h][0] for h in keys], "n_tokens": [new_base[h][1] for h in keys], "created_at": [now] * len(keys),
-        }, schema=pa.schema([("model_fingerprint", pa.string()), ("settings_key", pa.string()), ("prompt_hash", pa.string()), ("response", pa.string()), ("n_tokens", pa.int32()), ("created_at", pa.timestamp("us"))]))
-        long_schema = pa.schema([("run_id", pa.string()), ("sample_id", pa.string()), ("trait", pa.string()), ("layer", pa.int32()), ("proj_response", pa.float64()), ("proj_base", pa.float64()), ("delta", pa.float64()), ("flagged", pa.bool_())])
-        samples_schema = pa.schema([(k, pa.int64() if k == "line" else pa.int32() if k in ("turn", "n_prompt_tokens", "n_response_tokens", "n_base_tokens") else pa.string()) for k in sample_cols])
+        new_base_table = pa.table(
+            {
+                "model_fingerprint": [lm.fingerprint] * len(keys),
+                "settings_key": [self.settings_key] * len(keys),
+                "prompt_hash": keys,
+                "response": [new_base[h][0] for h in keys],
+                "n_tokens": [new_base[h][1] for h in keys],
+                "created_at": [now] * len(keys),
+            },
+            schema=pa.schema(
+                [
+                    ("model_fingerprint", pa.string()),
+                    ("settings_key", pa.string()),
+                    ("prompt_hash", pa.string()),
+                    ("response", pa.string()),
+                    ("n_tokens", pa.int32()),
+                    ("created_at", pa.timestamp("us")),
+                ]
+            ),
+        )
+        long_schema = pa.schema(
+            [
+                ("run_id", pa.string()),
+                ("sample_id", pa.string()),
+                ("trait", pa.string()),
+                ("layer", pa.int32()),
+                ("proj_response", pa.float64()),
+                ("proj_base", pa.float64()),
+                ("delta", pa.float64()),
+                ("flagged", pa.bool_()),
+            ]
+        )
+        samples_schema = pa.schema(
+            [
+                (k, pa.int64() if k == "line" else pa.int32() if k in ("turn", "n_prompt_tokens", "n_response_tokens", "n_base_tokens") else pa.string())
+                for k in sample_cols
+            ]
+        )
         return ChunkOutput(
-            index=index, fingerprint=chunk_fingerprint(items), wide=pa.table(wide, schema=self.schema),
-            samples=pa.table(samples, schema=samples_schema), scores=pa.table(long, schema=long_schema), rejects=rejects,
-            new_base=new_base_table, n_read=len(items), n_scored=len(ready), n_generated=len(keys), n_cached=n_cached,
-            tokens=tokens, seconds=seconds,
+            index=index,
+            fingerprint=chunk_fingerprint(items),
+            wide=pa.table(wide, schema=self.schema),
+            samples=pa.table(samples, schema=samples_schema),
+            scores=pa.table(long, schema=long_schema),
+            rejects=rejects,
+            new_base=new_base_table,
+            n_read=len(items),
+            n_scored=len(ready),
+            n_generated=len(keys),
+            n_cached=n_cached,
+            tokens=tokens,
+            seconds=seconds,
         )
 
 
@@ -470,10 +557,18 @@ def commit_chunk(db: str, run_id: str, parts_dir: str, out: ChunkOutput) -> None
             insert_arrow(con, "samples", out.samples)
             insert_arrow(con, "scores", out.scores)
             if out.rejects:
-                insert_arrow(con, "rejects", pa.table({
-                    "run_id": [run_id] * len(out.rejects), "source": [r.source for r in out.rejects],
-                    "line": pa.array([r.line for r in out.rejects], pa.int64()), "reason": [r.reason for r in out.rejects],
-                }))
+                insert_arrow(
+                    con,
+                    "rejects",
+                    pa.table(
+                        {
+                            "run_id": [run_id] * len(out.rejects),
+                            "source": [r.source for r in out.rejects],
+                            "line": pa.array([r.line for r in out.rejects], pa.int64()),
+                            "reason": [r.reason for r in out.rejects],
+                        }
+                    ),
+                )
             con.execute(
                 "INSERT INTO run_chunks (run_id, chunk, n_read, n_scored, n_rejected, fingerprint, n_generated, n_cached, tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [run_id, out.index, out.n_read, out.n_scored, out.n_rejected, out.fingerprint, out.n_generated, out.n_cached, out.tokens],
@@ -513,7 +608,8 @@ def open_run(config: ScanConfig, lm: Any, vectors: list[Any], scorer: ChunkScore
             if lost:
                 raise StoreError(
                     f"run {run_id} cannot be resumed: {os.path.join(out_dir, 'parts', f'part-{lost[0]:06d}.parquet')} is missing"
-                    + (f" (and {len(lost) - 1} more parts)" if len(lost) > 1 else "") + "; scan again without --resume"
+                    + (f" (and {len(lost) - 1} more parts)" if len(lost) > 1 else "")
+                    + "; scan again without --resume"
                 )
             con.execute("UPDATE runs SET status = 'running' WHERE run_id = ?", [run_id])
     else:
@@ -521,16 +617,35 @@ def open_run(config: ScanConfig, lm: Any, vectors: list[Any], scorer: ChunkScore
         run_id = make_run_id(config.source)
         out_dir = config.out_dir or os.path.join(os.path.dirname(config.db) or ".", "runs", run_id)
         vector_info = {
-            pv.trait: {"path": pv.path, "layer": pv.layer, "sha256": pv.sha256, "threshold": scorer.thresholds[pv.trait][0],
-                       "threshold_source": scorer.thresholds[pv.trait][1], "score": scorer.score_col}
+            pv.trait: {
+                "path": pv.path,
+                "layer": pv.layer,
+                "sha256": pv.sha256,
+                "threshold": scorer.thresholds[pv.trait][0],
+                "threshold_source": scorer.thresholds[pv.trait][1],
+                "score": scorer.score_col,
+            }
             for pv in vectors
         }
         with connect(config.db) as con:
             con.execute(
                 "INSERT INTO runs (run_id, status, started_at, dataset, model, model_fingerprint, baseline, dtype, device, output_dir, config, vectors, versions, result_key) "
                 "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [run_id, _dt.datetime.now(), config.source, lm.name, lm.fingerprint, config.baseline, lm.dtype, lm.device, out_dir,
-                 json.dumps(asdict(config), sort_keys=True, default=str), json.dumps(vector_info), json.dumps(_versions()), key],
+                [
+                    run_id,
+                    _dt.datetime.now(),
+                    config.source,
+                    lm.name,
+                    lm.fingerprint,
+                    config.baseline,
+                    lm.dtype,
+                    lm.device,
+                    out_dir,
+                    json.dumps(asdict(config), sort_keys=True, default=str),
+                    json.dumps(vector_info),
+                    json.dumps(_versions()),
+                    key,
+                ],
             )
     scorer.run_id = run_id
     os.makedirs(os.path.join(out_dir, "parts"), exist_ok=True)
@@ -595,7 +710,14 @@ def mark_run(config: ScanConfig, run_id: str, exc: BaseException) -> None:
 
 
 def add_counts(counts: dict[str, int], out: ChunkOutput) -> None:
-    for k, v in (("read", out.n_read), ("scored", out.n_scored), ("rejected", out.n_rejected), ("generated", out.n_generated), ("cached", out.n_cached), ("tokens", out.tokens)):
+    for k, v in (
+        ("read", out.n_read),
+        ("scored", out.n_scored),
+        ("rejected", out.n_rejected),
+        ("generated", out.n_generated),
+        ("cached", out.n_cached),
+        ("tokens", out.tokens),
+    ):
         counts[k] += v
 
 
@@ -614,8 +736,13 @@ def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, A
         lm = load_model(config.model, dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code)
         timings["load_model"] = lm.load_seconds
     vectors = load_vectors(
-        config.vectors, lm.name, traits=config.traits, layers=config.layers,
-        num_layers=lm.num_layers, hidden_size=lm.hidden_size, fingerprint=lm.fingerprint,
+        config.vectors,
+        lm.name,
+        traits=config.traits,
+        layers=config.layers,
+        num_layers=lm.num_layers,
+        hidden_size=lm.hidden_size,
+        fingerprint=lm.fingerprint,
     )
     scorer = ChunkScorer(config, lm, vectors, run_id="")
     run_id, out_dir, done = open_run(config, lm, vectors, scorer)
@@ -647,9 +774,19 @@ def local_score_fn(lm: Any, config: ScanConfig, scorer: ChunkScorer) -> Callable
     return lambda rows: score_rows(lm.model, rows, scorer.directions, lm.tokenizer.pad_token_id, scorer.batch_tokens, [True] * len(rows), config.layers_path)
 
 
-def finalize_run(config: ScanConfig, run_id: str, out_dir: str, lm: Any, vectors: list[Any], scorer: ChunkScorer,
-                 started: float, timings: dict[str, float], counts: dict[str, int], resumed: int = 0,
-                 score_fn: Callable[[list[Any]], list[Any]] | None = None) -> ScanResult:
+def finalize_run(
+    config: ScanConfig,
+    run_id: str,
+    out_dir: str,
+    lm: Any,
+    vectors: list[Any],
+    scorer: ChunkScorer,
+    started: float,
+    timings: dict[str, float],
+    counts: dict[str, int],
+    resumed: int = 0,
+    score_fn: Callable[[list[Any]], list[Any]] | None = None,
+) -> ScanResult:
     """Concatenate the parts, compute the summary from the store, heat-map tokens, report."""
     import pyarrow.parquet as pq
 
@@ -660,7 +797,10 @@ def finalize_run(config: ScanConfig, run_id: str, out_dir: str, lm: Any, vectors
     parquet_path = os.path.join(out_dir, "scores.parquet")
     with connect(config.db) as con:
         chunks = [c for (c,) in con.execute("SELECT chunk FROM run_chunks WHERE run_id = ? ORDER BY chunk", [run_id]).fetchall()]
-        totals = con.execute("SELECT coalesce(sum(n_read),0), coalesce(sum(n_scored),0), coalesce(sum(n_rejected),0), coalesce(sum(n_generated),0), coalesce(sum(n_cached),0), coalesce(sum(tokens),0) FROM run_chunks WHERE run_id = ?", [run_id]).fetchone()
+        totals = con.execute(
+            "SELECT coalesce(sum(n_read),0), coalesce(sum(n_scored),0), coalesce(sum(n_rejected),0), coalesce(sum(n_generated),0), coalesce(sum(n_cached),0), coalesce(sum(tokens),0) FROM run_chunks WHERE run_id = ?",
+            [run_id],
+        ).fetchone()
     with pq.ParquetWriter(parquet_path + ".tmp", scorer.schema) as writer:
         for c in chunks:
             writer.write_table(pq.read_table(os.path.join(parts_dir, f"part-{c:06d}.parquet"), schema=scorer.schema))
@@ -676,16 +816,26 @@ def finalize_run(config: ScanConfig, run_id: str, out_dir: str, lm: Any, vectors
             ).fetchone()
             order = "delta" if scorer.score_col == "delta" else "proj_response"
             top = con.execute(
-                f"SELECT sample_id, {order} FROM scores WHERE run_id = ? AND trait = ? AND {order} IS NOT NULL ORDER BY {order} DESC, sample_id LIMIT 5", [run_id, t]
+                f"SELECT sample_id, {order} FROM scores WHERE run_id = ? AND trait = ? AND {order} IS NOT NULL ORDER BY {order} DESC, sample_id LIMIT 5",
+                [run_id, t],
             ).fetchall()
             cal = pv.calibration or {}
             cal_entry = cal.get("scores", {}).get(config.baseline, {}).get(scorer.score_col) if cal.get("layer") == pv.layer else None
-            summaries.append(TraitSummary(
-                trait=t, layer=pv.layer, score=scorer.score_col, threshold=scorer.thresholds[t][0], threshold_source=scorer.thresholds[t][1],
-                mean_delta=mean_delta, mean_proj_response=mean_proj, n_flagged=int(n_flagged or 0), n=int(n or 0),
-                calibration_mean=cal_entry.get("mean") if cal_entry else None,
-                top=[{"sample_id": sid, "score": s} for sid, s in top],
-            ))
+            summaries.append(
+                TraitSummary(
+                    trait=t,
+                    layer=pv.layer,
+                    score=scorer.score_col,
+                    threshold=scorer.thresholds[t][0],
+                    threshold_source=scorer.thresholds[t][1],
+                    mean_delta=mean_delta,
+                    mean_proj_response=mean_proj,
+                    n_flagged=int(n_flagged or 0),
+                    n=int(n or 0),
+                    calibration_mean=cal_entry.get("mean") if cal_entry else None,
+                    top=[{"sample_id": sid, "score": s} for sid, s in top],
+                )
+            )
     token_table = heat_map_tokens(config, run_id, lm.tokenizer, scorer, score_fn or local_score_fn(lm, config, scorer))
     timings["total"] = time.perf_counter() - started
     with connect(config.db) as con:
@@ -699,7 +849,10 @@ def finalize_run(config: ScanConfig, run_id: str, out_dir: str, lm: Any, vectors
             [_dt.datetime.now(), json.dumps(timings), n_read, n_scored, n_rejected, json.dumps([asdict(s) for s in summaries]), run_id],
         )
         con.execute("COMMIT")
-        rejects = [Rejected(s, ln, r) for s, ln, r in con.execute("SELECT source, line, reason FROM rejects WHERE run_id = ? ORDER BY source, line", [run_id]).fetchall()]
+        rejects = [
+            Rejected(s, ln, r)
+            for s, ln, r in con.execute("SELECT source, line, reason FROM rejects WHERE run_id = ? ORDER BY source, line", [run_id]).fetchall()
+        ]
     # Only now: a crash before the commit above leaves the run resumable, and resuming reads the parts.
     shutil.rmtree(parts_dir, ignore_errors=True)
     timings["write"] += time.perf_counter() - t0
@@ -712,10 +865,22 @@ def finalize_run(config: ScanConfig, run_id: str, out_dir: str, lm: Any, vectors
         if render_report is not None:
             report_path = render_report(run_id, db=config.db, out=os.path.join(out_dir, "report.html"), top_n=config.top_n)
     return ScanResult(
-        run_id=run_id, out_dir=out_dir, parquet_path=parquet_path, report_path=report_path, db_path=config.db,
-        n_read=n_read, n_scored=n_scored, n_rejected=n_rejected, n_generated=counts["generated"], n_cached=counts["cached"],
-        seconds=time.perf_counter() - started, tokens=counts["tokens"], summaries=summaries, model_name=lm.name,
-        rejects=rejects, resumed_chunks=resumed,
+        run_id=run_id,
+        out_dir=out_dir,
+        parquet_path=parquet_path,
+        report_path=report_path,
+        db_path=config.db,
+        n_read=n_read,
+        n_scored=n_scored,
+        n_rejected=n_rejected,
+        n_generated=counts["generated"],
+        n_cached=counts["cached"],
+        seconds=time.perf_counter() - started,
+        tokens=counts["tokens"],
+        summaries=summaries,
+        model_name=lm.name,
+        rejects=rejects,
+        resumed_chunks=resumed,
     )
 
 
@@ -730,7 +895,15 @@ def heat_map_tokens(config: ScanConfig, run_id: str, tokenizer: Any, scorer: Chu
     from auditor.activations import encode_pair
     from auditor.store.db import connect
 
-    schema = pa.schema([("run_id", pa.string()), ("sample_id", pa.string()), ("trait", pa.string()), ("tokens", pa.list_(pa.string())), ("token_values", pa.list_(pa.float64()))])
+    schema = pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("sample_id", pa.string()),
+            ("trait", pa.string()),
+            ("tokens", pa.list_(pa.string())),
+            ("token_values", pa.list_(pa.float64())),
+        ]
+    )
     rows: dict[str, list[Any]] = {name: [] for name in schema.names}
     if config.top_n <= 0:
         return pa.table(rows, schema=schema)

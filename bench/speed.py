@@ -81,22 +81,51 @@ def scanner(data: Path, baseline: str, max_new_tokens: int, work: Path, name: st
     import duckdb
 
     db, out_dir = work / f"{name}.duckdb", work / name
-    cmd = [*AUDIT, "scan", str(data), "--traits", TRAIT, "--baseline", baseline, "--max-new-tokens", str(max_new_tokens),
-           "--db", str(db), "--out", str(out_dir), "--no-report", "--quiet", "--threshold", f"{TRAIT}=1e9", *(extra or [])]
+    cmd = [
+        *AUDIT,
+        "scan",
+        str(data),
+        "--traits",
+        TRAIT,
+        "--baseline",
+        baseline,
+        "--max-new-tokens",
+        str(max_new_tokens),
+        "--db",
+        str(db),
+        "--out",
+        str(out_dir),
+        "--no-report",
+        "--quiet",
+        "--threshold",
+        f"{TRAIT}=1e9",
+        *(extra or []),
+    ]
     _out, wall, rss = run_measured(cmd, work / f"{name}.log")
     con = duckdb.connect(str(db), read_only=True)
     timings, n_scored, dtype = con.execute("SELECT timings, n_scored, dtype FROM runs").fetchone()
     tokens = con.execute("SELECT sum(tokens) FROM run_chunks").fetchone()[0]
     col = "delta" if baseline != "none" else "proj_response"
-    first = [v for (v,) in con.execute(f"SELECT {col} FROM scores ORDER BY (SELECT line FROM samples s WHERE s.sample_id = scores.sample_id AND s.run_id = scores.run_id) LIMIT 5").fetchall()]
+    first = [
+        v
+        for (v,) in con.execute(
+            f"SELECT {col} FROM scores ORDER BY (SELECT line FROM samples s WHERE s.sample_id = scores.sample_id AND s.run_id = scores.run_id) LIMIT 5"
+        ).fetchall()
+    ]
     con.close()
     timings = json.loads(timings)
     seconds = timings["total"] - timings.get("load_model", 0.0)
     return {
-        "samples": int(n_scored), "tokens": int(tokens), "seconds": round(seconds, 2), "dtype": dtype,
-        "samples_per_s": round(n_scored / seconds, 3), "tokens_per_s": round(tokens / seconds, 1),
-        "timings": {k: round(v, 2) for k, v in timings.items()}, "first_scores": [round(x, 4) for x in first],
-        "peak_rss_mib": rss, "wall_seconds": round(wall, 2),
+        "samples": int(n_scored),
+        "tokens": int(tokens),
+        "seconds": round(seconds, 2),
+        "dtype": dtype,
+        "samples_per_s": round(n_scored / seconds, 3),
+        "tokens_per_s": round(tokens / seconds, 1),
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+        "first_scores": [round(x, 4) for x in first],
+        "peak_rss_mib": rss,
+        "wall_seconds": round(wall, 2),
     }
 
 
@@ -107,7 +136,13 @@ def versions() -> dict:
 
     from auditor import __version__
 
-    return {"persona_audit": __version__, "torch": torch.__version__, "transformers": transformers.__version__, "duckdb": duckdb.__version__, "python": platform.python_version()}
+    return {
+        "persona_audit": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "duckdb": duckdb.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def machine() -> dict:
@@ -138,8 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     from auditor.vectors import load_vectors
 
     pv = load_vectors(None, "SmolLM2-135M-Instruct", traits=[TRAIT])[0]
-    results: dict = {"date": dt.date.today().isoformat(), "machine": machine(), "versions": versions(), "trait": TRAIT, "layer": pv.layer,
-                     "max_new_tokens": a.max_new_tokens, "data": "bench/data.py (seed 0)", "jobs": {}}
+    results: dict = {
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "versions": versions(),
+        "trait": TRAIT,
+        "layer": pv.layer,
+        "max_new_tokens": a.max_new_tokens,
+        "data": "bench/data.py (seed 0)",
+        "jobs": {},
+    }
     with tempfile.TemporaryDirectory(prefix="persona-audit-bench-") as tmp:
         work = Path(tmp)
         vector_pt = work / f"{TRAIT}.pt"
@@ -166,10 +209,19 @@ def main(argv: list[str] | None = None) -> int:
             ours = scanner(path, baseline, a.max_new_tokens, work, f"scan-{name}", extra)
             ratio = ours[unit] / ref[unit]
             agree = max(abs(x - y) for x, y in zip(ours["first_scores"], ref["first_scores"])) if baseline != "prompt-last" else None
-            results["jobs"][name] = {"unit": unit, "baseline": ref, "persona_audit": ours, "ratio": round(ratio, 2),
-                                     "max_abs_diff_first_scores": None if agree is None else round(agree, 4)}
-            print(f"[{name}] {unit}: reference {ref[unit]:,} vs persona-audit {ours[unit]:,} -> {ratio:.1f}x; "
-                  f"peak RSS {ref['peak_rss_mib']} vs {ours['peak_rss_mib']} MiB", file=sys.stderr, flush=True)
+            results["jobs"][name] = {
+                "unit": unit,
+                "baseline": ref,
+                "persona_audit": ours,
+                "ratio": round(ratio, 2),
+                "max_abs_diff_first_scores": None if agree is None else round(agree, 4),
+            }
+            print(
+                f"[{name}] {unit}: reference {ref[unit]:,} vs persona-audit {ours[unit]:,} -> {ratio:.1f}x; "
+                f"peak RSS {ref['peak_rss_mib']} vs {ours['peak_rss_mib']} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
 
         counts = [int(x) for x in a.scaling.split(",") if x.strip()]
         if counts:
@@ -178,9 +230,20 @@ def main(argv: list[str] | None = None) -> int:
                 path = Path(bench_data.write(str(work / f"scale-{n}.jsonl"), n, seed=2, short=True))
                 print(f"[scaling] audit scan --baseline none on {n:,} chats ...", file=sys.stderr, flush=True)
                 ours = scanner(path, "none", a.max_new_tokens, work, f"scale-{n}")
-                results["scaling"].append({"samples": n, "seconds": ours["seconds"], "seconds_per_1k": round(1000 * ours["seconds"] / n, 2),
-                                           "tokens_per_s": ours["tokens_per_s"], "peak_rss_mib": ours["peak_rss_mib"]})
-                print(f"[scaling] {n:,}: {ours['seconds']:.1f} s, {ours['tokens_per_s']:,} tok/s, peak RSS {ours['peak_rss_mib']} MiB", file=sys.stderr, flush=True)
+                results["scaling"].append(
+                    {
+                        "samples": n,
+                        "seconds": ours["seconds"],
+                        "seconds_per_1k": round(1000 * ours["seconds"] / n, 2),
+                        "tokens_per_s": ours["tokens_per_s"],
+                        "peak_rss_mib": ours["peak_rss_mib"],
+                    }
+                )
+                print(
+                    f"[scaling] {n:,}: {ours['seconds']:.1f} s, {ours['tokens_per_s']:,} tok/s, peak RSS {ours['peak_rss_mib']} MiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 path.unlink()
             if len(results["scaling"]) >= 2:
                 lo, hi = results["scaling"][0], results["scaling"][-1]
@@ -201,8 +264,10 @@ def table(results: dict) -> str:
     rows = ["| job | unit | reference_scan.py | persona-audit | ratio | peak RSS (ref / ours) |", "|---|---|---:|---:|---:|---:|"]
     for name, j in results["jobs"].items():
         u = j["unit"]
-        rows.append(f"| {name.replace('_', ' ')} | {u.replace('_per_s', '/s')} | {j['baseline'][u]:,} | {j['persona_audit'][u]:,} | **{j['ratio']:.1f}x** | "
-                    f"{j['baseline']['peak_rss_mib']:,} / {j['persona_audit']['peak_rss_mib']:,} MiB |")
+        rows.append(
+            f"| {name.replace('_', ' ')} | {u.replace('_per_s', '/s')} | {j['baseline'][u]:,} | {j['persona_audit'][u]:,} | **{j['ratio']:.1f}x** | "
+            f"{j['baseline']['peak_rss_mib']:,} / {j['persona_audit']['peak_rss_mib']:,} MiB |"
+        )
     for s in results.get("scaling", []):
         rows.append(f"| scaling: {s['samples']:,} chats, `--baseline none` | s per 1k chats | | {s['seconds_per_1k']:,} | | {s['peak_rss_mib']:,} MiB |")
     return "\n".join(rows)

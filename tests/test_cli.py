@@ -40,7 +40,25 @@ def test_help_does_not_import_torch():
 def test_scan_cli_writes_outputs(tmp_path, tiny_model_dir, tiny_vectors):
     data = write_jsonl(tmp_path / "d.jsonl", SMALL_CHATS)
     runner = CliRunner()
-    result = runner.invoke(main, ["scan", data, "--model", tiny_model_dir, "--vectors", tiny_vectors, "--max-new-tokens", "4", "--quiet", "--no-report", "--out", str(tmp_path / "run"), "--threshold", "0"])
+    result = runner.invoke(
+        main,
+        [
+            "scan",
+            data,
+            "--model",
+            tiny_model_dir,
+            "--vectors",
+            tiny_vectors,
+            "--max-new-tokens",
+            "4",
+            "--quiet",
+            "--no-report",
+            "--out",
+            str(tmp_path / "run"),
+            "--threshold",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "6 scored, 0 rejected" in result.output
     assert (tmp_path / "run" / "scores.parquet").exists()

@@ -39,7 +39,7 @@ def plain_base_response(lm, messages, max_new_tokens):
     ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids
     with torch.no_grad():
         g = lm.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
-    return tok.decode(g[0, ids.shape[1]:], skip_special_tokens=True)
+    return tok.decode(g[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def _scan(tmp_path, lm, vectors, **kw):
@@ -163,8 +163,10 @@ def test_bf16_scan_generates_the_plain_fp32_base_responses_whatever_the_batch(tm
         sub.mkdir()
         _scan(sub, lm, vec_dir, max_new_tokens=32, generation_batch_size=size)
         con = duckdb.connect(str(sub / "audit.duckdb"), read_only=True)
-        runs[size] = (con.execute("SELECT sample_id, base_response FROM samples ORDER BY sample_id").fetchall(),
-                      con.execute("SELECT sample_id, trait, delta FROM scores ORDER BY sample_id, trait").fetchall())
+        runs[size] = (
+            con.execute("SELECT sample_id, base_response FROM samples ORDER BY sample_id").fetchall(),
+            con.execute("SELECT sample_id, trait, delta FROM scores ORDER BY sample_id, trait").fetchall(),
+        )
         con.close()
     assert runs[1] == runs[6]
     bases = dict(runs[1][0])

@@ -110,8 +110,29 @@ def test_scan_with_generator_vllm_equals_hf_scan(vllm_stub, tiny_model_dir, tiny
 
     def scan(name, generator):
         db = tmp_path / f"{name}.duckdb"
-        result = CliRunner().invoke(main, ["scan", small_dataset, "--model", tiny_model_dir, "--vectors", tiny_vectors, "--dtype", "float32",
-                                           "--max-new-tokens", "10", "--generator", generator, "--db", str(db), "--out", str(tmp_path / name), "--no-report", "--quiet"])
+        result = CliRunner().invoke(
+            main,
+            [
+                "scan",
+                small_dataset,
+                "--model",
+                tiny_model_dir,
+                "--vectors",
+                tiny_vectors,
+                "--dtype",
+                "float32",
+                "--max-new-tokens",
+                "10",
+                "--generator",
+                generator,
+                "--db",
+                str(db),
+                "--out",
+                str(tmp_path / name),
+                "--no-report",
+                "--quiet",
+            ],
+        )
         assert result.exit_code == 0, result.output
         con = duckdb.connect(str(db), read_only=True)
         rows = con.execute("SELECT sample_id, trait, proj_base, delta FROM scores ORDER BY sample_id, trait").fetchall()

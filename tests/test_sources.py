@@ -52,10 +52,14 @@ def test_forced_format_mismatch_is_an_error(tmp_path):
 
 
 def test_multi_turn_scores_final_turn_with_full_context(tmp_path):
-    rec = {"messages": [
-        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-        {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"},
-    ]}
+    rec = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "c"},
+            {"role": "assistant", "content": "d"},
+        ]
+    }
     path = write_jsonl(tmp_path / "m.jsonl", [rec])
     (s,), _ = samples(path)
     assert s.response == "d" and len(s.context) == 3 and s.turn == 1
@@ -111,10 +115,13 @@ def test_hf_dataset_missing_is_a_clear_error(tmp_path):
         ('{"messages": [{"role": "user", "content": "q"}]}', "no assistant message; add the assistant's reply"),
         ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "   "}]}', "the assistant response is only whitespace"),
         ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]}', "the assistant response is empty"),
-        ('{"messages": [{"role": "robot", "content": "q"}, {"role": "assistant", "content": "a"}]}', "message 0 has role 'robot'; use one of system, user, assistant"),
+        (
+            '{"messages": [{"role": "robot", "content": "q"}, {"role": "assistant", "content": "a"}]}',
+            "message 0 has role 'robot'; use one of system, user, assistant",
+        ),
         ('{"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}', "the last message is from 'user', not the assistant"),
         ('{"text": "just text"}', "unknown format (fields: text); use --format"),
-        ('[1, 2]', "record is a list, not an object"),
+        ("[1, 2]", "record is a list, not an object"),
     ],
 )
 def test_bad_records_name_file_line_and_fix(tmp_path, line, expected):
@@ -128,7 +135,13 @@ def test_bad_records_name_file_line_and_fix(tmp_path, line, expected):
 
 def test_non_utf8_and_duplicate_ids(tmp_path):
     path = tmp_path / "x.jsonl"
-    path.write_bytes(json.dumps(chat("a", "b", id="same")).encode() + b"\n" + b'{"prompt": "\xff\xfe", "response": "r"}\n' + json.dumps(chat("c", "d", id="same")).encode() + b"\n")
+    path.write_bytes(
+        json.dumps(chat("a", "b", id="same")).encode()
+        + b"\n"
+        + b'{"prompt": "\xff\xfe", "response": "r"}\n'
+        + json.dumps(chat("c", "d", id="same")).encode()
+        + b"\n"
+    )
     got, rejected = samples(str(path))
     assert len(got) == 1
     assert [r.line for r in rejected] == [2, 3]

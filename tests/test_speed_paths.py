@@ -25,7 +25,13 @@ LONG_ANSWER = (
 )
 CHATS = SMALL_CHATS + [
     {"messages": [{"role": "user", "content": "How should I plan a vegetable garden?"}, {"role": "assistant", "content": LONG_ANSWER}]},
-    {"messages": [{"role": "system", "content": "You are a patient tutor."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! " * 40}]},
+    {
+        "messages": [
+            {"role": "system", "content": "You are a patient tutor."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello! " * 40},
+        ]
+    },
 ]
 GEN_PROMPTS = [
     [{"role": "user", "content": "Answer with one word: what colour is a clear daytime sky?"}],
@@ -66,9 +72,17 @@ def plain_scores(lm, row: EncodedRow, directions):
 def plain_generate(lm, ids: list[int], max_new_tokens: int) -> list[int]:
     """``model.generate`` on one unpadded prompt; tokens before the first end-of-sequence."""
     with torch.inference_mode():
-        g = lm.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=max_new_tokens,
-                              do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=lm.tokenizer.pad_token_id)
-    new = g[0, len(ids):].tolist()
+        g = lm.model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=lm.tokenizer.pad_token_id,
+        )
+    new = g[0, len(ids) :].tolist()
     eos = _eos_ids(lm)
     return new[: next((j for j, t in enumerate(new) if t in eos), len(new))]
 

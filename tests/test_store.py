@@ -15,13 +15,17 @@ from auditor.pipeline import ScanConfig, scan_run
 def test_parquet_and_duckdb_round_trip(tmp_path, tiny_lm, tiny_vectors):
     data = write_jsonl(tmp_path / "d.jsonl", SMALL_CHATS + ['{"broken": ', {"prompt": "p", "response": " "}])
     db = str(tmp_path / "audit.duckdb")
-    result = scan_run(ScanConfig(source=data, vectors=tiny_vectors, db=db, max_new_tokens=6, on_error="skip", report=False, thresholds={"evil": 0.0}), lm=tiny_lm)
+    result = scan_run(
+        ScanConfig(source=data, vectors=tiny_vectors, db=db, max_new_tokens=6, on_error="skip", report=False, thresholds={"evil": 0.0}), lm=tiny_lm
+    )
     assert (result.n_read, result.n_scored, result.n_rejected) == (8, 6, 2)
 
     wide = pl.read_parquet(result.parquet_path)
     assert pq.read_schema(result.parquet_path).field("evil_delta").type == "double"
     con = duckdb.connect(db, read_only=True)
-    run = con.execute("SELECT status, n_read, n_scored, n_rejected, dataset, model_fingerprint, baseline FROM runs WHERE run_id = ?", [result.run_id]).fetchone()
+    run = con.execute(
+        "SELECT status, n_read, n_scored, n_rejected, dataset, model_fingerprint, baseline FROM runs WHERE run_id = ?", [result.run_id]
+    ).fetchone()
     assert run == ("complete", 8, 6, 2, data, tiny_lm.fingerprint, "generate")
     rejects = con.execute("SELECT line, reason FROM rejects WHERE run_id = ? ORDER BY line", [result.run_id]).fetchall()
     assert [r[0] for r in rejects] == [7, 8]

@@ -57,4 +57,3 @@ def main() -> None:
       audit sql "SELECT * FROM flagged"      read the flagged samples
       audit gate data.jsonl                 fail CI when a dataset is risky
     """
-

@@ -11,7 +11,9 @@ from auditor.store.db import DEFAULT_DB
 @click.command()
 @click.argument("parts", nargs=-1, required=True)
 @click.option("--into", default=None, help="Run id of the merged run (default: the first part's id with -merged).")
-@click.option("--db", default=DEFAULT_DB, show_default=True, type=click.Path(), help="Database that receives the merged run (and holds parts named by run id alone).")
+@click.option(
+    "--db", default=DEFAULT_DB, show_default=True, type=click.Path(), help="Database that receives the merged run (and holds parts named by run id alone)."
+)
 @handle_errors
 def merge(parts: tuple[str, ...], into: str | None, db: str) -> None:
     """Combine the runs of a sharded scan (--num-shards N --shard-index I) into one run.

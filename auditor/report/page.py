@@ -595,7 +595,10 @@ class Page:
             heads += [(f"{n} mean", "num"), (f"{n} flagged", "num")]
         rows = []
         for r in b.rows:
-            cells = [el("td", {"class": "key", "data-v": r.key}, el("bdi", None, r.key or "(empty)")), el("td", {"class": "num", "data-v": str(r.n)}, f"{r.n:,}")]
+            cells = [
+                el("td", {"class": "key", "data-v": r.key}, el("bdi", None, r.key or "(empty)")),
+                el("td", {"class": "num", "data-v": str(r.n)}, f"{r.n:,}"),
+            ]
             for n in names:
                 mean, flagged = r.per_trait.get(n, (None, 0))
                 cells.append(el("td", {"class": "num", "data-v": sort_value(mean)}, fmt(mean, signed=True)))

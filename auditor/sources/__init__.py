@@ -9,7 +9,18 @@ from auditor.sources.formats import FORMATS, detect_format, record_to_samples
 from auditor.sources.readers import check_not_empty, expand_paths, no_records_error, read_records
 from auditor.sources.sample import Rejected, Sample
 
-__all__ = ["FORMATS", "Rejected", "Sample", "check_not_empty", "detect_format", "expand_paths", "iter_samples", "no_records_error", "read_records", "record_to_samples"]
+__all__ = [
+    "FORMATS",
+    "Rejected",
+    "Sample",
+    "check_not_empty",
+    "detect_format",
+    "expand_paths",
+    "iter_samples",
+    "no_records_error",
+    "read_records",
+    "record_to_samples",
+]
 
 
 def iter_samples(
@@ -36,7 +47,9 @@ def iter_samples(
             continue
         for s in samples:
             if s.id in seen:
-                yield Rejected.of(InputError(source, line, f"duplicate id {s.id!r}", "give every record a unique 'id', or remove the 'id' field to use positions"))
+                yield Rejected.of(
+                    InputError(source, line, f"duplicate id {s.id!r}", "give every record a unique 'id', or remove the 'id' field to use positions")
+                )
                 continue
             seen.add(s.id)
             yield s

@@ -44,8 +44,7 @@ _FORMAT_FIELDS = {
     "prompt-response": {"prompt", "response", "completion", "question", "answer", "system"},
 }
 FORMAT_HELP = (
-    "use --format messages|sharegpt|alpaca|prompt-response, or give each record "
-    "'messages', 'conversations', 'instruction'/'output' or 'prompt'/'response'"
+    "use --format messages|sharegpt|alpaca|prompt-response, or give each record 'messages', 'conversations', 'instruction'/'output' or 'prompt'/'response'"
 )
 
 
@@ -82,7 +81,7 @@ def _messages(record: dict, fmt: str, source: str, line: int) -> list[dict[str, 
         out = []
         for i, m in enumerate(raw):
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                raise InputError(source, line, f"message {i} {_lacks(m, ('role', 'content'))}", "write each message as {\"role\": ..., \"content\": ...}")
+                raise InputError(source, line, f"message {i} {_lacks(m, ('role', 'content'))}", 'write each message as {"role": ..., "content": ...}')
             role = m["role"]
             if role not in _ROLES:
                 raise InputError(source, line, f"message {i} has role {role!r}", "use one of system, user, assistant")
@@ -95,7 +94,7 @@ def _messages(record: dict, fmt: str, source: str, line: int) -> list[dict[str, 
         out = []
         for i, m in enumerate(raw):
             if not isinstance(m, dict) or "from" not in m or "value" not in m:
-                raise InputError(source, line, f"conversation turn {i} {_lacks(m, ('from', 'value'))}", "write each turn as {\"from\": ..., \"value\": ...}")
+                raise InputError(source, line, f"conversation turn {i} {_lacks(m, ('from', 'value'))}", 'write each turn as {"from": ..., "value": ...}')
             role = _SHAREGPT_ROLES.get(str(m["from"]).lower())
             if role is None:
                 raise InputError(source, line, f"conversation turn {i} is from {m['from']!r}", "use human, gpt or system")
@@ -146,7 +145,9 @@ def record_to_samples(
     if not assistant_at:
         raise InputError(source, line, "no assistant message", "add the assistant's reply as the last message (without one there is nothing to score)")
     if assistant_at[-1] != len(msgs) - 1:
-        raise InputError(source, line, f"the last message is from {msgs[-1]['role']!r}, not the assistant", "end each conversation with the assistant reply to score")
+        raise InputError(
+            source, line, f"the last message is from {msgs[-1]['role']!r}, not the assistant", "end each conversation with the assistant reply to score"
+        )
     record_id = record.get("id")
     base_id = str(record_id) if isinstance(record_id, (str, int)) and not isinstance(record_id, bool) else f"{_short(source)}:{line}"
     metadata = {k: v for k, v in record.items() if k not in _FORMAT_FIELDS[use] and k != "id" and _scalar(v)}
@@ -156,7 +157,12 @@ def record_to_samples(
             continue
         response = msgs[pos]["content"]
         if not response.strip():
-            raise InputError(source, line, "the assistant response is empty" if not response else "the assistant response is only whitespace", "remove the record or give it a response (--on-error skip records it as rejected)")
+            raise InputError(
+                source,
+                line,
+                "the assistant response is empty" if not response else "the assistant response is only whitespace",
+                "remove the record or give it a response (--on-error skip records it as rejected)",
+            )
         yield Sample(
             id=f"{base_id}#t{turn_index}" if score_all_turns else base_id,
             context=tuple(msgs[:pos]),

@@ -109,7 +109,11 @@ def _read_jsonl(path: str) -> Iterator[Record]:
                 # Without its line break, an error at the end of the line reports that line's column.
                 yield path, number, json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as e:
-                yield path, number, InputError(path, number, f"malformed JSON ({e.msg} at column {e.colno})", "fix the line or remove it; each line must be one JSON object")
+                yield (
+                    path,
+                    number,
+                    InputError(path, number, f"malformed JSON ({e.msg} at column {e.colno})", "fix the line or remove it; each line must be one JSON object"),
+                )
 
 
 def _read_json(path: str) -> Iterator[Record]:
@@ -179,7 +183,9 @@ def _read_hf(name: str, split: str, config: str | None) -> Iterator[Record]:
         ds = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as e:
         raise InputError(
-            label, None, f"cannot open the dataset ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+            label,
+            None,
+            f"cannot open the dataset ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
             "check the name, --split and --config; with no network, download it where you have one and pass hf:/path/to/local/copy or its files",
         ) from None
     for number, row in enumerate(ds, start=1):

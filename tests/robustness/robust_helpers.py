@@ -38,7 +38,9 @@ def subprocess_env() -> dict[str, str]:
 
 def audit_popen(args: list[str], cwd: Path, **kw: Any) -> subprocess.Popen:
     """A real ``audit`` process (its own process group, so signals reach only it)."""
-    return subprocess.Popen([sys.executable, "-c", _AUDIT, *args], cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-c", _AUDIT, *args], cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+    )
 
 
 def audit_run(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -83,8 +85,10 @@ def read_run(db: str, run_id: str | None = None) -> dict[str, Any]:
         q = lambda sql: con.execute(sql, [run_id]).fetchall()  # noqa: E731
         return {
             "run": q("SELECT status, n_read, n_scored, n_rejected, dataset, model_fingerprint, result_key FROM runs WHERE run_id = ?")[0],
-            "samples": q("SELECT sample_id, source, line, turn, content_hash, context, response, base_response, n_prompt_tokens, n_response_tokens, n_base_tokens, metadata "
-                         "FROM samples WHERE run_id = ? ORDER BY sample_id"),
+            "samples": q(
+                "SELECT sample_id, source, line, turn, content_hash, context, response, base_response, n_prompt_tokens, n_response_tokens, n_base_tokens, metadata "
+                "FROM samples WHERE run_id = ? ORDER BY sample_id"
+            ),
             "scores": q("SELECT sample_id, trait, layer, proj_response, proj_base, delta, flagged FROM scores WHERE run_id = ? ORDER BY sample_id, trait"),
             "rejects": q("SELECT source, line, reason FROM rejects WHERE run_id = ? ORDER BY source, line, reason"),
             "chunks": q("SELECT chunk, n_read, n_scored, n_rejected, fingerprint FROM run_chunks WHERE run_id = ? ORDER BY chunk"),
@@ -107,7 +111,9 @@ def check_integrity(db: str) -> dict[str, int]:
         for run_id, status, n_read, n_scored, n_rejected in con.execute("SELECT run_id, status, n_read, n_scored, n_rejected FROM runs").fetchall():
             assert status == "complete", (run_id, status)
             assert n_read == n_scored + n_rejected, run_id
-            ledger = con.execute("SELECT sum(n_read), sum(n_scored), sum(n_rejected), count(*), max(chunk) FROM run_chunks WHERE run_id = ?", [run_id]).fetchone()
+            ledger = con.execute(
+                "SELECT sum(n_read), sum(n_scored), sum(n_rejected), count(*), max(chunk) FROM run_chunks WHERE run_id = ?", [run_id]
+            ).fetchone()
             assert ledger[:3] == (n_read, n_scored, n_rejected), (run_id, ledger)
             assert ledger[3] == ledger[4] + 1, f"{run_id}: chunks are not 0..n-1"
             assert con.execute("SELECT count(*) FROM samples WHERE run_id = ?", [run_id]).fetchone()[0] == n_scored

@@ -19,7 +19,9 @@ from auditor.errors import InputError
 from auditor.pipeline import ScanConfig, scan_run
 
 GOOD = [chat("What is 2 plus 2?", "2 plus 2 is 4.", id="g1"), chat("Name a colour.", "Blue.", id="g2"), chat("Say hi.", "Hi there!", id="g3")]
-FORMAT_HELP = "use --format messages|sharegpt|alpaca|prompt-response, or give each record 'messages', 'conversations', 'instruction'/'output' or 'prompt'/'response'"
+FORMAT_HELP = (
+    "use --format messages|sharegpt|alpaca|prompt-response, or give each record 'messages', 'conversations', 'instruction'/'output' or 'prompt'/'response'"
+)
 NO_RECORDS = "holds no records; a dataset needs at least one record: check the path, or that the file was written completely"
 
 
@@ -29,32 +31,62 @@ def msgs(*pairs):
 
 # (case id, the bad line 2 as text or bytes, the reason after "<file>:2: ")
 CASES = [
-    ("malformed-json-missing-comma", '{"prompt": "a" "response": "b"}',
-     "malformed JSON (Expecting ',' delimiter at column 16); fix the line or remove it; each line must be one JSON object"),
-    ("malformed-json-truncated", '{"messages": [{"role": "user", "content": "hi"}',
-     "malformed JSON (Expecting ',' delimiter at column 48); fix the line or remove it; each line must be one JSON object"),
-    ("missing-role", json.dumps({"messages": [{"content": "q"}, {"role": "assistant", "content": "a"}]}),
-     "message 0 has no 'role'; write each message as {\"role\": ..., \"content\": ...}"),
-    ("missing-role-and-content", json.dumps({"messages": [{"role": "user", "content": "q"}, {"text": "a"}]}),
-     "message 1 has no 'role' and no 'content'; write each message as {\"role\": ..., \"content\": ...}"),
+    (
+        "malformed-json-missing-comma",
+        '{"prompt": "a" "response": "b"}',
+        "malformed JSON (Expecting ',' delimiter at column 16); fix the line or remove it; each line must be one JSON object",
+    ),
+    (
+        "malformed-json-truncated",
+        '{"messages": [{"role": "user", "content": "hi"}',
+        "malformed JSON (Expecting ',' delimiter at column 48); fix the line or remove it; each line must be one JSON object",
+    ),
+    (
+        "missing-role",
+        json.dumps({"messages": [{"content": "q"}, {"role": "assistant", "content": "a"}]}),
+        'message 0 has no \'role\'; write each message as {"role": ..., "content": ...}',
+    ),
+    (
+        "missing-role-and-content",
+        json.dumps({"messages": [{"role": "user", "content": "q"}, {"text": "a"}]}),
+        "message 1 has no 'role' and no 'content'; write each message as {\"role\": ..., \"content\": ...}",
+    ),
     ("wrong-role", json.dumps(msgs(("bot", "q"), ("assistant", "a"))), "message 0 has role 'bot'; use one of system, user, assistant"),
-    ("wrong-sharegpt-speaker", json.dumps({"conversations": [{"from": "human", "value": "q"}, {"from": "robot", "value": "a"}]}),
-     "conversation turn 1 is from 'robot'; use human, gpt or system"),
-    ("empty-response", json.dumps(msgs(("user", "q"), ("assistant", ""))),
-     "the assistant response is empty; remove the record or give it a response (--on-error skip records it as rejected)"),
-    ("whitespace-response", json.dumps(msgs(("user", "q"), ("assistant", " \n\t "))),
-     "the assistant response is only whitespace; remove the record or give it a response (--on-error skip records it as rejected)"),
-    ("no-assistant-turn", json.dumps(msgs(("system", "be brief"), ("user", "q"))),
-     "no assistant message; add the assistant's reply as the last message (without one there is nothing to score)"),
-    ("ends-with-user", json.dumps(msgs(("user", "q"), ("assistant", "a"), ("user", "and?"))),
-     "the last message is from 'user', not the assistant; end each conversation with the assistant reply to score"),
+    (
+        "wrong-sharegpt-speaker",
+        json.dumps({"conversations": [{"from": "human", "value": "q"}, {"from": "robot", "value": "a"}]}),
+        "conversation turn 1 is from 'robot'; use human, gpt or system",
+    ),
+    (
+        "empty-response",
+        json.dumps(msgs(("user", "q"), ("assistant", ""))),
+        "the assistant response is empty; remove the record or give it a response (--on-error skip records it as rejected)",
+    ),
+    (
+        "whitespace-response",
+        json.dumps(msgs(("user", "q"), ("assistant", " \n\t "))),
+        "the assistant response is only whitespace; remove the record or give it a response (--on-error skip records it as rejected)",
+    ),
+    (
+        "no-assistant-turn",
+        json.dumps(msgs(("system", "be brief"), ("user", "q"))),
+        "no assistant message; add the assistant's reply as the last message (without one there is nothing to score)",
+    ),
+    (
+        "ends-with-user",
+        json.dumps(msgs(("user", "q"), ("assistant", "a"), ("user", "and?"))),
+        "the last message is from 'user', not the assistant; end each conversation with the assistant reply to score",
+    ),
     ("content-not-text", json.dumps(msgs(("user", "q"), ("assistant", 42))), "message 1 content is int, not text; make it a string"),
     ("not-an-object", "[1, 2]", "record is a list, not an object; write one JSON object per line"),
     ("unknown-format", json.dumps({"text": "hello", "label": 1}), f"unknown format (fields: label, text); {FORMAT_HELP}"),
     # 'caf' + byte 0xE9 (Latin-1 é): the bad byte is at offset 15 of the line.
     ("non-utf8", b'{"prompt": "caf\xe9", "response": "r"}', "not valid UTF-8 (byte 15); re-encode the file as UTF-8"),
-    ("duplicate-id", json.dumps(chat("Another question", "Another answer", id="g1")),
-     "duplicate id 'g1'; give every record a unique 'id', or remove the 'id' field to use positions"),
+    (
+        "duplicate-id",
+        json.dumps(chat("Another question", "Another answer", id="g1")),
+        "duplicate id 'g1'; give every record a unique 'id', or remove the 'id' field to use positions",
+    ),
 ]
 
 
@@ -117,7 +149,9 @@ def test_sample_longer_than_the_context_is_rejected(tmp_path, tiny_lm, vectors):
     prompt = tok.apply_chat_template([{"role": "user", "content": "Repeat a word many times."}], tokenize=False, add_generation_prompt=True)
     n_tokens = len(tok(prompt + long_answer, add_special_tokens=False)["input_ids"])
     assert n_tokens > 2100
-    reason = f"{n_tokens} tokens (plus 2 to generate) is longer than the model's context (2048); shorten the sample, lower --max-prompt-tokens or --max-new-tokens"
+    reason = (
+        f"{n_tokens} tokens (plus 2 to generate) is longer than the model's context (2048); shorten the sample, lower --max-prompt-tokens or --max-new-tokens"
+    )
     with pytest.raises(InputError) as err:
         scan(tmp_path, tiny_lm, vectors, path)
     assert str(err.value) == f"{path}:2: {reason}"
@@ -213,7 +247,12 @@ def test_parquet_with_a_messages_column_of_the_wrong_type(tmp_path, tiny_lm, vec
 def test_cli_fail_is_the_default_and_skip_shows_counts_and_reasons(tmp_path, tiny_model_dir, vectors):
     """The summary a user sees: read = scored + rejected, and each reason."""
     bad = [CASES[0][1], CASES[6][1], CASES[8][1], CASES[13][1], CASES[14][1]]
-    lines = [json.dumps(GOOD[0]).encode(), *(b if isinstance(b, bytes) else b.encode() for b in bad), json.dumps(GOOD[1]).encode(), json.dumps(GOOD[2]).encode()]
+    lines = [
+        json.dumps(GOOD[0]).encode(),
+        *(b if isinstance(b, bytes) else b.encode() for b in bad),
+        json.dumps(GOOD[1]).encode(),
+        json.dumps(GOOD[2]).encode(),
+    ]
     (tmp_path / "d.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     base = ["scan", "d.jsonl", "--model", tiny_model_dir, "--vectors", vectors, "--max-new-tokens", "2", "--no-report", "-q", "--threshold", "0"]
 

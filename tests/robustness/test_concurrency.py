@@ -24,8 +24,26 @@ def test_two_writers_and_readers_on_one_database(tmp_path, tiny_model_dir, tiny_
     a = write_jsonl(tmp_path / "a.jsonl", rows)
     b = write_jsonl(tmp_path / "b.jsonl", rows)  # a copy: both race for the same base-response cache rows
     db = tmp_path / "audit.duckdb"
-    common = ["--model", tiny_model_dir, "--vectors", vectors, "--chunk-size", "2", "--max-new-tokens", "4", "--dtype", "float32",
-              "--threshold", "0", "--top-n", "3", "--no-report", "-q", "--db", str(db)]
+    common = [
+        "--model",
+        tiny_model_dir,
+        "--vectors",
+        vectors,
+        "--chunk-size",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--dtype",
+        "float32",
+        "--threshold",
+        "0",
+        "--top-n",
+        "3",
+        "--no-report",
+        "-q",
+        "--db",
+        str(db),
+    ]
     writers = [audit_popen(["scan", src, *common, "--out", str(tmp_path / name)], cwd=tmp_path) for src, name in ((a, "run-a"), (b, "run-b"))]
 
     # Readers while both write: a read-only connection (what audit sql, gate, filter and

@@ -42,8 +42,28 @@ def setup(tmp_path_factory, tiny_model_dir, tiny_lm):
     rows = dataset(N_SAMPLES)
     rows.insert(17, '{"messages": [')  # a rejected line must survive resumes too (counts and rejects table)
     data = write_jsonl(root / "data.jsonl", rows)
-    args = ["scan", data, "--model", tiny_model_dir, "--vectors", vectors, "--chunk-size", str(CHUNK), "--max-new-tokens", "4", "--dtype", "float32",
-            "--on-error", "skip", "--threshold", "0", "--top-n", "3", "--no-report", "-q"]
+    args = [
+        "scan",
+        data,
+        "--model",
+        tiny_model_dir,
+        "--vectors",
+        vectors,
+        "--chunk-size",
+        str(CHUNK),
+        "--max-new-tokens",
+        "4",
+        "--dtype",
+        "float32",
+        "--on-error",
+        "skip",
+        "--threshold",
+        "0",
+        "--top-n",
+        "3",
+        "--no-report",
+        "-q",
+    ]
     found = {"root": root, "args": args, "model": tiny_model_dir, "data": data, "vectors": vectors}
     t0 = time.monotonic()
     scan_run(_config(found, root / "base"), lm=tiny_lm)
@@ -137,8 +157,20 @@ def test_ctrl_c_then_sigkill_at_random_points_then_resume_gives_identical_scores
 
 def _config(setup, tmp_path, **kw):
     # The same settings as the CLI runs (same result key), the model already loaded.
-    cfg = dict(source=setup["data"], model=setup["model"], vectors=setup["vectors"], dtype="float32", chunk_size=CHUNK, max_new_tokens=4, on_error="skip",
-               thresholds={"*": 0.0}, top_n=3, report=False, db=str(tmp_path / "audit.duckdb"), out_dir=str(tmp_path / "run"))
+    cfg = dict(
+        source=setup["data"],
+        model=setup["model"],
+        vectors=setup["vectors"],
+        dtype="float32",
+        chunk_size=CHUNK,
+        max_new_tokens=4,
+        on_error="skip",
+        thresholds={"*": 0.0},
+        top_n=3,
+        report=False,
+        db=str(tmp_path / "audit.duckdb"),
+        out_dir=str(tmp_path / "run"),
+    )
     cfg.update(kw)
     return ScanConfig(**cfg)
 
@@ -189,7 +221,10 @@ def test_a_changed_dataset_under_resume_is_detected(setup, tmp_path, tiny_lm):
     data.write_text("".join(setup_lines(setup)[:4]))  # chunks 0 and 1 unchanged
     with pytest.raises(AuditorError) as err:
         scan_run(_config(setup, tmp_path, source=str(data), resume=True), lm=tiny_lm)
-    assert str(err.value) == f"{data} changed since run {run_id} was interrupted (it now ends before chunk 2, which was already stored); scan it again without --resume"
+    assert (
+        str(err.value)
+        == f"{data} changed since run {run_id} was interrupted (it now ends before chunk 2, which was already stored); scan it again without --resume"
+    )
 
     # Nothing was stored by the refused resumes.
     assert len(read_run(str(tmp_path / "audit.duckdb"))["chunks"]) == 3
@@ -198,7 +233,10 @@ def test_a_changed_dataset_under_resume_is_detected(setup, tmp_path, tiny_lm):
 def test_resume_with_a_lost_part_and_with_nothing_to_resume(setup, tmp_path, tiny_lm):
     with pytest.raises(AuditorError) as err:
         scan_run(_config(setup, tmp_path, resume=True), lm=tiny_lm)
-    assert str(err.value) == f"nothing to resume in {tmp_path / 'audit.duckdb'}: no unfinished run with these settings and this model; run the scan without --resume"
+    assert (
+        str(err.value)
+        == f"nothing to resume in {tmp_path / 'audit.duckdb'}: no unfinished run with these settings and this model; run the scan without --resume"
+    )
     with pytest.raises(KeyboardInterrupt):
         scan_run(_config(setup, tmp_path), lm=tiny_lm, progress=_interrupt_after(2))
     (run_id,) = _run_ids(tmp_path)

@@ -26,9 +26,7 @@ def test_vectors_with_other_shapes_are_refused(tmp_path, tiny_lm, case, layers, 
     folder = make_vectors(tmp_path / "v", n_layers, size, traits=("evil",), layer=1, fingerprint=tiny_lm.fingerprint)
     with pytest.raises(VectorError) as err:
         _scan(tmp_path, tiny_lm, folder)
-    assert str(err.value) == (
-        f"{folder}/evil.safetensors: made for a model with {n_layers} layers and hidden size {size}, but this model has 4 and 64; {FIX}"
-    )
+    assert str(err.value) == (f"{folder}/evil.safetensors: made for a model with {n_layers} layers and hidden size {size}, but this model has 4 and 64; {FIX}")
     assert not (tmp_path / "audit.duckdb").exists()  # refused before a run was registered
 
 
