@@ -112,13 +112,12 @@ def recording_hidden(
     layers: Sequence[int],
     sink: Callable[[int, torch.Tensor], None],
     layers_path: str | None = None,
-    stop_after_deepest: bool = False,
 ) -> Iterator[None]:
     """Hooks that pass ``(l, h[l] [B, T, d])`` to ``sink`` on every forward inside the block.
 
-    ``h[L]`` gets the final norm applied, as ``output_hidden_states=True`` returns it. With
-    ``stop_after_deepest`` the hook on the deepest layer raises :class:`_StopForward`, so
-    nothing after it (later blocks, the final norm, the logits) is computed.
+    ``h[L]`` gets the final norm applied, as ``output_hidden_states=True`` returns it. The hook
+    on the deepest layer then raises :class:`_StopForward`, so nothing after it (later blocks,
+    the final norm, the logits) is computed: the caller catches it.
     """
     blocks = decoder_layers(model, layers_path)
     n_blocks = len(blocks)
@@ -143,7 +142,7 @@ def recording_hidden(
             if layer == n_blocks and norm is not None:
                 h = norm(h)
             sink(layer, h)
-            if stop_after_deepest and layer == deepest:
+            if layer == deepest:
                 raise _StopForward
 
         handles.append(blocks[layer - 1].register_forward_hook(hook))
@@ -172,7 +171,7 @@ def capture_hidden(
     captured: dict[int, torch.Tensor] = {}
     # Right padding (what pad_right makes) needs no padding mask: see causal_mask_suffices.
     mask = None if causal_mask_suffices(attention_mask) else attention_mask.to(model.device)
-    with recording_hidden(model, wanted, captured.__setitem__, layers_path, stop_after_deepest=True):
+    with recording_hidden(model, wanted, captured.__setitem__, layers_path):
         try:
             with torch.inference_mode():
                 if wanted[-1] == 0:

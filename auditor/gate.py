@@ -477,12 +477,20 @@ def escape_property(text: str) -> str:
 _LINE_FILES = (".jsonl", ".jsonl.gz", ".ndjson", ".csv", ".csv.gz")
 
 
+def _file_property(path: str, workspace: str | None) -> str:
+    """``file=PATH`` for a workflow command, PATH relative to ``workspace`` when it lies inside it."""
+    if workspace and os.path.isabs(path) and os.path.abspath(path).startswith(os.path.abspath(workspace) + os.sep):
+        path = os.path.relpath(path, workspace)
+    return f"file={escape_property(path.replace(os.sep, '/'))}"
+
+
 def github_annotations(gates: list[GateResult], workspace: str | None = None, limit: int = MAX_ANNOTATIONS) -> list[str]:
     """``::error file=...,line=...,title=...::message`` for the worst samples of failed rules.
 
     Paths are made relative to ``workspace`` (GITHUB_WORKSPACE) so the annotation lands on the
     file in the pull request; ``line`` is given only for line-based files (JSONL, CSV), where it
-    is the physical line. A failed rule without samples to point at gets a file-less annotation.
+    is the physical line. A failed rule without samples to point at is annotated on the dataset
+    file (without a line), or on nothing when the dataset is not a file.
     """
     out: list[str] = []
     for g in gates:
@@ -493,10 +501,7 @@ def github_annotations(gates: list[GateResult], workspace: str | None = None, li
             source = str(w["source"])
             if source.startswith("hf:"):
                 continue
-            path = source
-            if workspace and os.path.isabs(path) and os.path.abspath(path).startswith(os.path.abspath(workspace) + os.sep):
-                path = os.path.relpath(path, workspace)
-            props = [f"file={escape_property(path.replace(os.sep, '/'))}"]
+            props = [_file_property(source, workspace)]
             if w.get("line") is not None and source.lower().endswith(_LINE_FILES):
                 props.append(f"line={int(w['line'])}")
             title = f"persona-audit: {w['trait']} {w['score_name']} {w['score']:+.2f}"
@@ -509,15 +514,8 @@ def github_annotations(gates: list[GateResult], workspace: str | None = None, li
         for r in g.results:
             if not r.passed and (r.rule + r.trait) not in covered and len(out) < limit:
                 # No sample to point at: the annotation goes on the dataset file itself when it is one.
-                props = []
                 dataset = str(g.dataset)
-                if os.path.isfile(dataset):
-                    path = (
-                        os.path.relpath(dataset, workspace)
-                        if workspace and os.path.abspath(dataset).startswith(os.path.abspath(workspace) + os.sep)
-                        else dataset
-                    )
-                    props.append(f"file={escape_property(path.replace(os.sep, '/'))}")
+                props = [_file_property(dataset, workspace)] if os.path.isfile(dataset) else []
                 props.append(f"title={escape_property('persona-audit gate: ' + r.rule)}")
                 out.append(f"::error {','.join(props)}::{escape_data(r.message + ' (dataset ' + dataset + ')')}")
     return out

@@ -93,8 +93,10 @@ class ScanConfig:
         for name in ("batch_tokens", "generation_batch_size"):
             if getattr(self, name) < 0:
                 raise AuditorError(f"--{name.replace('_', '-')} must be at least 1 (or 0 for automatic)")
-        if self.generation_dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise AuditorError(f"unknown --generation-dtype {self.generation_dtype!r}; use auto, float32, bfloat16 or float16")
+        from auditor.model.loading import DTYPES
+
+        if self.generation_dtype not in DTYPES:
+            raise AuditorError(f"unknown --generation-dtype {self.generation_dtype!r}; use one of {', '.join(DTYPES)}")
         if self.flag_on not in FLAG_ON:
             raise AuditorError(f"unknown --flag-on {self.flag_on!r}; use one of {', '.join(FLAG_ON)}")
         if not 0 <= self.shard_index < self.num_shards:

@@ -31,10 +31,15 @@ def test_flag_on_projection_flags_by_the_raw_projection(tmp_path, tiny_lm, tiny_
 
 
 def test_auto_batch_sizes_resolve_per_device(tiny_lm):
+    from dataclasses import replace
+
     from auditor.pipeline import ChunkScorer, ScanConfig
     from auditor.scoring import CPU_BATCH_TOKENS, CPU_GENERATION_BATCH
 
     auto = ChunkScorer(ScanConfig(source="x.jsonl"), tiny_lm, [], run_id="")
     assert (auto.batch_tokens, auto.generation_batch_size) == (CPU_BATCH_TOKENS, CPU_GENERATION_BATCH)
+    # A Ray driver holds no model: it gets the CPU values and never touches CUDA.
+    driver = ChunkScorer(ScanConfig(source="x.jsonl"), replace(tiny_lm, model=None), [], run_id="")
+    assert (driver.batch_tokens, driver.generation_batch_size) == (CPU_BATCH_TOKENS, CPU_GENERATION_BATCH)
     given = ChunkScorer(ScanConfig(source="x.jsonl", batch_tokens=512, generation_batch_size=3), tiny_lm, [], run_id="")
     assert (given.batch_tokens, given.generation_batch_size) == (512, 3)
