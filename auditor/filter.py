@@ -146,7 +146,7 @@ def resolve_filter_run(con: Any, spec: str, path: str, db: str) -> tuple[RunInfo
 def selection_query(run: RunInfo, stored_source: str, rule: FilterRule) -> tuple[str, dict[str, Any]]:
     """SQL giving, per sample of the file in line order: line, turn, sample_id, content_hash, reasons (NULL: kept)."""
     traits = list(run.vectors) or []
-    score = run.score_column(traits[0]) if traits else ("proj_response" if run.baseline == "none" else "delta")
+    score = run.score().column
     params: dict[str, Any] = {"run_id": run.run_id, "source": stored_source, "score_name": score}
     thresholds = [(t, run.threshold(t)) for t in traits]
     if thresholds:

@@ -27,11 +27,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from auditor.errors import AuditorError, InputError, StoreError
+from auditor.score import BASELINES, FLAG_ON, ScoreMeaning
 from auditor.sources import Rejected, Sample, iter_samples
 
-BASELINES = ("generate", "prompt-last", "none")
 ON_ERROR = ("fail", "skip")
-FLAG_ON = ("delta", "projection")
 # A scan waits this long for a reader to let go of the database before a chunk write fails:
 # long enough to outlast a big export or filter, instead of losing a scored chunk.
 WRITE_WAIT = 600.0
@@ -237,23 +236,23 @@ def wide_schema(traits: list[str]):
     return pa.schema(fields)
 
 
-def resolve_thresholds(config: ScanConfig, vectors: list[Any]) -> tuple[str, dict[str, tuple[float | None, str]]]:
-    """The score column flags use, and per trait (threshold, where it came from)."""
-    score_col = "proj_response" if config.baseline == "none" or config.flag_on == "projection" else "delta"
+def resolve_thresholds(config: ScanConfig, vectors: list[Any]) -> tuple[ScoreMeaning, dict[str, tuple[float | None, str]]]:
+    """The score flags use, and per trait (threshold, where it came from)."""
+    meaning = ScoreMeaning.of(config.baseline, config.flag_on)
     out: dict[str, tuple[float | None, str]] = {}
     for pv in vectors:
         given = config.thresholds.get(pv.trait, config.thresholds.get("*"))
         if given is not None:
             out[pv.trait] = (float(given), "--threshold")
             continue
-        t = pv.threshold(config.baseline, score_col, config.flag_percentile)
+        t = meaning.threshold(pv.calibration, pv.layer, config.flag_percentile)
         src = (
             f"p{config.flag_percentile:g} of the calibration set"
             if t is not None
             else "none: the vector has no calibration for this baseline and layer; pass --threshold TRAIT=VALUE"
         )
         out[pv.trait] = (t, src)
-    return score_col, out
+    return meaning, out
 
 
 def resolve_generation_dtype(requested: str, lm: Any) -> str:
@@ -288,7 +287,7 @@ class ChunkScorer:
         self.vectors = vectors
         self.run_id = run_id
         self.directions = {pv.trait: (pv.layer, pv.direction()) for pv in vectors}
-        self.score_col, self.thresholds = resolve_thresholds(config, vectors)
+        self.meaning, self.thresholds = resolve_thresholds(config, vectors)
         self.generation_dtype = resolve_generation_dtype(config.generation_dtype, lm)
         self.settings_key = GenerationSettings(config.max_new_tokens, config.max_prompt_tokens, self.generation_dtype, config.generator).key()
         self._generation_lm = lm if self.generation_dtype == lm.dtype else None  # loaded when first needed (a Ray driver never needs it)
@@ -451,9 +450,7 @@ class ChunkScorer:
                 else:
                     pb = None
                 delta = pr - pb if pb is not None else None
-                score = pr if self.score_col == "proj_response" else delta
-                threshold = self.thresholds[t][0]
-                flagged = bool(threshold is not None and score is not None and score > threshold)
+                flagged = self.meaning.flags(self.meaning.pick(delta, pr), self.thresholds[t][0])
                 for col, val in (("proj_response", pr), ("proj_base", pb), ("delta", delta), ("flagged", flagged)):
                     wide[f"{t}_{col}"].append(val)
                     long[col].append(val)
@@ -625,7 +622,7 @@ def open_run(config: ScanConfig, lm: Any, vectors: list[Any], scorer: ChunkScore
                 "sha256": pv.sha256,
                 "threshold": scorer.thresholds[pv.trait][0],
                 "threshold_source": scorer.thresholds[pv.trait][1],
-                "score": scorer.score_col,
+                "score": scorer.meaning.column,
             }
             for pv in vectors
         }
@@ -816,18 +813,15 @@ def finalize_run(
             mean_delta, mean_proj, n_flagged, n = con.execute(
                 "SELECT avg(delta), avg(proj_response), count(*) FILTER (WHERE flagged), count(*) FROM scores WHERE run_id = ? AND trait = ?", [run_id, t]
             ).fetchone()
-            order = "delta" if scorer.score_col == "delta" else "proj_response"
             top = con.execute(
-                f"SELECT sample_id, {order} FROM scores WHERE run_id = ? AND trait = ? AND {order} IS NOT NULL ORDER BY {order} DESC, sample_id LIMIT 5",
-                [run_id, t],
+                "SELECT sample_id, score FROM top_samples WHERE run_id = ? AND trait = ? AND score IS NOT NULL ORDER BY rank LIMIT 5", [run_id, t]
             ).fetchall()
-            cal = pv.calibration or {}
-            cal_entry = cal.get("scores", {}).get(config.baseline, {}).get(scorer.score_col) if cal.get("layer") == pv.layer else None
+            cal_entry = scorer.meaning.calibration_entry(pv.calibration, pv.layer)
             summaries.append(
                 TraitSummary(
                     trait=t,
                     layer=pv.layer,
-                    score=scorer.score_col,
+                    score=scorer.meaning.column,
                     threshold=scorer.thresholds[t][0],
                     threshold_source=scorer.thresholds[t][1],
                     mean_delta=mean_delta,
@@ -909,16 +903,13 @@ def heat_map_tokens(config: ScanConfig, run_id: str, tokenizer: Any, scorer: Chu
     rows: dict[str, list[Any]] = {name: [] for name in schema.names}
     if config.top_n <= 0:
         return pa.table(rows, schema=schema)
-    order = "delta" if scorer.score_col == "delta" else "proj_response"
     tok = tokenizer
-    with connect(config.db) as con:
+    with connect(config.db) as con:  # the store's ranking (top_samples), so the report shows heat maps for the samples it lists
         wanted = con.execute(
-            f"""SELECT s.trait, m.sample_id, m.context, m.response FROM (
-                    SELECT trait, sample_id, row_number() OVER (PARTITION BY trait ORDER BY {order} DESC NULLS LAST, sample_id) AS rank
-                    FROM scores WHERE run_id = ?) s
-                JOIN samples m ON m.run_id = ? AND m.sample_id = s.sample_id
-                WHERE s.rank <= ? ORDER BY s.trait, s.rank""",
-            [run_id, run_id, config.top_n],
+            """SELECT s.trait, m.sample_id, m.context, m.response FROM top_samples s
+               JOIN samples m ON m.run_id = s.run_id AND m.sample_id = s.sample_id
+               WHERE s.run_id = ? AND s.rank <= ? ORDER BY s.trait, s.rank""",
+            [run_id, config.top_n],
         ).fetchall()
     by_sample: dict[str, tuple[Any, list[str]]] = {}
     for trait, sid, context, response in wanted:

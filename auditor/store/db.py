@@ -16,12 +16,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from auditor.errors import StoreError
+from auditor.score import SQL_RUN_SCORE_COLUMN
 
 DEFAULT_DB = os.path.join("reports", "audit.duckdb")
 NOTE_AFTER = 3.0  # seconds of waiting for a busy database before saying so on stderr
 SCHEMA_VERSION = 1
 
-TABLES = """
+TABLES = f"""
 CREATE TABLE IF NOT EXISTS schema_info (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY,
@@ -112,13 +113,18 @@ CREATE OR REPLACE VIEW flagged AS
            m.source, m.line, m.response, m.base_response, m.context
     FROM scores s JOIN samples m USING (run_id, sample_id)
     WHERE s.flagged;
+CREATE OR REPLACE VIEW run_scores AS
+    -- each score row with the run's flag score (auditor.score.ScoreMeaning): delta, or the
+    -- raw projection for --flag-on projection and --baseline none
+    SELECT s.*, CASE WHEN {SQL_RUN_SCORE_COLUMN} = 'proj_response' THEN s.proj_response ELSE s.delta END AS score,
+           {SQL_RUN_SCORE_COLUMN} AS score_column
+    FROM scores s JOIN runs r USING (run_id);
 CREATE OR REPLACE VIEW top_samples AS
-    -- ranked by the score the run flags on: delta, or the raw projection for --baseline none
+    -- ranked by the score the run flags on, samples without one last, then by id
     SELECT s.run_id, s.trait, s.sample_id,
-           row_number() OVER (PARTITION BY s.run_id, s.trait
-                              ORDER BY CASE WHEN r.baseline = 'none' THEN s.proj_response ELSE s.delta END DESC NULLS LAST, s.sample_id) AS rank,
-           s.delta, s.proj_response, s.proj_base, s.flagged, m.source, m.line, m.response
-    FROM scores s JOIN samples m USING (run_id, sample_id) JOIN runs r USING (run_id);
+           row_number() OVER (PARTITION BY s.run_id, s.trait ORDER BY s.score DESC NULLS LAST, s.sample_id) AS rank,
+           s.score, s.delta, s.proj_response, s.proj_base, s.flagged, m.source, m.line, m.response
+    FROM run_scores s JOIN samples m USING (run_id, sample_id);
 CREATE OR REPLACE VIEW dataset_summary AS
     SELECT s.run_id, r.dataset, s.trait, any_value(s.layer) AS layer, count(*) AS n,
            avg(s.delta) AS mean_delta, avg(s.proj_response) AS mean_proj_response,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from auditor.errors import StoreError
+from auditor.score import ScoreMeaning
 
 
 @dataclass
@@ -31,12 +32,15 @@ class RunInfo:
     vectors: dict[str, dict[str, Any]] = field(default_factory=dict)
     summary: list[dict[str, Any]] = field(default_factory=list)
 
+    def score(self, trait: str | None = None) -> ScoreMeaning:
+        """What the run's score means for ``trait`` (any trait when None): the one the run stored."""
+        if trait is None:
+            trait = next(iter(self.vectors), "")
+        return ScoreMeaning.from_column(self.baseline, self.vectors.get(trait, {}).get("score"))
+
     def score_column(self, trait: str) -> str:
-        """The column flags were based on for ``trait``: ``delta``, or ``proj_response`` with --baseline none."""
-        col = self.vectors.get(trait, {}).get("score")
-        if col in ("delta", "proj_response"):
-            return col
-        return "proj_response" if self.baseline == "none" else "delta"
+        """The column flags were based on for ``trait``: ``delta`` or ``proj_response``."""
+        return self.score(trait).column
 
     def threshold(self, trait: str) -> float | None:
         value = self.vectors.get(trait, {}).get("threshold")
