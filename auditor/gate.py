@@ -477,7 +477,11 @@ def escape_property(text: str) -> str:
     return escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-_LINE_FILES = (".jsonl", ".jsonl.gz", ".ndjson", ".csv", ".csv.gz")
+def _line_based(source: str) -> bool:
+    """Whether a sample's ``line`` is a physical line of the file (JSONL, CSV), not a row or item number."""
+    from auditor.sources.readers import file_type
+
+    return file_type(source) in ("jsonl", "csv")
 
 
 def _file_property(path: str, workspace: str | None) -> str:
@@ -505,11 +509,11 @@ def github_annotations(gates: list[GateResult], workspace: str | None = None, li
             if source.startswith("hf:"):
                 continue
             props = [_file_property(source, workspace)]
-            if w.get("line") is not None and source.lower().endswith(_LINE_FILES):
+            if w.get("line") is not None and _line_based(source):
                 props.append(f"line={int(w['line'])}")
             title = f"persona-audit: {w['trait']} {w['score_name']} {w['score']:+.2f}"
             props.append(f"title={escape_property(title)}")
-            row = "" if source.lower().endswith(_LINE_FILES) else f" (row {w['line']})"
+            row = "" if _line_based(source) else f" (row {w['line']})"
             broken = "; ".join(w["messages"])
             message = f"sample {w['sample_id']}{row}: {w['trait']} {w['score_name']} {w['score']:+.4f}; gate rule{'s' if len(w['rules']) > 1 else ''} broken: {broken}. Response: {w['response'][:160]}"
             out.append(f"::error {','.join(props)}::{escape_data(message)}")

@@ -227,14 +227,14 @@ def interruptible(fn):
 def estimate_records(source: str) -> int | None:
     """Row count for a progress bar when it is cheap to know (local JSONL, Parquet)."""
     try:
-        from auditor.sources.readers import expand_paths
+        from auditor.sources.readers import expand_paths, file_type
 
         total = 0
         for path in expand_paths(source):
-            if path.endswith((".jsonl", ".ndjson")):
+            if file_type(path) == "jsonl" and not path.endswith(".gz"):
                 with open(path, "rb") as fh:
                     total += sum(1 for line in fh if line.strip())
-            elif path.endswith(".parquet"):
+            elif file_type(path) == "parquet":
                 import pyarrow.parquet as pq
 
                 total += pq.ParquetFile(path).metadata.num_rows
