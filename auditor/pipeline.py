@@ -26,14 +26,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from auditor.errors import AuditorError, InputError, StoreError
+from auditor.errors import AuditorError, InputError
 from auditor.score import BASELINES, FLAG_ON, ScoreMeaning
 from auditor.sources import Rejected, Sample, iter_samples
+from auditor.store.runs import WRITE_WAIT, commit_chunk, lookup_base  # noqa: F401 (WRITE_WAIT: part of this module's API)
+from auditor.store.schema import wide_schema
 
 ON_ERROR = ("fail", "skip")
-# A scan waits this long for a reader to let go of the database before a chunk write fails:
-# long enough to outlast a big export or filter, instead of losing a scored chunk.
-WRITE_WAIT = 600.0
 # Settings that do not change any score: excluded from the resume key.
 _NOT_RESULT_SETTINGS = ("out_dir", "report", "top_n", "db", "resume")
 
@@ -218,24 +217,6 @@ def build_prompt(tokenizer: Any, sample: Sample) -> str:
         ) from None
 
 
-def wide_schema(traits: list[str]):
-    import pyarrow as pa
-
-    fields = [
-        ("sample_id", pa.string()),
-        ("source", pa.string()),
-        ("line", pa.int64()),
-        ("turn", pa.int32()),
-        ("content_hash", pa.string()),
-        ("n_prompt_tokens", pa.int32()),
-        ("n_response_tokens", pa.int32()),
-        ("n_base_tokens", pa.int32()),
-    ]
-    for t in traits:
-        fields += [(f"{t}_proj_response", pa.float64()), (f"{t}_proj_base", pa.float64()), (f"{t}_delta", pa.float64()), (f"{t}_flagged", pa.bool_())]
-    return pa.schema(fields)
-
-
 def resolve_thresholds(config: ScanConfig, vectors: list[Any]) -> tuple[ScoreMeaning, dict[str, tuple[float | None, str]]]:
     """The score flags use, and per trait (threshold, where it came from)."""
     meaning = ScoreMeaning.of(config.baseline, config.flag_on)
@@ -349,6 +330,7 @@ class ChunkScorer:
         from auditor.activations import encode_pair
         from auditor.generation import generate_base, prompt_hash, prompt_ids
         from auditor.scoring import score_rows
+        from auditor.store.schema import SAMPLE_COLUMNS, SCORE_COLUMNS, base_responses_schema, samples_schema, scores_schema
 
         cfg, lm, tok = self.config, self.lm, self.lm.tokenizer
         seconds = {"generate": 0.0, "forward": 0.0}
@@ -400,23 +382,8 @@ class ChunkScorer:
         tokens += sum(r.length for r in all_rows)
 
         wide: dict[str, list[Any]] = {name: [] for name in self.schema.names}
-        sample_cols = (
-            "run_id",
-            "sample_id",
-            "source",
-            "line",
-            "turn",
-            "content_hash",
-            "context",
-            "response",
-            "base_response",
-            "n_prompt_tokens",
-            "n_response_tokens",
-            "n_base_tokens",
-            "metadata",
-        )
-        samples: dict[str, list[Any]] = {k: [] for k in sample_cols}
-        long: dict[str, list[Any]] = {k: [] for k in ("run_id", "sample_id", "trait", "layer", "proj_response", "proj_base", "delta", "flagged")}
+        samples: dict[str, list[Any]] = {k: [] for k in SAMPLE_COLUMNS}
+        long: dict[str, list[Any]] = {k: [] for k in SCORE_COLUMNS}
         for i, (sample, p, row) in enumerate(ready):
             res = results[i]
             bi = base_at[i] if cfg.baseline == "generate" else None
@@ -469,41 +436,14 @@ class ChunkScorer:
                 "n_tokens": [new_base[h][1] for h in keys],
                 "created_at": [now] * len(keys),
             },
-            schema=pa.schema(
-                [
-                    ("model_fingerprint", pa.string()),
-                    ("settings_key", pa.string()),
-                    ("prompt_hash", pa.string()),
-                    ("response", pa.string()),
-                    ("n_tokens", pa.int32()),
-                    ("created_at", pa.timestamp("us")),
-                ]
-            ),
-        )
-        long_schema = pa.schema(
-            [
-                ("run_id", pa.string()),
-                ("sample_id", pa.string()),
-                ("trait", pa.string()),
-                ("layer", pa.int32()),
-                ("proj_response", pa.float64()),
-                ("proj_base", pa.float64()),
-                ("delta", pa.float64()),
-                ("flagged", pa.bool_()),
-            ]
-        )
-        samples_schema = pa.schema(
-            [
-                (k, pa.int64() if k == "line" else pa.int32() if k in ("turn", "n_prompt_tokens", "n_response_tokens", "n_base_tokens") else pa.string())
-                for k in sample_cols
-            ]
+            schema=base_responses_schema(),
         )
         return ChunkOutput(
             index=index,
             fingerprint=chunk_fingerprint(items),
             wide=pa.table(wide, schema=self.schema),
-            samples=pa.table(samples, schema=samples_schema),
-            scores=pa.table(long, schema=long_schema),
+            samples=pa.table(samples, schema=samples_schema()),
+            scores=pa.table(long, schema=scores_schema()),
             rejects=rejects,
             new_base=new_base_table,
             n_read=len(items),
@@ -515,102 +455,17 @@ class ChunkScorer:
         )
 
 
-def lookup_base(db: str, fingerprint: str, settings_key: str, hashes: list[str]) -> dict[str, tuple[str, int]]:
-    """Cached base responses for these prompt hashes."""
-    from auditor.store.db import connect
-
-    if not hashes:
-        return {}
-    with connect(db, timeout=WRITE_WAIT) as con:
-        found = con.execute(
-            "SELECT prompt_hash, response, n_tokens FROM base_responses WHERE model_fingerprint = ? AND settings_key = ? AND prompt_hash IN (SELECT unnest(?))",
-            [fingerprint, settings_key, hashes],
-        ).fetchall()
-    return {h: (r, n) for h, r, n in found}
-
-
-def commit_chunk(db: str, run_id: str, parts_dir: str, out: ChunkOutput) -> None:
-    """Write the chunk's Parquet part, then everything else in one database transaction."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from auditor.store.db import connect, insert_arrow
-
-    part = os.path.join(parts_dir, f"part-{out.index:06d}.parquet")
-    if not os.path.isdir(parts_dir):
-        raise StoreError(f"run {run_id}: {parts_dir} is gone: another process finished this run meanwhile, or the folder was deleted; see audit runs")
-    pq.write_table(out.wide, part + ".tmp")
-    os.replace(part + ".tmp", part)  # a reader sees the old part or the new one, never half of one
-    with connect(db, timeout=WRITE_WAIT) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            if con.execute("SELECT count(*) FROM run_chunks WHERE run_id = ? AND chunk = ?", [run_id, out.index]).fetchall()[0][0]:
-                raise StoreError(
-                    f"run {run_id}: chunk {out.index} was stored by another process meanwhile (is a second audit scan --resume of this run running?); "
-                    "let that one finish, then check audit runs"
-                )
-            if out.new_base.num_rows:
-                con.register("_incoming_cache", out.new_base)
-                con.execute("INSERT INTO base_responses SELECT * FROM _incoming_cache ON CONFLICT DO NOTHING")
-                con.unregister("_incoming_cache")
-            insert_arrow(con, "samples", out.samples)
-            insert_arrow(con, "scores", out.scores)
-            if out.rejects:
-                insert_arrow(
-                    con,
-                    "rejects",
-                    pa.table(
-                        {
-                            "run_id": [run_id] * len(out.rejects),
-                            "source": [r.source for r in out.rejects],
-                            "line": pa.array([r.line for r in out.rejects], pa.int64()),
-                            "reason": [r.reason for r in out.rejects],
-                        }
-                    ),
-                )
-            con.execute(
-                "INSERT INTO run_chunks (run_id, chunk, n_read, n_scored, n_rejected, fingerprint, n_generated, n_cached, tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [run_id, out.index, out.n_read, out.n_scored, out.n_rejected, out.fingerprint, out.n_generated, out.n_cached, out.tokens],
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-
-
-def _find_resumable(db: str, key: str) -> tuple[str, str] | None:
-    from auditor.store.db import connect
-
-    if not os.path.exists(db):
-        return None
-    with connect(db) as con:
-        row = con.execute(
-            "SELECT run_id, output_dir FROM runs WHERE result_key = ? AND status <> 'complete' ORDER BY started_at DESC LIMIT 1", [key]
-        ).fetchone()
-    return (row[0], row[1]) if row else None
-
-
 def open_run(config: ScanConfig, lm: Any, vectors: list[Any], scorer: ChunkScorer) -> tuple[str, str, dict[int, str]]:
     """Register a new run, or find the unfinished one to resume: (run_id, out_dir, done chunks)."""
-    from auditor.store.db import connect
+    from auditor.store.runs import find_resumable, register_run, resume_run
 
     key = config.result_key(lm.fingerprint, {pv.trait: f"{pv.sha256}@{pv.layer}" for pv in vectors})
-    resumable = _find_resumable(config.db, key) if config.resume else None
+    resumable = find_resumable(config.db, key) if config.resume else None
     if config.resume and resumable is None:
         raise AuditorError(f"nothing to resume in {config.db}: no unfinished run with these settings and this model; run the scan without --resume")
     if resumable:
         run_id, out_dir = resumable
-        with connect(config.db) as con:
-            done = dict(con.execute("SELECT chunk, fingerprint FROM run_chunks WHERE run_id = ?", [run_id]).fetchall())
-            # The final scores.parquet is built from the parts: a stored chunk without one cannot be finished.
-            lost = [c for c in sorted(done) if not os.path.exists(os.path.join(out_dir, "parts", f"part-{c:06d}.parquet"))]
-            if lost:
-                raise StoreError(
-                    f"run {run_id} cannot be resumed: {os.path.join(out_dir, 'parts', f'part-{lost[0]:06d}.parquet')} is missing"
-                    + (f" (and {len(lost) - 1} more parts)" if len(lost) > 1 else "")
-                    + "; scan again without --resume"
-                )
-            con.execute("UPDATE runs SET status = 'running' WHERE run_id = ?", [run_id])
+        done = resume_run(config.db, run_id, out_dir)
     else:
         done = {}
         run_id = make_run_id(config.source)
@@ -626,26 +481,22 @@ def open_run(config: ScanConfig, lm: Any, vectors: list[Any], scorer: ChunkScore
             }
             for pv in vectors
         }
-        with connect(config.db) as con:
-            con.execute(
-                "INSERT INTO runs (run_id, status, started_at, dataset, model, model_fingerprint, baseline, dtype, device, output_dir, config, vectors, versions, result_key) "
-                "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    run_id,
-                    _dt.datetime.now(),
-                    config.source,
-                    lm.name,
-                    lm.fingerprint,
-                    config.baseline,
-                    lm.dtype,
-                    lm.device,
-                    out_dir,
-                    json.dumps(asdict(config), sort_keys=True, default=str),
-                    json.dumps(vector_info),
-                    json.dumps(_versions()),
-                    key,
-                ],
-            )
+        row = {
+            "run_id": run_id,
+            "started_at": _dt.datetime.now(),
+            "dataset": config.source,
+            "model": lm.name,
+            "model_fingerprint": lm.fingerprint,
+            "baseline": config.baseline,
+            "dtype": lm.dtype,
+            "device": lm.device,
+            "output_dir": out_dir,
+            "config": json.dumps(asdict(config), sort_keys=True, default=str),
+            "vectors": json.dumps(vector_info),
+            "versions": json.dumps(_versions()),
+            "result_key": key,
+        }
+        register_run(config.db, row)
     scorer.run_id = run_id
     os.makedirs(os.path.join(out_dir, "parts"), exist_ok=True)
     return run_id, out_dir, done
@@ -698,14 +549,9 @@ def is_interruption(exc: BaseException) -> bool:
 
 def mark_run(config: ScanConfig, run_id: str, exc: BaseException) -> None:
     """Record why a run stopped (best effort: the database may be what failed)."""
-    from auditor.store.db import connect
+    from auditor.store.runs import mark_stopped
 
-    status = "interrupted" if is_interruption(exc) else "failed"
-    try:
-        with connect(config.db, timeout=10) as con:
-            con.execute("UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, _dt.datetime.now(), run_id])
-    except Exception:
-        pass
+    mark_stopped(config.db, run_id, "interrupted" if is_interruption(exc) else "failed")
 
 
 def add_counts(counts: dict[str, int], out: ChunkOutput) -> None:
@@ -789,67 +635,43 @@ def finalize_run(
     """Concatenate the parts, compute the summary from the store, heat-map tokens, report."""
     import pyarrow.parquet as pq
 
-    from auditor.store.db import connect
+    from auditor.store.runs import committed_chunks, complete_run, part_path, trait_totals
 
     t0 = time.perf_counter()
     parts_dir = os.path.join(out_dir, "parts")
     parquet_path = os.path.join(out_dir, "scores.parquet")
-    with connect(config.db) as con:
-        chunks = [c for (c,) in con.execute("SELECT chunk FROM run_chunks WHERE run_id = ? ORDER BY chunk", [run_id]).fetchall()]
-        totals = con.execute(
-            "SELECT coalesce(sum(n_read),0), coalesce(sum(n_scored),0), coalesce(sum(n_rejected),0), coalesce(sum(n_generated),0), coalesce(sum(n_cached),0), coalesce(sum(tokens),0) FROM run_chunks WHERE run_id = ?",
-            [run_id],
-        ).fetchone()
+    chunks, totals = committed_chunks(config.db, run_id)
     with pq.ParquetWriter(parquet_path + ".tmp", scorer.schema) as writer:
         for c in chunks:
-            writer.write_table(pq.read_table(os.path.join(parts_dir, f"part-{c:06d}.parquet"), schema=scorer.schema))
+            writer.write_table(pq.read_table(part_path(out_dir, c), schema=scorer.schema))
     os.replace(parquet_path + ".tmp", parquet_path)
-    n_read, n_scored, n_rejected, n_generated, n_cached, _tokens = (int(x) for x in totals)
 
     summaries = []
-    with connect(config.db) as con:
-        for pv in vectors:
-            t = pv.trait
-            mean_delta, mean_proj, n_flagged, n = con.execute(
-                "SELECT avg(delta), avg(proj_response), count(*) FILTER (WHERE flagged), count(*) FROM scores WHERE run_id = ? AND trait = ?", [run_id, t]
-            ).fetchone()
-            top = con.execute(
-                "SELECT sample_id, score FROM top_samples WHERE run_id = ? AND trait = ? AND score IS NOT NULL ORDER BY rank LIMIT 5", [run_id, t]
-            ).fetchall()
-            cal_entry = scorer.meaning.calibration_entry(pv.calibration, pv.layer)
-            summaries.append(
-                TraitSummary(
-                    trait=t,
-                    layer=pv.layer,
-                    score=scorer.meaning.column,
-                    threshold=scorer.thresholds[t][0],
-                    threshold_source=scorer.thresholds[t][1],
-                    mean_delta=mean_delta,
-                    mean_proj_response=mean_proj,
-                    n_flagged=int(n_flagged or 0),
-                    n=int(n or 0),
-                    calibration_mean=cal_entry.get("mean") if cal_entry else None,
-                    top=[{"sample_id": sid, "score": s} for sid, s in top],
-                )
+    for pv in vectors:
+        cal_entry = scorer.meaning.calibration_entry(pv.calibration, pv.layer)
+        summaries.append(
+            TraitSummary(
+                trait=pv.trait,
+                layer=pv.layer,
+                score=scorer.meaning.column,
+                threshold=scorer.thresholds[pv.trait][0],
+                threshold_source=scorer.thresholds[pv.trait][1],
+                calibration_mean=cal_entry.get("mean") if cal_entry else None,
+                **trait_totals(config.db, run_id, pv.trait),
             )
+        )
     token_table = heat_map_tokens(config, run_id, lm.tokenizer, scorer, score_fn or local_score_fn(lm, config, scorer))
     timings["total"] = time.perf_counter() - started
-    with connect(config.db) as con:
-        con.execute("BEGIN TRANSACTION")
-        con.execute("DELETE FROM token_scores WHERE run_id = ?", [run_id])
-        from auditor.store.db import insert_arrow
-
-        insert_arrow(con, "token_scores", token_table)
-        con.execute(
-            "UPDATE runs SET status = 'complete', finished_at = ?, timings = ?, n_read = ?, n_scored = ?, n_rejected = ?, summary = ? WHERE run_id = ?",
-            [_dt.datetime.now(), json.dumps(timings), n_read, n_scored, n_rejected, json.dumps([asdict(s) for s in summaries]), run_id],
-        )
-        con.execute("COMMIT")
-        rejects = [
-            Rejected(s, ln, r)
-            for s, ln, r in con.execute("SELECT source, line, reason FROM rejects WHERE run_id = ? ORDER BY source, line", [run_id]).fetchall()
-        ]
-    # Only now: a crash before the commit above leaves the run resumable, and resuming reads the parts.
+    n_read, n_scored, n_rejected = totals["n_read"], totals["n_scored"], totals["n_rejected"]
+    fields = {
+        "timings": json.dumps(timings),
+        "n_read": n_read,
+        "n_scored": n_scored,
+        "n_rejected": n_rejected,
+        "summary": json.dumps([asdict(s) for s in summaries]),
+    }
+    rejects = [Rejected(src, ln, r) for src, ln, r in complete_run(config.db, run_id, token_table, fields)]
+    # Only now: a crash before the run is complete leaves it resumable, and resuming reads the parts.
     shutil.rmtree(parts_dir, ignore_errors=True)
     timings["write"] += time.perf_counter() - t0
     report_path = None
@@ -884,35 +706,22 @@ def heat_map_tokens(config: ScanConfig, run_id: str, tokenizer: Any, scorer: Chu
     """Each response token's projection for the report's top samples per trait.
 
     Computed once at the end (a small second forward over at most ``top_n`` samples per
-    trait) rather than kept during the scan, so it is the same for resumed runs.
+    trait) rather than kept during the scan, so it is the same for resumed runs. The
+    samples are the store's ranking (top_samples), the ones the report lists.
     """
     import pyarrow as pa
 
     from auditor.activations import encode_pair
-    from auditor.store.db import connect
+    from auditor.store.runs import heat_map_candidates
+    from auditor.store.schema import token_scores_schema
 
-    schema = pa.schema(
-        [
-            ("run_id", pa.string()),
-            ("sample_id", pa.string()),
-            ("trait", pa.string()),
-            ("tokens", pa.list_(pa.string())),
-            ("token_values", pa.list_(pa.float64())),
-        ]
-    )
+    schema = token_scores_schema()
     rows: dict[str, list[Any]] = {name: [] for name in schema.names}
     if config.top_n <= 0:
         return pa.table(rows, schema=schema)
     tok = tokenizer
-    with connect(config.db) as con:  # the store's ranking (top_samples), so the report shows heat maps for the samples it lists
-        wanted = con.execute(
-            """SELECT s.trait, m.sample_id, m.context, m.response FROM top_samples s
-               JOIN samples m ON m.run_id = s.run_id AND m.sample_id = s.sample_id
-               WHERE s.run_id = ? AND s.rank <= ? ORDER BY s.trait, s.rank""",
-            [run_id, config.top_n],
-        ).fetchall()
     by_sample: dict[str, tuple[Any, list[str]]] = {}
-    for trait, sid, context, response in wanted:
+    for trait, sid, context, response in heat_map_candidates(config.db, run_id, config.top_n):
         if sid not in by_sample:
             prompt = tok.apply_chat_template(json.loads(context), tokenize=False, add_generation_prompt=True)
             by_sample[sid] = (encode_pair(tok, prompt, response, config.max_prompt_tokens), [])

@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import AuditorError
-from auditor.score import calibrated_columns
+from auditor.score import BASELINES, calibrated_columns
 from auditor.vectors.persona import load_vector, save_vector
 
-BASELINES = ("generate", "prompt-last", "none")
 DEFAULT_REFERENCE = os.path.join("examples", "eval", "clean.jsonl")
 DEFAULT_SPLIT = "dev"
 PERCENTILES = [i / 2 for i in range(201)]
