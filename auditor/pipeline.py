@@ -150,6 +150,21 @@ class ScanResult:
 
 
 @dataclass
+class ScoredSample:
+    """One sample through the chunk step: its encoded response, its base, and per-trait projections.
+
+    ``proj_base`` is empty with --baseline none; a trait whose base response was empty maps to None.
+    """
+
+    sample: Sample
+    row: Any  # auditor.activations.EncodedRow of prompt + response
+    base_response: str | None = None
+    n_base_tokens: int | None = None
+    proj_response: dict[str, float] = field(default_factory=dict)
+    proj_base: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass
 class ChunkOutput:
     """Everything one chunk adds to the store."""
 
@@ -325,45 +340,69 @@ class ChunkScorer:
         return sorted({prompt_hash(p) for _, p, _ in ready})
 
     def score(self, index: int, items: list[Sample | Rejected], cached: dict[str, tuple[str, int]] | None = None, prepared: tuple | None = None) -> ChunkOutput:
-        import pyarrow as pa
+        """The chunk step: prepare -> base responses -> one forward -> flags -> rows for the store."""
+        ready, rejects = prepared if prepared is not None else self.prepare(items)
+        if rejects and self.config.on_error == "fail":
+            raise rejects[0].error or InputError(rejects[0].source, rejects[0].line, rejects[0].reason)
+        base, new_base, n_cached, seconds = self.base_responses(ready, cached or {})
+        t0 = time.perf_counter()
+        scored, tokens = self.forward(ready, base)
+        seconds["forward"] = time.perf_counter() - t0
+        wide, samples, scores = self.rows(scored)
+        return ChunkOutput(
+            index=index,
+            fingerprint=chunk_fingerprint(items),
+            wide=wide,
+            samples=samples,
+            scores=scores,
+            rejects=rejects,
+            new_base=self.cache_rows(new_base),
+            n_read=len(items),
+            n_scored=len(ready),
+            n_generated=len(new_base),
+            n_cached=n_cached,
+            tokens=tokens + sum(n for _, n in new_base.values()),
+            seconds=seconds,
+        )
 
-        from auditor.activations import encode_pair
+    def base_responses(
+        self, ready: list[tuple[Sample, str, Any]], cached: dict[str, tuple[str, int]]
+    ) -> tuple[dict[str, tuple[str, int]], dict[str, tuple[str, int]], int, dict[str, float]]:
+        """Step 1: every prompt's base response (prompt hash -> (text, n_tokens)), generating those not cached.
+
+        Returns (all base responses, the newly generated ones, how many were cached, seconds).
+        """
         from auditor.generation import generate_base, prompt_hash, prompt_ids
+
+        cfg = self.config
+        seconds = {"generate": 0.0, "forward": 0.0}
+        base = dict(cached)
+        new_base: dict[str, tuple[str, int]] = {}
+        if cfg.baseline != "generate" or not ready:
+            return base, new_base, 0, seconds
+        hashes = [prompt_hash(p) for _, p, _ in ready]
+        n_cached = sum(1 for h in hashes if h in base)
+        missing: dict[str, str] = {}
+        for (_, p, _), h in zip(ready, hashes):
+            if h not in base and h not in missing:
+                missing[h] = p
+        if missing:
+            t0 = time.perf_counter()
+            keys = list(missing)
+            prompts = [prompt_ids(self.lm, missing[h], cfg.max_prompt_tokens) for h in keys]
+            gen = generate_base(self.generation_lm(), prompts, cfg.max_new_tokens, self.generation_batch_size, cfg.generator, cfg.trust_remote_code)
+            seconds["generate"] = time.perf_counter() - t0
+            for h, result in zip(keys, gen):
+                base[h] = new_base[h] = result
+        return base, new_base, n_cached, seconds
+
+    def forward(self, ready: list[tuple[Sample, str, Any]], base: dict[str, tuple[str, int]]) -> tuple[list[ScoredSample], int]:
+        """Step 2: one forward over the dataset responses and the base responses together; (scored samples, tokens)."""
+        from auditor.activations import encode_pair
+        from auditor.generation import prompt_hash
         from auditor.scoring import score_rows
-        from auditor.store.schema import SAMPLE_COLUMNS, SCORE_COLUMNS, base_responses_schema, samples_schema, scores_schema
 
         cfg, lm, tok = self.config, self.lm, self.lm.tokenizer
-        seconds = {"generate": 0.0, "forward": 0.0}
-        ready, rejects = prepared if prepared is not None else self.prepare(items)
-        if rejects and cfg.on_error == "fail":
-            raise rejects[0].error or InputError(rejects[0].source, rejects[0].line, rejects[0].reason)
-        base: dict[str, tuple[str, int]] = dict(cached or {})
-        new_base: dict[str, tuple[str, int]] = {}
-        n_cached = tokens = 0
-        if cfg.baseline == "generate" and ready:
-            hashes = [prompt_hash(p) for _, p, _ in ready]
-            n_cached = sum(1 for h in hashes if h in base)
-            missing: dict[str, str] = {}
-            for (_, p, _), h in zip(ready, hashes):
-                if h not in base and h not in missing:
-                    missing[h] = p
-            if missing:
-                t0 = time.perf_counter()
-                keys = list(missing)
-                gen = generate_base(
-                    self.generation_lm(),
-                    [prompt_ids(lm, missing[h], cfg.max_prompt_tokens) for h in keys],
-                    cfg.max_new_tokens,
-                    self.generation_batch_size,
-                    cfg.generator,
-                    cfg.trust_remote_code,
-                )
-                seconds["generate"] = time.perf_counter() - t0
-                for h, result in zip(keys, gen):
-                    base[h] = new_base[h] = result
-                tokens += sum(n for _, n in gen)
-
-        # One forward over the dataset responses and the base responses together.
         rows = [row for _, _, row in ready]
         base_rows: list[Any] = []
         base_at: list[int | None] = []
@@ -375,20 +414,33 @@ class ChunkScorer:
                     base_rows.append(brow)
                 else:
                     base_at.append(None)  # the model answered nothing: no activation, so no delta
-        t0 = time.perf_counter()
-        results = score_rows(lm.model, rows + base_rows, self.directions, tok.pad_token_id, self.batch_tokens, None, cfg.layers_path) if ready else []
-        seconds["forward"] = time.perf_counter() - t0
         all_rows = rows + base_rows
-        tokens += sum(r.length for r in all_rows)
+        results = score_rows(lm.model, all_rows, self.directions, tok.pad_token_id, self.batch_tokens, None, cfg.layers_path) if ready else []
+        scored = []
+        for i, (sample, p, row) in enumerate(ready):
+            res = results[i]
+            item = ScoredSample(sample, row, proj_response=dict(res.proj))
+            if cfg.baseline == "generate":
+                bi = base_at[i]
+                item.base_response = base[prompt_hash(p)][0]
+                item.n_base_tokens = (all_rows[bi].end - all_rows[bi].start) if bi is not None else None
+                item.proj_base = {t: (results[bi].proj[t] if bi is not None else None) for t in self.directions}
+            elif cfg.baseline == "prompt-last":
+                item.proj_base = dict(res.prompt_last)
+            scored.append(item)
+        return scored, sum(r.length for r in all_rows)
+
+    def rows(self, scored: list[ScoredSample]) -> tuple[Any, Any, Any]:
+        """Step 3: flags, and the Arrow tables a chunk adds (scores.parquet rows, samples, long-form scores)."""
+        import pyarrow as pa
+
+        from auditor.store.schema import SAMPLE_COLUMNS, SCORE_COLUMNS, samples_schema, scores_schema
 
         wide: dict[str, list[Any]] = {name: [] for name in self.schema.names}
         samples: dict[str, list[Any]] = {k: [] for k in SAMPLE_COLUMNS}
         long: dict[str, list[Any]] = {k: [] for k in SCORE_COLUMNS}
-        for i, (sample, p, row) in enumerate(ready):
-            res = results[i]
-            bi = base_at[i] if cfg.baseline == "generate" else None
-            base_text = base[prompt_hash(p)][0] if cfg.baseline == "generate" else None
-            n_base = (all_rows[bi].end - all_rows[bi].start) if bi is not None else None
+        for item in scored:
+            sample, row = item.sample, item.row
             common = {
                 "sample_id": sample.id,
                 "source": sample.source,
@@ -397,7 +449,7 @@ class ChunkScorer:
                 "content_hash": sample.content_hash,
                 "n_prompt_tokens": row.start,
                 "n_response_tokens": row.end - row.start,
-                "n_base_tokens": n_base,
+                "n_base_tokens": item.n_base_tokens,
             }
             for k, v in common.items():
                 wide[k].append(v)
@@ -405,17 +457,11 @@ class ChunkScorer:
             samples["run_id"].append(self.run_id)
             samples["context"].append(json.dumps(list(sample.context), ensure_ascii=False))
             samples["response"].append(sample.response)
-            samples["base_response"].append(base_text)
+            samples["base_response"].append(item.base_response)
             samples["metadata"].append(json.dumps(sample.metadata, ensure_ascii=False, sort_keys=True, default=str))
             for pv in self.vectors:
                 t = pv.trait
-                pr = res.proj[t]
-                if cfg.baseline == "generate":
-                    pb = results[bi].proj[t] if bi is not None else None
-                elif cfg.baseline == "prompt-last":
-                    pb = res.prompt_last[t]
-                else:
-                    pb = None
+                pr, pb = item.proj_response[t], item.proj_base.get(t)
                 delta = pr - pb if pb is not None else None
                 flagged = self.meaning.flags(self.meaning.pick(delta, pr), self.thresholds[t][0])
                 for col, val in (("proj_response", pr), ("proj_base", pb), ("delta", delta), ("flagged", flagged)):
@@ -425,34 +471,25 @@ class ChunkScorer:
                 long["sample_id"].append(sample.id)
                 long["trait"].append(t)
                 long["layer"].append(pv.layer)
+        return pa.table(wide, schema=self.schema), pa.table(samples, schema=samples_schema()), pa.table(long, schema=scores_schema())
+
+    def cache_rows(self, new_base: dict[str, tuple[str, int]]) -> Any:
+        """The base-response cache rows of newly generated responses."""
+        import pyarrow as pa
+
+        from auditor.store.schema import base_responses_schema
+
         now = _dt.datetime.now()
         keys = list(new_base)
-        new_base_table = pa.table(
-            {
-                "model_fingerprint": [lm.fingerprint] * len(keys),
-                "settings_key": [self.settings_key] * len(keys),
-                "prompt_hash": keys,
-                "response": [new_base[h][0] for h in keys],
-                "n_tokens": [new_base[h][1] for h in keys],
-                "created_at": [now] * len(keys),
-            },
-            schema=base_responses_schema(),
-        )
-        return ChunkOutput(
-            index=index,
-            fingerprint=chunk_fingerprint(items),
-            wide=pa.table(wide, schema=self.schema),
-            samples=pa.table(samples, schema=samples_schema()),
-            scores=pa.table(long, schema=scores_schema()),
-            rejects=rejects,
-            new_base=new_base_table,
-            n_read=len(items),
-            n_scored=len(ready),
-            n_generated=len(keys),
-            n_cached=n_cached,
-            tokens=tokens,
-            seconds=seconds,
-        )
+        columns = {
+            "model_fingerprint": [self.lm.fingerprint] * len(keys),
+            "settings_key": [self.settings_key] * len(keys),
+            "prompt_hash": keys,
+            "response": [new_base[h][0] for h in keys],
+            "n_tokens": [new_base[h][1] for h in keys],
+            "created_at": [now] * len(keys),
+        }
+        return pa.table(columns, schema=base_responses_schema())
 
 
 def open_run(config: ScanConfig, lm: Any, vectors: list[Any], scorer: ChunkScorer) -> tuple[str, str, dict[int, str]]:

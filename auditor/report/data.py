@@ -7,13 +7,12 @@ last bit and the page renders byte for byte the same.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from auditor.score import ScoreMeaning
-from auditor.store.queries import RunInfo
+from auditor.store.queries import RunInfo, decode_json
 
 # A metadata key gets a breakdown table when it has at most this many distinct values.
 MAX_METADATA_VALUES = 40
@@ -130,17 +129,6 @@ class ReportData:
     top_n: int
 
 
-def _json(value: Any, default: Any) -> Any:
-    if value is None:
-        return default
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return default
-    return value
-
-
 def excerpt_source(context: list[dict[str, Any]]) -> str:
     """The text a ranked table shows for a sample's prompt: its last user message."""
     for msg in reversed(context):
@@ -242,10 +230,10 @@ def _top_samples(con: Any, run: RunInfo, trait: str, top_n: int) -> list[TopSamp
                 proj_response=pr,
                 proj_base=pb,
                 flagged=bool(flagged),
-                context=_json(context, []),
+                context=decode_json(context, []),
                 response=response or "",
                 base_response=base,
-                metadata=_json(metadata, {}),
+                metadata=decode_json(metadata, {}),
                 tokens=list(tokens) if tokens is not None else None,
                 token_values=list(values) if values is not None else None,
                 n_response_tokens=n_resp,
@@ -286,7 +274,7 @@ def _cross(con: Any, run: RunInfo, trait_names: list[str], limit: int) -> tuple[
     if ids:
         wanted = [sid for sid, _ in ids]
         meta = {
-            sid: (source, line, _json(context, []))
+            sid: (source, line, decode_json(context, []))
             for sid, source, line, context in con.execute(
                 "SELECT sample_id, source, line, context FROM samples WHERE run_id = ? AND sample_id IN (SELECT unnest(?)) ORDER BY sample_id",
                 [run.run_id, wanted],
@@ -389,8 +377,8 @@ def load_report_data(con: Any, run: RunInfo, top_n: int) -> ReportData:
         model_fingerprint=fingerprint,
         dtype=dtype,
         device=device,
-        timings=_json(timings, {}),
-        versions=_json(versions, {}),
+        timings=decode_json(timings, {}),
+        versions=decode_json(versions, {}),
         traits=traits,
         cross=cross,
         n_cross=n_cross,

@@ -57,7 +57,8 @@ class RunInfo:
 _RUN_COLUMNS = "run_id, status, dataset, model, baseline, started_at, n_read, n_scored, n_rejected, config, vectors, summary"
 
 
-def _decode(value: Any, default: Any) -> Any:
+def decode_json(value: Any, default: Any) -> Any:
+    """A JSON column as Python (DuckDB may hand back text); ``default`` when empty or unreadable."""
     if value is None:
         return default
     if isinstance(value, str):
@@ -80,9 +81,9 @@ def _row_to_info(row: tuple) -> RunInfo:
         n_read=n_read,
         n_scored=n_scored,
         n_rejected=n_rejected,
-        config=_decode(config, {}),
-        vectors=_decode(vectors, {}),
-        summary=_decode(summary, []),
+        config=decode_json(config, {}),
+        vectors=decode_json(vectors, {}),
+        summary=decode_json(summary, []),
     )
 
 
