@@ -300,6 +300,49 @@ def print_summary(result, console=None) -> None:
             )
 
 
+def summary_json(result, source: str) -> str:
+    """``audit scan --json``: the run's summary as one JSON document (the table's content, and more)."""
+    import json
+
+    traits = []
+    for s in result.summaries:
+        traits.append(
+            {
+                "trait": s.trait,
+                "layer": s.layer,
+                "score": s.score,
+                "mean_delta": s.mean_delta,
+                "mean_proj_response": s.mean_proj_response,
+                "calibration_mean": s.calibration_mean,
+                "threshold": s.threshold,
+                "threshold_source": s.threshold_source,
+                "n": s.n,
+                "n_flagged": s.n_flagged,
+                "flag_rate": s.n_flagged / s.n if s.n else None,
+                "top": list(s.top),
+            }
+        )
+    doc = {
+        "run_id": result.run_id,
+        "dataset": source,
+        "model": result.model_name,
+        "n_read": result.n_read,
+        "n_scored": result.n_scored,
+        "n_rejected": result.n_rejected,
+        "n_generated": result.n_generated,
+        "n_cached": result.n_cached,
+        "resumed_chunks": result.resumed_chunks,
+        "seconds": round(result.seconds, 3),
+        "tokens": result.tokens,
+        "scores_path": result.parquet_path,
+        "db_path": result.db_path,
+        "report_path": result.report_path,
+        "traits": traits,
+        "rejects": [{"source": r.source, "line": r.line, "reason": r.reason} for r in result.rejects],
+    }
+    return json.dumps(doc, indent=2, ensure_ascii=False, default=str)
+
+
 def interrupted_message(argv: list[str] | None = None) -> str:
     """What Ctrl-C prints: what is kept and the exact command that continues the scan."""
     import shlex
@@ -317,8 +360,9 @@ def interrupted_message(argv: list[str] | None = None) -> str:
 @click.option("--no-report", is_flag=True, help="Do not render report.html.")
 @click.option("--top-n", default=50, show_default=True, type=int, help="Samples per trait shown in the report (with token heat maps).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary (JSON) on stdout instead of the table; progress stays on stderr.")
 @handle_errors
-def scan(source: str, out_dir, no_report: bool, top_n: int, quiet: bool, **kw) -> None:
+def scan(source: str, out_dir, no_report: bool, top_n: int, quiet: bool, as_json: bool, **kw) -> None:
     """Score every sample of SOURCE for every trait.
 
     SOURCE is a .jsonl/.json/.parquet/.csv file (gzip'd JSONL too), a folder, a quoted
@@ -334,4 +378,7 @@ def scan(source: str, out_dir, no_report: bool, top_n: int, quiet: bool, **kw) -
     except KeyboardInterrupt:
         click.echo("\n" + interrupted_message(), err=True)
         sys.exit(130)
-    print_summary(result)
+    if as_json:
+        click.echo(summary_json(result, source))
+    else:
+        print_summary(result)
