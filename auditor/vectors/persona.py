@@ -10,6 +10,7 @@ read with ``torch.load(weights_only=True)``, never unpickled.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -20,6 +21,36 @@ from typing import Any
 from auditor.errors import VectorError
 
 SIDE_SUFFIX = ".json"
+# Sidecar fields that may name a file: written relative to the repository (or the working
+# directory), else as the bare file name, so a sidecar never records another machine's folders.
+PATH_FIELDS = (("trait_file",), ("model_source",), ("calibration", "reference"))
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def portable_path(value: str) -> str:
+    """An absolute path -> relative to the repository or the working directory (with ``/``),
+    else its file name; relative paths and non-paths (``embedded``, a Hub id) are kept."""
+    if not value or not os.path.isabs(value):
+        return value
+    resolved = Path(value).resolve()
+    for root in (REPO_ROOT, Path.cwd().resolve()):
+        try:
+            return resolved.relative_to(root).as_posix()
+        except ValueError:
+            continue
+    return resolved.name
+
+
+def portable_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``meta`` whose :data:`PATH_FIELDS` hold no absolute path."""
+    out = copy.deepcopy(meta)
+    for keys in PATH_FIELDS:
+        holder = out
+        for key in keys[:-1]:
+            holder = holder.get(key) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and isinstance(holder.get(keys[-1]), str):
+            holder[keys[-1]] = portable_path(holder[keys[-1]])
+    return out
 
 
 @dataclass
@@ -76,7 +107,7 @@ def save_vector(pv: PersonaVector, folder: str | os.PathLike) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     tensor_path = folder / f"{pv.trait}.safetensors"
     save_file({"vector": pv.vector.float().contiguous()}, str(tensor_path))
-    meta = dict(pv.meta)
+    meta = portable_meta(pv.meta)
     meta.update({"trait": pv.trait, "layer": pv.layer, "shape": list(pv.vector.shape), "sha256": pv.sha256})
     tmp = folder / f".{pv.trait}.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
