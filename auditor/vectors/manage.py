@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import ModelError, VectorError
+from auditor.resources import shipped_root
 from auditor.vectors.persona import PersonaVector, default_vectors_dir, load_vector, save_vector
 
 VECTOR_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -28,7 +29,7 @@ class InstalledVector:
 def vector_roots() -> list[Path]:
     """Folders holding ``<model>/<trait>.safetensors``: $PERSONA_AUDIT_VECTORS, ./vectors, the shipped one."""
     roots = [Path(os.environ["PERSONA_AUDIT_VECTORS"])] if os.environ.get("PERSONA_AUDIT_VECTORS") else []
-    roots += [Path.cwd() / "vectors", Path(__file__).resolve().parents[2] / "vectors"]
+    roots += [Path.cwd() / "vectors", shipped_root() / "vectors"]
     out: list[Path] = []
     for r in roots:
         if r.is_dir() and r.resolve() not in [o.resolve() for o in out]:

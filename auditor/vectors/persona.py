@@ -19,21 +19,22 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import VectorError
+from auditor.resources import SOURCE_ROOT, shipped_root
 
 SIDE_SUFFIX = ".json"
 # Sidecar fields that may name a file: written relative to the repository (or the working
 # directory), else as the bare file name, so a sidecar never records another machine's folders.
 PATH_FIELDS = (("trait_file",), ("model_source",), ("calibration", "reference"))
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = SOURCE_ROOT
 
 
 def portable_path(value: str) -> str:
-    """An absolute path -> relative to the repository or the working directory (with ``/``),
+    """An absolute path -> relative to the repository, the installed data folder or the working directory (with ``/``),
     else its file name; relative paths and non-paths (``embedded``, a Hub id) are kept."""
     if not value or not os.path.isabs(value):
         return value
     resolved = Path(value).resolve()
-    for root in (REPO_ROOT, Path.cwd().resolve()):
+    for root in (REPO_ROOT, shipped_root(), Path.cwd().resolve()):
         try:
             return resolved.relative_to(root).as_posix()
         except ValueError:
@@ -170,7 +171,7 @@ def default_vectors_dir(model_name: str) -> Path:
     roots = []
     if os.environ.get("PERSONA_AUDIT_VECTORS"):
         roots.append(Path(os.environ["PERSONA_AUDIT_VECTORS"]))
-    roots += [Path.cwd() / "vectors", Path(__file__).resolve().parents[2] / "vectors"]
+    roots += [Path.cwd() / "vectors", shipped_root() / "vectors"]
     for root in roots:
         if (root / model_name).is_dir():
             return root / model_name
