@@ -178,6 +178,18 @@ def default_vectors_dir(model_name: str) -> Path:
     return roots[-1] / model_name
 
 
+EXTRA_DIR = "extra"
+
+
+def optional_vectors(folder: Path) -> dict[str, Path]:
+    """trait -> file of the opt-in vectors in ``<folder>/extra/``: a default scan (no --traits)
+    does not use them; ``--traits NAME`` or ``--vectors <folder>/extra`` does."""
+    extra = folder / EXTRA_DIR
+    if not extra.is_dir():
+        return {}
+    return {p.name.split(".")[0]: p for p in sorted(extra.iterdir()) if p.suffix in (".safetensors", ".pt", ".pth")}
+
+
 def load_vectors(
     path: str | os.PathLike | None,
     model_name: str,
@@ -187,7 +199,9 @@ def load_vectors(
     hidden_size: int | None = None,
     fingerprint: str | None = None,
 ) -> list[PersonaVector]:
-    """Vectors for a scan: a folder (every ``*.safetensors``/``*.pt``) or one file.
+    """Vectors for a scan: a folder (every ``*.safetensors``/``*.pt`` in it, not in its
+    subfolders) or one file. A trait named in ``traits`` that the folder lacks is also looked
+    up in its opt-in ``extra/`` subfolder (:func:`optional_vectors`).
 
     Refuses vectors made for another model: wrong layer count or hidden size, or a
     sidecar fingerprint that differs from the model's.
@@ -206,9 +220,17 @@ def load_vectors(
         )
     by_trait = {p.name.split(".")[0]: p for p in files}
     if traits:
+        # Opt-in vectors (<folder>/extra/) are used only when a trait is asked for by name.
+        extra = optional_vectors(folder) if folder.is_dir() else {}
+        for t in traits:
+            if t not in by_trait and t in extra:
+                by_trait[t] = extra[t]
         missing = [t for t in traits if t not in by_trait]
         if missing:
-            raise VectorError(f"no vector for {', '.join(missing)} in {folder} (has: {', '.join(sorted(by_trait)) or 'none'}); run audit extract {missing[0]}")
+            known = ", ".join(sorted(by_trait)) or "none"
+            raise VectorError(
+                f"no vector for {', '.join(missing)} in {folder} (has: {known}; opt-in: {', '.join(sorted(extra)) or 'none'}); run audit extract {missing[0]}"
+            )
         by_trait = {t: by_trait[t] for t in traits}
     if not by_trait:
         raise VectorError(f"{folder} holds no vector files (*.safetensors or *.pt); run audit extract TRAIT")
