@@ -103,3 +103,25 @@ def test_shipped_sidecars_have_no_absolute_path(sidecar):
     assert not [s for s in strings(meta) if os.path.isabs(s) or s.startswith("~")]
     if "trait_file" in meta:
         assert (ROOT / meta["trait_file"]).is_file()
+
+
+EXTRA_TRAITS = ("apathy", "humor", "optimism", "politeness")
+
+
+def test_shipped_opt_in_traits_are_made_for_the_embedded_model_from_our_definitions():
+    import hashlib
+
+    from auditor.vectors import load_vectors
+
+    folder = ROOT / "vectors" / "SmolLM2-135M-Instruct"
+    embedded = json.loads((folder / "evil.json").read_text())
+    loaded = load_vectors(None, "SmolLM2-135M-Instruct", traits=list(EXTRA_TRAITS))
+    assert sorted(pv.trait for pv in loaded) == sorted(EXTRA_TRAITS)
+    for pv in loaded:
+        assert Path(pv.path).parent == folder / "extra"
+        assert pv.meta["model_fingerprint"] == embedded["model_fingerprint"] and pv.meta["mode"] == embedded["mode"] == "provided"
+        assert list(pv.vector.shape) == embedded["shape"] and 1 <= pv.layer <= embedded["shape"][0] - 2
+        definition = ROOT / pv.meta["trait_file"]
+        assert definition == ROOT / "vectors" / "traits" / f"{pv.trait}.yaml"
+        assert hashlib.sha256(definition.read_bytes()).hexdigest() == pv.meta["trait_sha256"]  # made from the definition as shipped
+        assert pv.meta["sha256"] == pv.sha256  # the tensor is the one the sidecar describes
