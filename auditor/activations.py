@@ -1,6 +1,6 @@
 """Forward passes that capture hidden states, and the pure tensor maths on them.
 
-Layer numbers are ``h[l]`` numbers (../shared/METHOD.md): ``h[0]`` is the embedding
+Layer numbers are ``h[l]`` numbers (docs/METHOD.md): ``h[0]`` is the embedding
 output, ``h[l]`` the residual stream after block ``l`` (block index ``l - 1``), and
 ``h[L]`` has the final norm applied, exactly as ``output_hidden_states=True`` returns.
 """

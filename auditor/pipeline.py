@@ -227,9 +227,13 @@ def build_prompt(tokenizer: Any, sample: Sample) -> str:
     try:
         return tokenizer.apply_chat_template(list(sample.context), tokenize=False, add_generation_prompt=True)
     except Exception as e:  # templates raise their own errors (e.g. roles not alternating)
-        raise InputError(
-            sample.source, sample.line, f"the model's chat template rejects this conversation ({e})", "check the roles alternate user/assistant"
-        ) from None
+        has_system = any(m.get("role") == "system" for m in sample.context)
+        fix = (
+            "this model's template takes no system message: merge it into the first user message, or skip such records with --on-error skip"
+            if has_system and "system" in str(e).lower()
+            else "check the roles alternate user/assistant"
+        )
+        raise InputError(sample.source, sample.line, f"the model's chat template rejects this conversation ({e})", fix) from None
 
 
 def resolve_thresholds(config: ScanConfig, vectors: list[Any]) -> tuple[ScoreMeaning, dict[str, tuple[float | None, str]]]:

@@ -1,10 +1,18 @@
 """``sql``: read queries on the results database, written as a table, CSV, JSON or Parquet.
 
-Two locks keep the database unchanged: the connection is opened with ``read_only=True``
-(DuckDB refuses INSERT, UPDATE, DELETE, CREATE, DROP ...), and statements other than
-read queries (SELECT and its forms: WITH, FROM, VALUES, SHOW, DESCRIBE, SUMMARIZE;
-EXPLAIN; the PRAGMAs that only read, such as show_tables and table_info) are refused before they run, which also keeps ``COPY ... TO``,
-``EXPORT DATABASE``, ``ATTACH`` and ``INSTALL`` from writing files elsewhere.
+Three locks keep the database unchanged and the rest of the machine out of reach:
+
+- the connection is opened with ``read_only=True`` (DuckDB refuses INSERT, UPDATE,
+  DELETE, CREATE, DROP ...);
+- statements other than read queries (SELECT and its forms: WITH, FROM, VALUES, SHOW,
+  DESCRIBE, SUMMARIZE; EXPLAIN; the PRAGMAs that only read, such as show_tables and
+  table_info) are refused before they run, which also keeps ``COPY ... TO``,
+  ``EXPORT DATABASE``, ``ATTACH`` and ``INSTALL`` from writing files elsewhere;
+- DuckDB's external access is switched off and the configuration locked
+  (``enable_external_access = false``, ``lock_configuration = true``), so a SELECT
+  cannot read a file either (``read_text``, ``read_csv``, ``read_parquet``, ``glob``,
+  ``sniff_csv``, ...) and no later ``SET`` can switch it back on. Only the database is
+  read; results are written by this module (``--out``), never by DuckDB.
 """
 
 from __future__ import annotations
@@ -71,10 +79,33 @@ def read_statements(query: str) -> list[Any]:
 
 
 def open_readonly(db: str) -> Any:
-    """A read-only connection to ``db`` (waits while a scan holds it for writing)."""
+    """A read-only connection to ``db`` (waits while a scan holds it for writing) that
+    cannot reach any file but the database: external access off, configuration locked."""
     from auditor.store.db import open_db
 
-    return open_db(db, read_only=True)
+    con = open_db(db, read_only=True)
+    try:
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except Exception:
+        con.close()
+        raise
+    return con
+
+
+FILE_ACCESS_REFUSED = (
+    "audit sql reads only the results database: file access is switched off, so read_text, read_csv, "
+    "read_parquet, read_json, glob, COPY and ATTACH cannot reach files. To query other files, use the duckdb CLI"
+)
+
+
+def _query_error(e: Exception) -> QueryError:
+    import duckdb
+
+    first = str(e).strip()
+    if isinstance(e, duckdb.PermissionException) or "disabled by configuration" in first or "configuration has been locked" in first:
+        return QueryError(f"{FILE_ACCESS_REFUSED} ({first.splitlines()[0]})")
+    return QueryError(first)
 
 
 def execute(con: Any, statement_sql: str) -> Any:
@@ -83,7 +114,7 @@ def execute(con: Any, statement_sql: str) -> Any:
     try:
         return con.execute(statement_sql)
     except duckdb.Error as e:
-        raise QueryError(str(e).strip()) from None
+        raise _query_error(e) from None
 
 
 def _json_default(value: Any) -> Any:
@@ -105,11 +136,14 @@ def result_reader(con: Any, query: str, rows_per_batch: int = 10_000) -> Any:
     try:
         relation = con.sql(query)
     except duckdb.Error as e:
-        raise QueryError(str(e).strip()) from None
+        raise _query_error(e) from None
     if relation is None:
         raise QueryError("the statement returns no rows to write")
     method = getattr(relation, "to_arrow_reader", None) or relation.fetch_arrow_reader
-    return method(rows_per_batch)
+    try:
+        return method(rows_per_batch)
+    except duckdb.Error as e:
+        raise _query_error(e) from None
 
 
 def write_csv(reader: Any, fh: IO[str]) -> int:

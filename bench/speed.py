@@ -3,7 +3,7 @@
 
 On the same machine, model, data and vector, this times
 
-- the baseline ``shared/bench/reference_scan.py`` (one sample at a time, the whole model
+- the baseline ``bench/reference_scan.py`` (the published method one sample at a time, the whole model
   with ``output_hidden_states=True``, base responses from ``model.generate`` one prompt at
   a time), and
 - ``audit scan`` (length-bucketed batches, the forward stopped at the vector's layer, no
@@ -48,7 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-REFERENCE = ROOT.parent / "shared" / "bench" / "reference_scan.py"
+REFERENCE = ROOT / "bench" / "reference_scan.py"
 TRAIT = "sycophancy"
 AUDIT = [sys.executable, "-c", "import sys; from auditor.cli import main; sys.argv[0] = 'audit'; main()"]
 

@@ -269,3 +269,70 @@ def test_interactive_prompt_ends_on_eof(store):
     buffer = io.StringIO()
     repl(store["db"], read_line, Console(file=buffer))
     assert "read-only" in buffer.getvalue()
+
+
+# Queries that would read or write a file outside the database. Each is a SELECT (or a COPY,
+# refused earlier): only DuckDB's external-access switch stops the SELECTs.
+FILE_QUERIES = [
+    "SELECT content FROM read_text('/etc/hostname')",
+    "SELECT * FROM read_csv('/etc/hostname', header = false)",
+    "SELECT * FROM read_blob('/etc/hostname')",
+    "SELECT * FROM glob('/etc/*')",
+    "SELECT * FROM sniff_csv('/etc/hostname')",
+]
+
+
+@pytest.mark.parametrize("query", FILE_QUERIES)
+@pytest.mark.parametrize("fmt", ["table", "csv"])
+def test_sql_cannot_read_files(store, query, fmt):
+    hostname = Path("/etc/hostname").read_text().strip()
+    result = sql(store, query, "--format", fmt)
+    assert result.exit_code == 2, result.output
+    assert "audit sql reads only the results database: file access is switched off" in result.output
+    assert hostname not in result.output
+    assert "Traceback" not in result.output
+
+
+def test_sql_cannot_write_files(store, tmp_path):
+    target = tmp_path / "leak.csv"
+    before = sha(store["db"])
+    for statement in (f"COPY (SELECT * FROM runs) TO '{target}'", f"COPY runs TO '{target}' (FORMAT parquet)"):
+        result = sql(store, statement)
+        assert result.exit_code == 2, result.output
+        assert "refused COPY" in result.output
+    assert not target.exists()
+    assert sha(store["db"]) == before
+
+
+def test_external_access_cannot_be_switched_back_on(store):
+    """Past the statement check (a library caller using execute directly), the connection
+    itself refuses files, and its configuration is locked."""
+    from auditor.sql import QueryError, execute, open_readonly
+
+    con = open_readonly(store["db"])
+    try:
+        for statement in ("SET enable_external_access = true", "RESET enable_external_access", "SET lock_configuration = false"):
+            with pytest.raises(QueryError, match="file access is switched off"):
+                execute(con, statement)
+        with pytest.raises(QueryError, match="file access is switched off"):
+            execute(con, "SELECT * FROM read_text('/etc/hostname')")
+        with pytest.raises(QueryError, match="file access is switched off"):
+            execute(con, "COPY (SELECT 1) TO 'leak.csv'")
+        assert execute(con, "SELECT current_setting('enable_external_access')").fetchone() == (False,)
+        # Normal queries still work on the same connection.
+        assert execute(con, "SELECT count(*) FROM scores").fetchone()[0] > 0
+    finally:
+        con.close()
+    assert not os.path.exists("leak.csv")
+
+
+def test_normal_queries_still_work_with_files_off(store, tmp_path):
+    result = sql(store, "SELECT trait, n FROM dataset_summary ORDER BY trait", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == "trait,n"
+    out = tmp_path / "s.parquet"
+    written = sql(store, f"SELECT * FROM scores WHERE run_id = '{store['run_id']}'", "--format", "parquet", "--out", str(out))
+    assert written.exit_code == 0, written.output
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(out).num_rows == len(store["scores"]) * 2  # one row per (sample, trait)

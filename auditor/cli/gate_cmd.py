@@ -101,8 +101,9 @@ def gate(
 
     SOURCE_OR_RUN is a dataset (scanned first, with the scan options below) or a run id
     already in the database; --run RUN_ID|latest does the same. Several datasets may be
-    given (each is gated on its own, e.g. from a pre-commit hook). Exit codes: 0 every
-    rule passed, 1 a rule failed, 2 bad usage or unreadable input.
+    given (each is gated on its own, e.g. from a pre-commit hook). A failed rule exits 1;
+    anything that goes wrong exits 2, never 1, so CI can tell a risky dataset from a
+    broken run (the exit codes are listed at the end).
 
     Rules are per trait; a value without TRAIT= applies to every trait. The policy is read
     from audit.toml (or [tool.persona-audit.gate] in pyproject.toml) found from the working

@@ -246,11 +246,16 @@ def estimate_records(source: str) -> int | None:
         return None
 
 
+# Narrower terminals get the top samples as lines under the table, not as a column.
+TOP_COLUMN_MIN_WIDTH = 110
+
+
 def print_summary(result, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
+    wide = console.width >= TOP_COLUMN_MIN_WIDTH
     table = Table(title=f"persona-audit: {result.n_scored} samples scored with {result.model_name}", title_justify="left")
     table.add_column("trait")
     table.add_column("layer", justify="right")
@@ -258,21 +263,31 @@ def print_summary(result, console=None) -> None:
     table.add_column("clean ref", justify="right")
     table.add_column("flagged", justify="right")
     table.add_column("threshold", justify="right")
-    table.add_column("top samples (score)", overflow="fold")
-    for s in sorted(result.summaries, key=lambda s: -(s.n_flagged / s.n if s.n else 0)):
+    if wide:
+        table.add_column("top samples (score)", overflow="fold")
+    ordered = sorted(result.summaries, key=lambda s: -(s.n_flagged / s.n if s.n else 0))
+    tops = {s.trait: "\n".join(f"{t['sample_id']} ({t['score']:+.2f})" for t in s.top[:2]) for s in ordered}  # one sample per line
+    for s in ordered:
         level = s.mean_delta if s.score == "delta" else s.mean_proj_response
         rate = f"{s.n_flagged} ({100 * s.n_flagged / s.n:.1f}%)" if s.n else "0"
-        top = ", ".join(f"{t['sample_id']} ({t['score']:+.2f})" for t in s.top[:2])
-        table.add_row(
+        cells = [
             s.trait,
             str(s.layer),
             "-" if level is None else f"{level:+.3f}",
             "-" if s.calibration_mean is None else f"{s.calibration_mean:+.3f}",
             rate,
             "-" if s.threshold is None else f"{s.threshold:.3f}",
-            top,
-        )
+        ]
+        table.add_row(*cells, *([tops[s.trait]] if wide else []))
     console.print(table)
+    if not wide and any(s.top for s in ordered):
+        console.print("top samples (score):")
+        name_width = max(len(s.trait) for s in ordered)
+        for s in ordered:
+            # One line per sample (score first), cut at the terminal's edge rather than wrapped word by word.
+            for i, t in enumerate(s.top[:2] or [None]):
+                text = "-" if t is None else f"{t['score']:+8.2f}  {t['sample_id']}"
+                console.print(f"  {s.trait if i == 0 else '':<{name_width}}  {text}", markup=False, highlight=False, no_wrap=True, overflow="ellipsis")
     console.print(
         f"read {result.n_read} rows: {result.n_scored} scored, {result.n_rejected} rejected; "
         f"base responses: {result.n_generated} generated, {result.n_cached} from cache; "
@@ -280,7 +295,10 @@ def print_summary(result, console=None) -> None:
     )
     console.print(f"run {result.run_id}")
     console.print(f"  scores   {result.parquet_path}")
-    console.print(f"  database {result.db_path}  (audit sql \"SELECT * FROM flagged WHERE run_id = '{result.run_id}'\")")
+    console.print(f"  database {result.db_path}")
+    console.print(
+        f"  query    audit sql \"SELECT * FROM flagged WHERE run_id = '{result.run_id}'\" --db {result.db_path}", markup=False, highlight=False, soft_wrap=True
+    )
     if result.report_path:
         console.print(f"  report   {result.report_path}")
     for s in result.summaries:
@@ -301,6 +319,49 @@ def print_summary(result, console=None) -> None:
             )
 
 
+def summary_json(result, source: str) -> str:
+    """``audit scan --json``: the run's summary as one JSON document (the table's content, and more)."""
+    import json
+
+    traits = []
+    for s in result.summaries:
+        traits.append(
+            {
+                "trait": s.trait,
+                "layer": s.layer,
+                "score": s.score,
+                "mean_delta": s.mean_delta,
+                "mean_proj_response": s.mean_proj_response,
+                "calibration_mean": s.calibration_mean,
+                "threshold": s.threshold,
+                "threshold_source": s.threshold_source,
+                "n": s.n,
+                "n_flagged": s.n_flagged,
+                "flag_rate": s.n_flagged / s.n if s.n else None,
+                "top": list(s.top),
+            }
+        )
+    doc = {
+        "run_id": result.run_id,
+        "dataset": source,
+        "model": result.model_name,
+        "n_read": result.n_read,
+        "n_scored": result.n_scored,
+        "n_rejected": result.n_rejected,
+        "n_generated": result.n_generated,
+        "n_cached": result.n_cached,
+        "resumed_chunks": result.resumed_chunks,
+        "seconds": round(result.seconds, 3),
+        "tokens": result.tokens,
+        "scores_path": result.parquet_path,
+        "db_path": result.db_path,
+        "report_path": result.report_path,
+        "traits": traits,
+        "rejects": [{"source": r.source, "line": r.line, "reason": r.reason} for r in result.rejects],
+    }
+    return json.dumps(doc, indent=2, ensure_ascii=False, default=str)
+
+
 def interrupted_message(argv: list[str] | None = None) -> str:
     """What Ctrl-C prints: what is kept and the exact command that continues the scan."""
     import shlex
@@ -318,8 +379,9 @@ def interrupted_message(argv: list[str] | None = None) -> str:
 @click.option("--no-report", is_flag=True, help="Do not render report.html.")
 @click.option("--top-n", default=50, show_default=True, type=int, help="Samples per trait shown in the report (with token heat maps).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary (JSON) on stdout instead of the table; progress stays on stderr.")
 @handle_errors
-def scan(source: str, out_dir, no_report: bool, top_n: int, quiet: bool, **kw) -> None:
+def scan(source: str, out_dir, no_report: bool, top_n: int, quiet: bool, as_json: bool, **kw) -> None:
     """Score every sample of SOURCE for every trait.
 
     SOURCE is a .jsonl/.json/.parquet/.csv file (gzip'd JSONL too), a folder, a quoted
@@ -335,4 +397,7 @@ def scan(source: str, out_dir, no_report: bool, top_n: int, quiet: bool, **kw) -
     except KeyboardInterrupt:
         click.echo("\n" + interrupted_message(), err=True)
         sys.exit(130)
-    print_summary(result)
+    if as_json:
+        click.echo(summary_json(result, source))
+    else:
+        print_summary(result)

@@ -29,7 +29,8 @@ def sql(query: str | None, db: str, fmt: str, out: str | None, max_rows: int) ->
 
     QUERY is DuckDB SQL; only read queries run (SELECT, WITH, SHOW, DESCRIBE, SUMMARIZE,
     EXPLAIN, reading PRAGMAs): the database is opened read-only and anything else is
-    refused, COPY ... TO and ATTACH included.
+    refused, COPY ... TO and ATTACH included. File access is switched off: a query
+    cannot read or write any file but the database (read_text, read_csv, glob ... fail).
     With no QUERY, a terminal gets an interactive prompt (statements end with ';',
     .quit leaves); otherwise it prints how to open the database with the duckdb CLI.
 

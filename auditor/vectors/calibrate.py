@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import AuditorError
+from auditor.resources import shipped_root
 from auditor.score import BASELINES, calibrated_columns
-from auditor.vectors.persona import load_vector, save_vector
+from auditor.vectors.persona import load_vector, portable_path, save_vector
 
 DEFAULT_REFERENCE = os.path.join("examples", "eval", "clean.jsonl")
 DEFAULT_SPLIT = "dev"
@@ -45,7 +46,7 @@ def find_reference(path: str | None = None) -> Path:
         if not p.is_file():
             raise AuditorError(f"{path}: no such reference file; pass --reference with a JSONL of clean conversations")
         return p
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+    for root in (Path.cwd(), shipped_root()):
         p = root / DEFAULT_REFERENCE
         if p.is_file():
             return p
@@ -147,10 +148,7 @@ def calibrate(
             columns[baseline] = table
         with open(ref, "rb") as fh:
             ref_hash = hashlib.sha256(fh.read()).hexdigest()
-        try:
-            shown = str(ref.resolve().relative_to(Path(__file__).resolve().parents[2]))
-        except ValueError:
-            shown = str(ref)
+        shown = portable_path(str(ref.resolve()))
         out = {}
         for trait in traits:
             path = Path(folder) / f"{trait}.safetensors"

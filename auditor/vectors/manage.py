@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import ModelError, VectorError
-from auditor.vectors.persona import PersonaVector, default_vectors_dir, load_vector, save_vector
+from auditor.resources import shipped_root
+from auditor.vectors.persona import EXTRA_DIR, PersonaVector, default_vectors_dir, load_vector, save_vector
 
 VECTOR_SUFFIXES = (".safetensors", ".pt", ".pth")
 
@@ -28,7 +29,7 @@ class InstalledVector:
 def vector_roots() -> list[Path]:
     """Folders holding ``<model>/<trait>.safetensors``: $PERSONA_AUDIT_VECTORS, ./vectors, the shipped one."""
     roots = [Path(os.environ["PERSONA_AUDIT_VECTORS"])] if os.environ.get("PERSONA_AUDIT_VECTORS") else []
-    roots += [Path.cwd() / "vectors", Path(__file__).resolve().parents[2] / "vectors"]
+    roots += [Path.cwd() / "vectors", shipped_root() / "vectors"]
     out: list[Path] = []
     for r in roots:
         if r.is_dir() and r.resolve() not in [o.resolve() for o in out]:
@@ -58,15 +59,17 @@ def installed(folder: str | os.PathLike | None = None, model: str | None = None)
         model_dirs = [f] if has_vectors else sorted(p for p in f.iterdir() if p.is_dir() and p.name != "traits")
     else:
         model_dirs = [d for root in vector_roots() for d in sorted(root.iterdir()) if d.is_dir() and d.name != "traits"]
-    for d in model_dirs:
-        if model and d.name != model:
+    # Each model's opt-in vectors (<model>/extra/, used only when asked for) are listed as "<model>/extra".
+    labelled = [(d, d.name) for d in model_dirs] + [(d / EXTRA_DIR, f"{d.name}/{EXTRA_DIR}") for d in model_dirs if (d / EXTRA_DIR).is_dir()]
+    for d, label in labelled:
+        if model and label.split("/")[0] != model:
             continue
         for path in sorted(d.iterdir()):
-            if path.suffix not in VECTOR_SUFFIXES or (d.name, path.stem) in seen:
+            if path.suffix not in VECTOR_SUFFIXES or (label, path.stem) in seen:
                 continue
-            seen.add((d.name, path.stem))
+            seen.add((label, path.stem))
             meta = _read_meta(path)
-            found.append(InstalledVector(d.name, path.name.split(".")[0], path, meta, meta.get("shape")))
+            found.append(InstalledVector(label, path.name.split(".")[0], path, meta, meta.get("shape")))
     return found
 
 

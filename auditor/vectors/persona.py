@@ -10,6 +10,7 @@ read with ``torch.load(weights_only=True)``, never unpickled.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -18,8 +19,39 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import VectorError
+from auditor.resources import SOURCE_ROOT, shipped_root
 
 SIDE_SUFFIX = ".json"
+# Sidecar fields that may name a file: written relative to the repository (or the working
+# directory), else as the bare file name, so a sidecar never records another machine's folders.
+PATH_FIELDS = (("trait_file",), ("model_source",), ("calibration", "reference"))
+REPO_ROOT = SOURCE_ROOT
+
+
+def portable_path(value: str) -> str:
+    """An absolute path -> relative to the repository, the installed data folder or the working directory (with ``/``),
+    else its file name; relative paths and non-paths (``embedded``, a Hub id) are kept."""
+    if not value or not os.path.isabs(value):
+        return value
+    resolved = Path(value).resolve()
+    for root in (REPO_ROOT, shipped_root(), Path.cwd().resolve()):
+        try:
+            return resolved.relative_to(root).as_posix()
+        except ValueError:
+            continue
+    return resolved.name
+
+
+def portable_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``meta`` whose :data:`PATH_FIELDS` hold no absolute path."""
+    out = copy.deepcopy(meta)
+    for keys in PATH_FIELDS:
+        holder = out
+        for key in keys[:-1]:
+            holder = holder.get(key) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and isinstance(holder.get(keys[-1]), str):
+            holder[keys[-1]] = portable_path(holder[keys[-1]])
+    return out
 
 
 @dataclass
@@ -69,7 +101,7 @@ def save_vector(pv: PersonaVector, folder: str | os.PathLike) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     tensor_path = folder / f"{pv.trait}.safetensors"
     save_file({"vector": pv.vector.float().contiguous()}, str(tensor_path))
-    meta = dict(pv.meta)
+    meta = portable_meta(pv.meta)
     meta.update({"trait": pv.trait, "layer": pv.layer, "shape": list(pv.vector.shape), "sha256": pv.sha256})
     tmp = folder / f".{pv.trait}.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -132,11 +164,23 @@ def default_vectors_dir(model_name: str) -> Path:
     roots = []
     if os.environ.get("PERSONA_AUDIT_VECTORS"):
         roots.append(Path(os.environ["PERSONA_AUDIT_VECTORS"]))
-    roots += [Path.cwd() / "vectors", Path(__file__).resolve().parents[2] / "vectors"]
+    roots += [Path.cwd() / "vectors", shipped_root() / "vectors"]
     for root in roots:
         if (root / model_name).is_dir():
             return root / model_name
     return roots[-1] / model_name
+
+
+EXTRA_DIR = "extra"
+
+
+def optional_vectors(folder: Path) -> dict[str, Path]:
+    """trait -> file of the opt-in vectors in ``<folder>/extra/``: a default scan (no --traits)
+    does not use them; ``--traits NAME`` or ``--vectors <folder>/extra`` does."""
+    extra = folder / EXTRA_DIR
+    if not extra.is_dir():
+        return {}
+    return {p.name.split(".")[0]: p for p in sorted(extra.iterdir()) if p.suffix in (".safetensors", ".pt", ".pth")}
 
 
 def load_vectors(
@@ -148,7 +192,9 @@ def load_vectors(
     hidden_size: int | None = None,
     fingerprint: str | None = None,
 ) -> list[PersonaVector]:
-    """Vectors for a scan: a folder (every ``*.safetensors``/``*.pt``) or one file.
+    """Vectors for a scan: a folder (every ``*.safetensors``/``*.pt`` in it, not in its
+    subfolders) or one file. A trait named in ``traits`` that the folder lacks is also looked
+    up in its opt-in ``extra/`` subfolder (:func:`optional_vectors`).
 
     Refuses vectors made for another model: wrong layer count or hidden size, or a
     sidecar fingerprint that differs from the model's.
@@ -167,9 +213,17 @@ def load_vectors(
         )
     by_trait = {p.name.split(".")[0]: p for p in files}
     if traits:
+        # Opt-in vectors (<folder>/extra/) are used only when a trait is asked for by name.
+        extra = optional_vectors(folder) if folder.is_dir() else {}
+        for t in traits:
+            if t not in by_trait and t in extra:
+                by_trait[t] = extra[t]
         missing = [t for t in traits if t not in by_trait]
         if missing:
-            raise VectorError(f"no vector for {', '.join(missing)} in {folder} (has: {', '.join(sorted(by_trait)) or 'none'}); run audit extract {missing[0]}")
+            known = ", ".join(sorted(by_trait)) or "none"
+            raise VectorError(
+                f"no vector for {', '.join(missing)} in {folder} (has: {known}; opt-in: {', '.join(sorted(extra)) or 'none'}); run audit extract {missing[0]}"
+            )
         by_trait = {t: by_trait[t] for t in traits}
     if not by_trait:
         raise VectorError(f"{folder} holds no vector files (*.safetensors or *.pt); run audit extract TRAIT")

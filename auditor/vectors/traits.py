@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import TraitError
+from auditor.resources import shipped_root
 
 MIN_INSTRUCTIONS = 5
 MIN_QUESTIONS = 20
@@ -63,7 +64,7 @@ class Trait:
 def trait_dirs() -> list[Path]:
     """Where trait names are looked up, in order: $PERSONA_AUDIT_TRAITS (os.pathsep-separated), ./vectors/traits, the shipped folder."""
     dirs = [Path(p) for p in os.environ.get("PERSONA_AUDIT_TRAITS", "").split(os.pathsep) if p]
-    dirs += [Path.cwd() / "vectors" / "traits", Path(__file__).resolve().parents[2] / "vectors" / "traits"]
+    dirs += [Path.cwd() / "vectors" / "traits", shipped_root() / "vectors" / "traits"]
     seen: list[Path] = []
     for d in dirs:
         if d.resolve() not in [s.resolve() for s in seen]:
