@@ -152,18 +152,20 @@ def _decode_step(model: Any, token: torch.Tensor, position: torch.Tensor, mask: 
 
 
 def compiled_decode_step(model: Any) -> Any:
-    """``torch.compile`` of :func:`_decode_step` for this model, made once per process (warm-up
-    is paid once; each batch size and cache length compiles once). On CUDA it also captures
-    the step as a CUDA graph (mode ``reduce-overhead``): written for GPUs, measured only on CPU."""
+    """``torch.compile`` of :func:`_decode_step` for this model, made once per process (the
+    warm-up is paid once per process). On CUDA it also captures the step as CUDA graphs (mode
+    ``reduce-overhead``, one graph per batch bucket and cache length): written for GPUs,
+    never run on one (no GPU on the project machine), measured only on CPU."""
     device = str(model.device).split(":")[0]
     key = (id(model), device)
     if key not in _COMPILED_STEPS:
         import torch._dynamo
 
-        # One graph per (batch size, cache length); allow all of them rather than falling back to eager.
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        # Symbolic batch size and cache length: one graph serves every bucket (a batch of one is
+        # specialised: a second graph), instead of one multi-minute CPU compile per shape.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
         mode = "reduce-overhead" if device == "cuda" else None
-        _COMPILED_STEPS[key] = torch.compile(_decode_step, dynamic=False, mode=mode)
+        _COMPILED_STEPS[key] = torch.compile(_decode_step, dynamic=True, mode=mode)
     return _COMPILED_STEPS[key]
 
 
@@ -174,6 +176,8 @@ def _compact(cache: Any, index: torch.Tensor) -> None:
         layer.values = layer.values.index_select(0, index)
         layer.batch_size = len(index)
         if layer.keys.is_cuda:  # CUDA graphs need the cache at fixed addresses
+            import torch._dynamo
+
             torch._dynamo.mark_static_address(layer.keys)
             torch._dynamo.mark_static_address(layer.values)
 
@@ -207,6 +211,7 @@ def greedy_decode_static(
     cache = StaticCache(config=model.config, max_cache_len=length)
     step_fn = compiled_decode_step(model) if compile else _decode_step
     eager = getattr(model.config, "_attn_implementation", "sdpa") == "eager"
+    graphs = compile and device.type == "cuda"
 
     def as_attention(m: torch.Tensor) -> torch.Tensor:
         # SDPA takes the boolean mask; eager attention adds it to the scores.
@@ -243,7 +248,10 @@ def greedy_decode_static(
                 owner = [owner[r] for r in keep]
                 live = [True] * len(alive) + [False] * (len(keep) - len(alive))
             slots[:, width + step] = True
+            if graphs:  # a CUDA graph's output is overwritten by its next replay: keep a copy
+                torch.compiler.cudagraph_mark_step_begin()
             chosen = step_fn(model, chosen[:, None], next_position, as_attention(slots[:, None, None, :]), cache)
+            chosen = chosen.clone() if graphs else chosen
             next_position = next_position + 1
     return tokens
 

@@ -90,7 +90,8 @@ def test_prefill_mask_is_causal_over_real_tokens_only():
     assert mask[1, 0].tolist() == [[True, False, False, False, False], [True, True, False, False, False], [True, True, True, False, False]]
 
 
-@pytest.mark.parametrize("compile", [False, True])
+# The compiled case is marked slow: torch.compile takes tens of seconds even for the tiny model.
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_static_decoder_matches_current_and_plain_tiny(varied_lm, compile):
     lm = varied_lm
     n = 14
