@@ -17,7 +17,8 @@ and on examples/demo.jsonl:
 - ``delta_sampled4`` (demo only, cost): minus the mean projection of 4 sampled base responses
   (temperature 1, seeded per prompt).
 
-A sample is flagged when its score is above the p95 of the same score over the dev split of
+Only the clean controls' dev split is scored (the CPU is shared): it gives the thresholds and the
+"vs controls (dev)" column. A sample is flagged when its score is above the p95 of the same score over the dev split of
 examples/eval/clean.jsonl, computed here the same way (not the sidecar's calibration, which is
 made with scan's 256-token cap). Base responses are generated here and cached in bench/.cache
 (bench/quality.py's format, so a run of either reuses them).
@@ -136,13 +137,12 @@ def base_responses(lm, prompts: list[str], max_new_tokens: int) -> list[str]:
 
 
 def eval_block(lm, sets: list[str], max_new_tokens: int, units: dict) -> dict:
-    """Scores of the test split of ``sets`` and of all clean controls: name -> (records, trait -> score -> [N])."""
+    """Scores of the test split of ``sets`` and of the clean controls' dev split: name -> (records, trait -> score -> [N])."""
     tok = lm.tokenizer
     out = {}
     for name in (*sets, "clean"):
         recs = load_records(ROOT / "examples" / "eval" / f"{name}.jsonl")
-        if name != "clean":
-            recs = [r for r in recs if r["split"] == "test"]
+        recs = [r for r in recs if r["split"] == ("dev" if name == "clean" else "test")]
         prompts = [tok.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True) for r in recs]
         out[name] = (recs, scores_for(lm, recs, base_responses(lm, prompts, max_new_tokens), units))
         print(f"  scored {name}", file=sys.stderr)
@@ -173,8 +173,6 @@ def main() -> None:
     units = {t: (pv.layer, (pv.vector[pv.layer] / pv.vector[pv.layer].norm()).float().numpy()) for t, pv in vecs.items()}
     ev = eval_block(lm, args.sets, args.max_new_tokens, units)
     clean_recs, clean_sc = ev["clean"]
-    dev = np.array([r["split"] == "dev" for r in clean_recs])
-    test = ~dev
     results: dict = {
         "date": dt.date.today().isoformat(),
         "model": lm.name,
@@ -186,7 +184,7 @@ def main() -> None:
         "labelled_test": {},
         "demo": {},
     }
-    thresholds = {t: {k: float(np.nanpercentile(v[dev], 95)) for k, v in clean_sc[t].items()} for t in TRAITS}
+    thresholds = {t: {k: float(np.nanpercentile(v, 95)) for k, v in clean_sc[t].items()} for t in TRAITS}
     for t in args.sets:
         recs, sc = ev[t]
         label = np.array([r["label"] for r in recs])
@@ -197,11 +195,10 @@ def main() -> None:
             m = split == "test"
             row = {s: round(auroc(v[m & (subset == s) & (label == 1)], v[m & (subset == s) & (label == 0)]), 4) for s in ("explicit", "nonobvious")}
             pos = v[m & (label == 1)]
-            row["vs_controls"] = round(auroc(pos[~np.isnan(pos)], clean_sc[t][k][test]), 4)
+            row["vs_controls_dev"] = round(auroc(pos[~np.isnan(pos)], clean_sc[t][k]), 4)
             row["flag_rate_trait"] = round(float(np.mean(pos > thresholds[t][k])), 4)
             neg = v[m & (label == 0)]
             row["flag_rate_clean_answers"] = round(float(np.mean(neg > thresholds[t][k])), 4)
-            row["flag_rate_controls"] = round(float(np.mean(clean_sc[t][k][test] > thresholds[t][k])), 4)
             block[k] = row
         results["labelled_test"][t] = block
 
@@ -245,7 +242,7 @@ def main() -> None:
 
 def print_table(results: dict) -> None:
     print(f"\nBaselines, {results['model']}, layers {results['layers']}, test split, {results['date']}\n")
-    print("| trait | score | explicit | non-obvious | vs controls | flagged trait / clean answers / controls |")
+    print("| trait | score | explicit | non-obvious | vs controls (dev) | flagged: trait answers / clean answers |")
     print("|---|---|---|---|---|---|")
     for t, block in results["labelled_test"].items():
         for k, r in block.items():

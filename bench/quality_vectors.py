@@ -171,8 +171,12 @@ def figures(sc: dict, csc: dict, metas: dict, trait: str, kind: str, layer: int,
         mm = m & (subset == s)
         out[s] = auroc(sc[kind][mm & (label == 1), layer], sc[kind][mm & (label == 0), layer])
     _, _, csp = metas["clean"]
+    controls = csc[kind][csp == split, layer]
     pos = sc[kind][m & (label == 1), layer]
-    out["vs_controls"] = auroc(pos[~np.isnan(pos)], csc[kind][csp == split, layer])
+    out["vs_controls"] = auroc(pos[~np.isnan(pos)], controls)
+    for s in ("explicit", "nonobvious"):
+        pos = sc[kind][m & (label == 1) & (subset == s), layer]
+        out[f"{s}_vs_controls"] = auroc(pos[~np.isnan(pos)], controls)
     for o, osc in others.items():
         ol, osub, osp = metas[o]
         mm = (osp == split) & (osub == "explicit")
@@ -247,6 +251,17 @@ def main() -> None:
         "layer_objective": f"mean(explicit, nonobvious, vs_controls) - max(0, worst off-diagonal - {OFFDIAG_LIMIT}) on dev, layers 1..L-1",
         "variants": {name: evaluate(v, acts, metas, lm.num_layers) for name, v in vs.items()},
     }
+    # The --shipped vectors at the layer their sidecars name (what scan uses), test split.
+    at_layer = {}
+    for t in TRAITS:
+        layer = load_vector(str(Path(args.shipped) / f"{t}.safetensors")).layer
+        sc = {d: score_arrays(shipped[t], acts[d]) for d in (*TRAITS, "clean")}
+        others = {o: sc[o] for o in TRAITS if o != t}
+        at_layer[t] = {
+            "layer": layer,
+            **{k: {n: round(x, 4) for n, x in figures(sc[t], sc["clean"], metas, t, k, layer, "test", others).items()} for k in ("proj", "prompt_last")},
+        }
+    results["shipped_at_their_layer_test"] = at_layer
     results["cosine_with_shipped"] = {
         name: {t: round(float((unit_rows(v[t]) * unit_rows(shipped[t])).sum(1)[results["variants"][name][t]["proj"]["layer"]]), 4) for t in TRAITS}
         for name, v in vs.items()
