@@ -210,15 +210,16 @@ def main() -> None:
     sc = scores_for(lm, demo, [greedy[p] for p in prompts], units)
     todo = [(p, k) for p in uniq for k in range(args.samples)]
     seeds = [sample_seed(0, "baseline", p, k) for p, k in todo]
-    sampled = generate_sampled(lm, [prompt_ids(lm, p, 512) for p, _ in todo], seeds, args.max_new_tokens, 1.0, 32)
+    sampled = generate_sampled(lm, [prompt_ids(lm, p, 512) for p, _ in todo], seeds, args.max_new_tokens, 1.0, 32) if todo else []
     by_prompt: dict[str, list[str]] = {}
     for (p, _), (text, _n) in zip(todo, sampled):
         by_prompt.setdefault(p, []).append(text)
-    samp = [projections_at(lm, prompts, [by_prompt[p][k] for p in prompts], units) for k in range(args.samples)]
+    samp = [] if args.samples < 1 else [projections_at(lm, prompts, [by_prompt[p][k] for p in prompts], units) for k in range(args.samples)]
     # the sampled baseline's threshold needs the same score on the clean dev split: not computed (cost); report ranks only
     ids = [r["id"] for r in demo]
     for t in TRAITS:
-        sc[t]["delta_sampled4"] = sc[t]["proj"] - np.nanmean(np.stack([s[t][:, 0] for s in samp]), axis=0)
+        if samp:
+            sc[t][f"delta_sampled{args.samples}"] = sc[t]["proj"] - np.nanmean(np.stack([s[t][:, 0] for s in samp]), axis=0)
         tblock = {}
         for k, v in sc[t].items():
             order = np.argsort(-np.nan_to_num(v, nan=-np.inf))
@@ -247,8 +248,7 @@ def print_table(results: dict) -> None:
     for t, block in results["labelled_test"].items():
         for k, r in block.items():
             print(
-                f"| {t} | {k} | {r['explicit']:.3f} | {r['nonobvious']:.3f} | {r['vs_controls']:.3f} | "
-                f"{r['flag_rate_trait']:.0%} / {r['flag_rate_clean_answers']:.0%} / {r['flag_rate_controls']:.0%} |"
+                f"| {t} | {k} | {r['explicit']:.3f} | {r['nonobvious']:.3f} | {r['vs_controls_dev']:.3f} | {r['flag_rate_trait']:.0%} / {r['flag_rate_clean_answers']:.0%} |"
             )
     print("\n| trait | score | demo-008 rank | flagged | honest answers flagged |")
     print("|---|---|---|---|---|")
