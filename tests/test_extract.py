@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -73,6 +74,56 @@ def test_provided_mode_equals_a_plain_one_at_a_time_computation(tiny_lm, small_t
     assert report.n_kept == n and pv.meta["counts"]["pairs"] == n and pv.meta["mode"] == "provided"
     assert len(pv.meta["separation"]) == tiny_lm.num_layers + 1
     assert pv.meta["settings"]["responses"] == "provided" and pv.meta["model_fingerprint"] == tiny_lm.fingerprint
+
+
+def test_remove_directions_equals_plain_gram_schmidt():
+    """The batched least-squares removal == orthonormalise the others and subtract, one layer at a time."""
+    import torch
+
+    from auditor.vectors.extract import remove_directions
+
+    g = torch.Generator().manual_seed(0)
+    v, others = torch.randn(5, 16, generator=g), torch.randn(2, 5, 16, generator=g)
+    got = remove_directions(v, others)
+    for layer in range(5):
+        expected = v[layer].double().clone()
+        basis = []
+        for o in others[:, layer].double():
+            for b in basis:
+                o = o - (o @ b) * b
+            basis.append(o / o.norm())
+        for b in basis:
+            expected = expected - (expected @ b) * b
+        assert torch.allclose(got[layer].double(), expected, atol=1e-5)
+        assert all(abs(float(got[layer] @ o)) < 1e-4 * float(o.norm() * v[layer].norm()) for o in others[:, layer])
+
+
+def test_orthogonal_to_removes_the_other_traits_directions(tiny_lm, tmp_path, monkeypatch):
+    """A definition with orthogonal_to gives its plain vector minus the other's written-pair direction."""
+    import torch
+
+    from auditor.vectors.extract import remove_directions
+
+    folder = tmp_path / "traits"
+    other = trait_dict("meanness")
+    for ex in other["examples"]["extraction"]:
+        ex["pos"], ex["neg"] = f"No. {ex['neg']} Go away.", f"Sure, happy to help: {ex['pos']}"
+    write_trait(folder, other, name="meanness")
+    plain = load_trait(write_trait(folder, trait_dict()))
+    monkeypatch.setenv("PERSONA_AUDIT_TRAITS", str(folder))
+    data = trait_dict()
+    data["orthogonal_to"] = ["meanness"]
+    orth = load_trait(write_trait(tmp_path / "orth", data))
+    assert orth.orthogonal_to == ("meanness",)
+    v_plain, _ = extract_vector(tiny_lm, plain, ExtractSettings())
+    v_other, _ = extract_vector(tiny_lm, load_trait(folder / "meanness.yaml"), ExtractSettings())
+    v_orth, _ = extract_vector(tiny_lm, orth, ExtractSettings())
+    expected = remove_directions(v_plain.vector, v_other.vector.unsqueeze(0))
+    assert torch.allclose(v_orth.vector, expected, atol=1e-5)
+    cos = torch.nn.functional.cosine_similarity(v_orth.vector[1:], v_other.vector[1:], dim=1)
+    assert cos.abs().max() < 1e-4
+    assert v_orth.meta["orthogonal_to"] == {"meanness": load_trait(folder / "meanness.yaml").sha256}
+    assert v_plain.meta["orthogonal_to"] == {}
 
 
 def test_sampled_mode_is_deterministic_with_a_seed(tiny_lm, small_trait):
@@ -174,10 +225,12 @@ def test_real_model_rebuilds_the_shipped_sycophancy_vector(embedded_lm_bf16):
 
     shipped = load_vector(SHIPPED / "sycophancy.safetensors")
     settings = ExtractSettings(**{k: v for k, v in shipped.meta["settings"].items()})
-    assert settings == ExtractSettings(), "audit extract's defaults must equal the shipped settings"
+    # Everything but the layer is audit extract's default; the layer was chosen on the dev split of examples/eval/ (--layer).
+    assert dataclasses.replace(settings, layer=None) == ExtractSettings(), "audit extract's defaults must equal the shipped settings"
+    assert settings.layer == shipped.layer
     if settings.responses != "provided":
         pytest.fail("the shipped vector was not made in provided mode: this test must rebuild it the way it was made")
     rebuilt, report = extract_vector(embedded_lm_bf16, load_trait("sycophancy"), settings)
     assert rebuilt.layer == shipped.layer
     assert cosine_at(rebuilt, shipped, shipped.layer) >= 0.99
-    assert report.seconds < 120
+    assert report.n_kept == len(load_trait("sycophancy").extraction_examples)

@@ -126,6 +126,9 @@ BROKEN = [
     ("example without neg", lambda d: d["examples"]["extraction"][6].pop("neg"), ["examples.extraction[6]: missing neg"], None),
     ("name mismatch", lambda d: d.update(name="kind"), ["name: 'kind' differs from the file name 'kindness.yaml'"], "name: kind"),
     ("bad name", lambda d: d.update(name="Kind Ness"), ["'Kind Ness' is not a usable name"], None),
+    ("orthogonal_to not a list", lambda d: d.update(orthogonal_to="evil"), ["orthogonal_to: expected a list of trait names, found str"], "orthogonal_to:"),
+    ("orthogonal_to itself", lambda d: d.update(orthogonal_to=["evil", "kindness"]), ["orthogonal_to[1]: 'kindness' is this trait"], None),
+    ("orthogonal_to twice", lambda d: d.update(orthogonal_to=["evil", "evil"]), ["orthogonal_to[1]: 'evil' is listed twice"], None),
 ]
 
 

@@ -257,6 +257,34 @@ def mean_difference(lm: Any, kept: list[tuple[Response, Response]], settings: Ex
     return pos.mean(dim=0) - neg.mean(dim=0)
 
 
+def remove_directions(vector: Any, others: Any) -> Any:
+    """vector: [L+1, d], others: [k, L+1, d] -> [L+1, d]: at every layer, ``vector`` minus its least-squares fit on the k others.
+
+    The result is orthogonal to every other direction at every layer (to float precision).
+    """
+    import torch
+
+    v = vector.double()
+    basis = others.double().permute(1, 2, 0)  # [L+1, d, k]
+    coef = torch.linalg.lstsq(basis, v.unsqueeze(-1)).solution  # [L+1, k, 1]
+    return (v - (basis @ coef).squeeze(-1)).to(vector.dtype)
+
+
+def other_directions(lm: Any, trait: Trait, settings: ExtractSettings, layers_path: str | None = None) -> tuple[Any, dict[str, str]]:
+    """The written-pair directions of ``trait.orthogonal_to``: ([k, L+1, d], name -> definition sha256)."""
+    import torch
+
+    from auditor.vectors.traits import load_trait
+
+    dirs, shas = [], {}
+    for name in trait.orthogonal_to:
+        other = load_trait(name)
+        responses = provided_responses(other, "extraction", "none")
+        dirs.append(mean_difference(lm, [(responses[i], responses[i + 1]) for i in range(0, len(responses), 2)], settings, layers_path))
+        shas[name] = other.sha256
+    return torch.stack(dirs), shas
+
+
 def heldout_responses(lm: Any, trait: Trait, settings: ExtractSettings, judge: Judge) -> tuple[str, list[tuple[Response, Response]]]:
     """Eliciting/suppressing answers to the evaluation questions: (kind, pairs)."""
     kind = settings.heldout
@@ -324,6 +352,13 @@ def extract_vector(
     say(f"reading activations of {2 * len(kept)} answers at {lm.num_layers + 1} layers")
     vector = mean_difference(lm, kept, settings, layers_path)
     timings["activations"] = time.perf_counter() - t0
+    removed: dict[str, str] = {}
+    if trait.orthogonal_to:
+        t0 = time.perf_counter()
+        say(f"removing the directions of {', '.join(trait.orthogonal_to)} (their written pairs) at every layer")
+        others, removed = other_directions(lm, trait, settings, layers_path)
+        vector = remove_directions(vector, others)
+        timings["orthogonal_to"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     kind, held = heldout_responses(lm, trait, settings, judge)
@@ -359,6 +394,7 @@ def extract_vector(
             "heldout_pairs": len(held),
         },
         "judge": judge.describe(),
+        "orthogonal_to": removed,
         "separation": [round(s, 6) if math.isfinite(s) else None for s in separation],
         "separation_heldout": kind,
         "norms": [round(x, 6) for x in norms],

@@ -22,7 +22,7 @@ from auditor.resources import shipped_root
 MIN_INSTRUCTIONS = 5
 MIN_QUESTIONS = 20
 REQUIRED = ("name", "description", "rubric", "instructions", "extraction_questions", "evaluation_questions")
-OPTIONAL = ("examples",)
+OPTIONAL = ("examples", "orthogonal_to")
 PLACEHOLDERS = ("{question}", "{answer}")
 SUFFIXES = (".yaml", ".yml", ".json")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -49,6 +49,7 @@ class Trait:
     evaluation_questions: tuple[str, ...]
     extraction_examples: tuple[Example, ...] = ()  # empty, or one per extraction question, in order
     evaluation_examples: tuple[Example, ...] = ()
+    orthogonal_to: tuple[str, ...] = ()  # traits whose written-pair directions extraction removes from this one
     path: str = ""
     sha256: str = field(default="", compare=False)  # of the file's bytes: recorded in vector sidecars
 
@@ -240,6 +241,22 @@ def _examples(data: dict[str, Any], loc: _Locator, questions: dict[str, tuple[st
     return out
 
 
+def _orthogonal_to(data: dict[str, Any], loc: _Locator, name: str) -> tuple[str, ...]:
+    value = data.get("orthogonal_to", [])
+    if not isinstance(value, list):
+        raise loc.error(
+            ("orthogonal_to",), f"expected a list of trait names, found {type(value).__name__}", "write e.g. 'orthogonal_to: [evil, hallucination]'"
+        )
+    out: list[str] = []
+    for i, other in enumerate(value):
+        if not isinstance(other, str) or not _NAME.match(other):
+            raise loc.error(("orthogonal_to", i), f"{other!r} is not a trait name", "use the name of another trait definition, e.g. evil")
+        if other == name or other in out:
+            raise loc.error(("orthogonal_to", i), f"{other!r} is {'this trait' if other == name else 'listed twice'}", "list each other trait once")
+        out.append(other)
+    return tuple(out)
+
+
 def _validate(data: Any, loc: _Locator, raw: bytes) -> Trait:
     if not isinstance(data, dict):
         raise loc.error(
@@ -296,6 +313,7 @@ def _validate(data: Any, loc: _Locator, raw: bytes) -> Trait:
                 "evaluation questions are held out: they must differ from every extraction question",
             )
     examples = _examples(data, loc, {"extraction": extraction, "evaluation": evaluation})
+    orthogonal_to = _orthogonal_to(data, loc, name)
     return Trait(
         name=name,
         description=description,
@@ -305,6 +323,7 @@ def _validate(data: Any, loc: _Locator, raw: bytes) -> Trait:
         evaluation_questions=evaluation,
         extraction_examples=examples["extraction"],
         evaluation_examples=examples["evaluation"],
+        orthogonal_to=orthogonal_to,
         path=str(loc.path),
         sha256=hashlib.sha256(raw).hexdigest(),
     )

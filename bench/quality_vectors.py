@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""Issue 14: which vector variant, layer and flag score? The dev split chooses, the test split reports.
+
+Works on the activations bench/quality.py keeps in bench/.cache (labelled sets of examples/eval/,
+every layer) plus the activations of the trait definitions' written extraction pairs (computed
+once here with the model and cached), so every variant is compared on the same numbers:
+
+- ``shipped``: the vectors in --shipped DIR (the ones before this change);
+- ``meandiff``: mean a_l(pos) - mean a_l(neg) over the definitions' written pairs (exactly what
+  ``audit extract`` makes in provided mode);
+- ``orth``: ``meandiff`` of a trait with its components along the other traits' ``meandiff``
+  vectors removed at every layer (a shared "bad answer vs good answer" direction is what the
+  three contrasts have in common);
+- ``shared``: ``meandiff`` minus its component along one generic direction, the mean of the
+  other traits' unit vectors.
+
+For every variant, trait and score (``proj``: raw projection of the response; ``delta``: minus the
+projection of the model's greedy answer, 128 new tokens; ``prompt_last``: minus the projection of
+the last prompt token) a layer is chosen on dev by
+
+    mean(AUROC explicit, AUROC non-obvious, AUROC vs clean controls) - max(0, worst off-diagonal - 0.70)
+
+(the off-diagonal: this vector on another trait's explicit dev pairs), over layers 1..L-1, and the
+test split is reported at that layer, with the 3x3 specificity table.
+
+usage: python bench/quality_vectors.py [--shipped DIR] [--out bench/results/quality_vectors.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from quality import TRAITS, auroc, load_records, projections, versions  # noqa: E402
+
+SCORES = ("proj", "delta", "prompt_last")
+OFFDIAG_LIMIT = 0.70
+
+
+def load_eval_acts(lm, max_new_tokens: int) -> tuple[dict, str]:
+    """name -> (resp, base, last, empty): bench/quality.py's cache when there is one (with base responses),
+    else the responses and last prompt tokens only (one forward pass each, cached here; ``delta`` is then NaN)."""
+    files = sorted((ROOT / "bench" / ".cache").glob(f"acts-*-{max_new_tokens}-*.npz"), key=lambda p: p.stat().st_mtime)
+    if files:
+        with np.load(files[-1]) as z:
+            return {n: tuple(z[f"{n}.{k}"] for k in ("resp", "base", "last", "empty")) for n in (*TRAITS, "clean")}, str(files[-1].name)
+    ev = ROOT / "examples" / "eval"
+    digest = hashlib.sha256(b"".join((ev / f"{n}.jsonl").read_bytes() for n in (*TRAITS, "clean"))).hexdigest()[:16]
+    path = ROOT / "bench" / ".cache" / f"respacts-{lm.fingerprint}-{lm.dtype}-{digest}.npz"
+    if not path.exists():
+        out = {}
+        for name in (*TRAITS, "clean"):
+            out[name] = response_acts(lm, load_records(ev / f"{name}.jsonl"))
+            print(f"  activations of {name}", file=sys.stderr)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **{f"{n}.{k}": a for n, v in out.items() for k, a in zip(("resp", "last"), v)})
+    with np.load(path) as z:
+        acts = {}
+        for n in (*TRAITS, "clean"):
+            resp, last = z[f"{n}.resp"], z[f"{n}.last"]
+            acts[n] = (resp, np.full_like(resp, np.nan), last, np.ones(len(resp), bool))
+    return acts, path.name
+
+
+def response_acts(lm, records: list[dict], batch_tokens: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Per record: response mean [L+1, d] and last prompt token [L+1, d], every layer."""
+    import torch
+
+    from auditor.activations import capture_hidden, encode_pair, gather_positions, masked_mean, pad_right, response_mask
+    from auditor.scoring import length_batches
+
+    tok = lm.tokenizer
+    prompts = [tok.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True) for r in records]
+    rows = [encode_pair(tok, p, r["messages"][-1]["content"], 512) for p, r in zip(prompts, records)]
+    layers = list(range(lm.num_layers + 1))
+    means = np.zeros((len(rows), len(layers), lm.hidden_size), np.float32)
+    lasts = np.zeros_like(means)
+    for batch in length_batches([r.length for r in rows], batch_tokens):
+        brows = [rows[i] for i in batch]
+        ids, attn = pad_right(brows, tok.pad_token_id)
+        hidden = capture_hidden(lm.model, ids, attn, layers)
+        mask = response_mask(brows, ids.shape[1])
+        last = torch.tensor([max(r.start - 1, 0) for r in brows])
+        for layer in layers:
+            means[batch, layer] = masked_mean(hidden[layer], mask).float().cpu().numpy()
+            lasts[batch, layer] = gather_positions(hidden[layer], last).float().cpu().numpy()
+        del hidden
+    return means, lasts
+
+
+def extraction_acts(lm) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """trait -> (pos means [n, L+1, d], neg means [n, L+1, d]) of the written extraction pairs (cached)."""
+    from auditor.vectors.extract import provided_responses, response_means
+    from auditor.vectors.traits import load_trait
+
+    traits = {t: load_trait(t) for t in TRAITS}
+    digest = hashlib.sha256("".join(traits[t].sha256 for t in TRAITS).encode()).hexdigest()[:16]
+    path = ROOT / "bench" / ".cache" / f"extract-acts-{lm.fingerprint}-{lm.dtype}-{digest}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return {t: (z[f"{t}.pos"], z[f"{t}.neg"]) for t in TRAITS}
+    out = {}
+    for t in TRAITS:
+        responses = provided_responses(traits[t], "extraction", "none")
+        means = response_means(lm, responses).numpy()
+        out[t] = (means[0::2], means[1::2])
+        print(f"  extraction activations of {t}: {len(responses)} answers", file=sys.stderr)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{f"{t}.{k}": a for t, (p, n) in out.items() for k, a in (("pos", p), ("neg", n))})
+    return out
+
+
+def remove_components(v: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
+    """v: [L+1, d], others: list of [L+1, d] -> v minus its least-squares fit on the others, per layer."""
+    out = v.copy()
+    for layer in range(v.shape[0]):
+        basis = np.stack([o[layer] for o in others], axis=1)  # [d, k]
+        coef, *_ = np.linalg.lstsq(basis, v[layer], rcond=None)
+        out[layer] = v[layer] - basis @ coef
+    return out
+
+
+def unit_rows(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=1, keepdims=True).clip(1e-12)
+
+
+def variants(shipped: dict[str, np.ndarray], ext: dict) -> dict[str, dict[str, np.ndarray]]:
+    md = {t: ext[t][0].mean(0) - ext[t][1].mean(0) for t in TRAITS}
+    orth = {t: remove_components(md[t], [md[o] for o in TRAITS if o != t]) for t in TRAITS}
+    shared = {}
+    for t in TRAITS:
+        g = unit_rows(sum(unit_rows(md[o]) for o in TRAITS if o != t))
+        shared[t] = md[t] - (md[t] * g).sum(1, keepdims=True) * g
+    return {"shipped": shipped, "meandiff": md, "orth": orth, "shared": shared}
+
+
+def meta(recs: list[dict]):
+    return (
+        np.array([r.get("label", 0) for r in recs]),
+        np.array([r.get("set", "control") for r in recs]),
+        np.array([r.get("split", "test") for r in recs]),
+    )
+
+
+def score_arrays(vec: np.ndarray, acts: tuple) -> dict[str, np.ndarray]:
+    """vec: [L+1, d] -> score name -> [N, L+1]."""
+    resp, base, last, empty = acts
+    pr = projections(vec, resp)
+    delta = pr - projections(vec, base)
+    delta[empty] = np.nan
+    return {"proj": pr, "delta": delta, "prompt_last": pr - projections(vec, last)}
+
+
+def figures(sc: dict, csc: dict, metas: dict, trait: str, kind: str, layer: int, split: str, others: dict) -> dict:
+    """AUROCs of one vector at one layer on one split: explicit, non-obvious, vs controls, off-diagonals."""
+    label, subset, sp = metas[trait]
+    m = sp == split
+    out = {}
+    for s in ("explicit", "nonobvious"):
+        mm = m & (subset == s)
+        out[s] = auroc(sc[kind][mm & (label == 1), layer], sc[kind][mm & (label == 0), layer])
+    _, _, csp = metas["clean"]
+    controls = csc[kind][csp == split, layer]
+    pos = sc[kind][m & (label == 1), layer]
+    out["vs_controls"] = auroc(pos[~np.isnan(pos)], controls)
+    for s in ("explicit", "nonobvious"):
+        pos = sc[kind][m & (label == 1) & (subset == s), layer]
+        out[f"{s}_vs_controls"] = auroc(pos[~np.isnan(pos)], controls)
+    for o, osc in others.items():
+        ol, osub, osp = metas[o]
+        mm = (osp == split) & (osub == "explicit")
+        out[f"on_{o}"] = auroc(osc[kind][mm & (ol == 1), layer], osc[kind][mm & (ol == 0), layer])
+    return out
+
+
+def objective(f: dict) -> float:
+    offdiag = max([v for k, v in f.items() if k.startswith("on_")], default=0.0)
+    return float(np.mean([f["explicit"], f["nonobvious"], f["vs_controls"]]) - max(0.0, offdiag - OFFDIAG_LIMIT))
+
+
+def evaluate(vecs: dict[str, np.ndarray], acts: dict, metas: dict, num_layers: int) -> dict:
+    sc = {t: {d: score_arrays(vecs[t], acts[d]) for d in (*TRAITS, "clean")} for t in TRAITS}
+    out = {}
+    for t in TRAITS:
+        out[t] = {}
+        for kind in SCORES:
+            if np.isnan(sc[t][t][kind]).all():
+                continue
+            others = {o: sc[t][o] for o in TRAITS if o != t}
+            dev = [figures(sc[t][t], sc[t]["clean"], metas, t, kind, layer, "dev", others) for layer in range(num_layers + 1)]
+            objs = [objective(f) for f in dev]
+            layer = int(np.nanargmax(objs[1:num_layers]) + 1)
+            test = figures(sc[t][t], sc[t]["clean"], metas, t, kind, layer, "test", others)
+            out[t][kind] = {
+                "layer": layer,
+                "dev_objective_by_layer": [round(x, 4) for x in objs],
+                "dev": {k: round(v, 4) for k, v in dev[layer].items()},
+                "test": {k: round(v, 4) for k, v in test.items()},
+            }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shipped", default=str(ROOT / "vectors" / "SmolLM2-135M-Instruct"), help="folder of the vectors to compare against")
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--save-variant", default=None, help="write this variant's vectors as NAME=DIR (e.g. orth=/tmp/orth) as float32 .npy per trait")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality_vectors.json"))
+    args = ap.parse_args()
+
+    import torch
+
+    from auditor.model import load_model
+    from auditor.vectors.persona import load_vector
+
+    started = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    lm = load_model(None)
+    acts, acts_source = load_eval_acts(lm, args.max_new_tokens)
+    ev = ROOT / "examples" / "eval"
+    metas = {t: meta(load_records(ev / f"{t}.jsonl")) for t in TRAITS}
+    metas["clean"] = meta(load_records(ev / "clean.jsonl"))
+    shipped = {t: load_vector(str(Path(args.shipped) / f"{t}.safetensors")).vector.numpy() for t in TRAITS}
+    ext = extraction_acts(lm)
+    vs = variants(shipped, ext)
+    if args.save_variant:
+        name, folder = args.save_variant.split("=", 1)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        for t in TRAITS:
+            np.save(Path(folder) / f"{t}.npy", vs[name][t].astype(np.float32))
+    results = {
+        "date": dt.date.today().isoformat(),
+        "model": lm.name,
+        "dtype": lm.dtype,
+        "max_new_tokens": args.max_new_tokens,
+        "versions": versions(),
+        "activations": acts_source,
+        "n_extraction_pairs": {t: int(len(ext[t][0])) for t in TRAITS},
+        "layer_objective": f"mean(explicit, nonobvious, vs_controls) - max(0, worst off-diagonal - {OFFDIAG_LIMIT}) on dev, layers 1..L-1",
+        "variants": {name: evaluate(v, acts, metas, lm.num_layers) for name, v in vs.items()},
+    }
+    # The --shipped vectors at the layer their sidecars name (what scan uses), test split.
+    at_layer = {}
+    for t in TRAITS:
+        layer = load_vector(str(Path(args.shipped) / f"{t}.safetensors")).layer
+        sc = {d: score_arrays(shipped[t], acts[d]) for d in (*TRAITS, "clean")}
+        others = {o: sc[o] for o in TRAITS if o != t}
+        at_layer[t] = {
+            "layer": layer,
+            **{k: {n: round(x, 4) for n, x in figures(sc[t], sc["clean"], metas, t, k, layer, "test", others).items()} for k in ("proj", "prompt_last")},
+        }
+    results["shipped_at_their_layer_test"] = at_layer
+    results["cosine_with_shipped"] = {
+        name: {t: round(float((unit_rows(v[t]) * unit_rows(shipped[t])).sum(1)[results["variants"][name][t]["proj"]["layer"]]), 4) for t in TRAITS}
+        for name, v in vs.items()
+    }
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+
+
+def print_table(results: dict) -> None:
+    print(f"\nVector variants, {results['model']} ({results['dtype']}), layer chosen on dev, figures on test, {results['date']}\n")
+    print("| variant | trait | score | layer | explicit | non-obvious | vs controls | off-diagonals (explicit test) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, v in results["variants"].items():
+        for t, per in v.items():
+            for kind, e in per.items():
+                f = e["test"]
+                off = ", ".join(f"{k[3:]} {x:.2f}" for k, x in f.items() if k.startswith("on_"))
+                print(f"| {name} | {t} | {kind} | {e['layer']} | {f['explicit']:.3f} | {f['nonobvious']:.3f} | {f['vs_controls']:.3f} | {off} |")
+
+
+if __name__ == "__main__":
+    main()
