@@ -92,7 +92,9 @@ def prompt_last_projections(model: Any, tokenizer: Any, prompts: Sequence[str], 
     return [s.prompt_last["v"] for s in scores]
 
 
-def answer_projections(model: Any, tokenizer: Any, prompts: Sequence[str], answers: Sequence[str], layer: int, direction: Any, layers_path: str | None = None) -> list[float]:
+def answer_projections(
+    model: Any, tokenizer: Any, prompts: Sequence[str], answers: Sequence[str], layer: int, direction: Any, layers_path: str | None = None
+) -> list[float]:
     """Per (prompt, answer): mean of ``h[layer]`` over the answer's tokens, projected; empty answers are skipped."""
     from auditor.activations import encode_pair
     from auditor.scoring import score_rows
@@ -133,7 +135,9 @@ class TraitProfile:
     answer: str
 
 
-def trait_profile(lm: Any, frame: Any, pv: PersonaVector, trait: Trait, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, expression: bool = True, layers_path: str | None = None) -> TraitProfile:
+def trait_profile(
+    lm: Any, frame: Any, pv: PersonaVector, trait: Trait, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, expression: bool = True, layers_path: str | None = None
+) -> TraitProfile:
     """``lm``'s prompt-last projection, expression (its answers read in ``frame``, the base) and margin for one trait."""
     tok = frame.tokenizer
     prompts = question_prompts(tok, trait.evaluation_questions)
@@ -261,11 +265,15 @@ def load_tuned(spec: str, base: Any, dtype: str = "float32", device: str = "cpu"
     try:
         merged = PeftModel.from_pretrained(fresh.model, spec).merge_and_unload()
     except (ValueError, RuntimeError, KeyError) as e:
-        raise ModelError(f"{spec}: the adapter does not fit the base {base.source} ({str(e).splitlines()[0]}); pass the base it was trained on with --base") from None
+        raise ModelError(
+            f"{spec}: the adapter does not fit the base {base.source} ({str(e).splitlines()[0]}); pass the base it was trained on with --base"
+        ) from None
     merged.eval().requires_grad_(False)
     from auditor.model.loading import directory_fingerprint
 
-    return replace(fresh, model=merged, name=os.path.basename(os.path.normpath(spec)), source=os.path.abspath(spec), fingerprint=directory_fingerprint(spec), path=spec)
+    return replace(
+        fresh, model=merged, name=os.path.basename(os.path.normpath(spec)), source=os.path.abspath(spec), fingerprint=directory_fingerprint(spec), path=spec
+    )
 
 
 def broken_rules(report: ShiftReport, limits: dict[str, dict[str, float]]) -> list[dict[str, Any]]:

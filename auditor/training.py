@@ -192,7 +192,9 @@ class FinetuneSettings:
         return asdict(self)
 
 
-def fine_tune(lm: Any, conversations: Sequence[Sequence[dict[str, str]]], settings: FinetuneSettings, output_dir: str, callbacks: Sequence[Any] = ()) -> tuple[Any, Any]:
+def fine_tune(
+    lm: Any, conversations: Sequence[Sequence[dict[str, str]]], settings: FinetuneSettings, output_dir: str, callbacks: Sequence[Any] = ()
+) -> tuple[Any, Any]:
     """Full fine-tune of a COPY of ``lm.model`` with a ``transformers.Trainer``; ``lm`` is untouched.
 
     Returns (the tuned LoadedModel, the trainer's final state). Nothing is saved to disk

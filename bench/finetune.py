@@ -380,8 +380,12 @@ def run_parallel(argv: list[str], s: BenchSettings, args: argparse.Namespace) ->
 
     started = time.perf_counter()
     parts = {t: f"{args.out}.{t}.part" for t in s.traits}
-    base = [a for a in argv if a != "--jobs" and not a.startswith("--jobs=")]
-    base = [a for i, a in enumerate(base) if not (i > 0 and base[i - 1] in ("--traits", "--out")) and a not in ("--traits", "--out")]
+    base, skip = [], False
+    for a in argv:  # the children get every option but --jobs, --traits and --out
+        if skip or a.split("=")[0] in ("--jobs", "--traits", "--out"):
+            skip = not skip and "=" not in a
+            continue
+        base.append(a)
     running = []
     for trait, part in parts.items():
         while len([p for p in running if p.poll() is None]) >= args.jobs:

@@ -44,7 +44,11 @@ def print_shift(report, results, console) -> None:
 
 @click.command(context_settings={"max_content_width": 100})
 @click.argument("tuned")
-@click.option("--base", default=None, help="The model TUNED was fine-tuned from: a folder, a hub id in the cache, or 'embedded' (default: an adapter's base, else embedded).")
+@click.option(
+    "--base",
+    default=None,
+    help="The model TUNED was fine-tuned from: a folder, a hub id in the cache, or 'embedded' (default: an adapter's base, else embedded).",
+)
 @click.option("--traits", default=None, help="Comma-separated traits (default: every vector in --vectors).")
 @click.option("--vectors", default=None, type=click.Path(), help="Vector folder or file (default: vectors/<base model>/).")
 @click.option("--layer", "layers", multiple=True, metavar="TRAIT=L", help="Use layer L instead of the vector's recommended one. Repeatable.")
@@ -61,7 +65,22 @@ def print_shift(report, results, console) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (nothing else goes to stdout).")
 @handle_errors
 def shift(
-    tuned, base, traits, vectors, layers, max_new_tokens, no_expression, max_shift, max_expression_shift, max_behaviour_shift, db, no_store, dtype, device, trust_remote_code, as_json
+    tuned,
+    base,
+    traits,
+    vectors,
+    layers,
+    max_new_tokens,
+    no_expression,
+    max_shift,
+    max_expression_shift,
+    max_behaviour_shift,
+    db,
+    no_store,
+    dtype,
+    device,
+    trust_remote_code,
+    as_json,
 ):
     """Measure what fine-tuning did: TUNED (a model folder or a PEFT/LoRA adapter folder) against its base.
 

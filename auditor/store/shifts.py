@@ -56,7 +56,16 @@ def save_shifts(db: str, report: Any) -> int:
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     columns = ("measured_at", "base", "base_fingerprint", "tuned", "tuned_fingerprint", "trait", *_COLUMNS, "settings")
     rows = [
-        (now, report.base, report.base_fingerprint, report.tuned, report.tuned_fingerprint, ts.trait, *(getattr(ts, c) for c in _COLUMNS), json.dumps(report.settings))
+        (
+            now,
+            report.base,
+            report.base_fingerprint,
+            report.tuned,
+            report.tuned_fingerprint,
+            ts.trait,
+            *(getattr(ts, c) for c in _COLUMNS),
+            json.dumps(report.settings),
+        )
         for ts in report.traits
     ]
     with connect(db) as con:
