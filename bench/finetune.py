@@ -52,18 +52,18 @@ class BenchSettings:
     """Everything that decides the results; written into the results file."""
 
     traits: list[str] = field(default_factory=lambda: ["sycophancy", "hallucination", "evil"])
-    size: int = 16  # samples per training set
+    size: int = 8  # samples per training set (small: the machine is shared; see bench/NOTES-finetune.md)
     alphas: list[float] = field(default_factory=lambda: [0.0, 8.0, 16.0])
     model: str = "embedded"
     vectors: str | None = None
     dtype: str = "float32"
-    scan_max_new_tokens: int = 48  # base responses y' of the scan
-    shift_max_new_tokens: int = 32  # answers read by the expression measure
+    scan_max_new_tokens: int = 32  # base responses y' of the scan
+    shift_max_new_tokens: int = 24  # answers read by the expression measure
     threads: int = 1  # per process: on a busy 2-core machine one thread trains ~7x faster than two (bench/NOTES-finetune.md)
     seed: int = 0
-    epochs: float = 2.0
+    epochs: float = 3.0
     batch_size: int = 4
-    learning_rate: float = 2e-4
+    learning_rate: float = 3e-4
     max_length: int = 128
     bf16: bool = True  # bfloat16 autocast while training (scoring stays float32); off where the CPU lacks bf16
     quick: bool = False
@@ -345,16 +345,59 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _f(v: float | None, spec: str = "+.3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The tables of bench/NOTES-finetune.md from a results file."""
+    lines = []
+    for trait, res in results["traits"].items():
+        lines += [
+            f"### {trait}",
+            "",
+            "| set | mean delta | mean projection | mean prompt-last delta | finetuning shift | expression shift | behaviour shift | clean loss |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, r in res.get("datasets", {}).items():
+            sh = r["shifts"][trait]
+            sc = r["scores"]
+            lines.append(
+                f"| {name} | {_f(sc['delta'])} | {_f(sc['projection'])} | {_f(sc['prompt_last_delta'])} | {_f(sh['shift'])} | {_f(sh['expression_shift'])} | {_f(sh['behaviour_shift'])} | {_f(r['clean_loss'], '.4f')} |"
+            )
+        corr = res.get("correlations", {})
+        if corr:
+            lines += ["", "| score | vs finetuning shift (Pearson / Spearman) | vs expression shift | vs behaviour shift |", "|---|---|---|---|"]
+            for sc in SCORES:
+                cells = [f"{_f(corr[sc][m]['pearson'], '+.2f')} / {_f(corr[sc][m]['spearman'], '+.2f')}" for m in MEASURES]
+                lines.append(f"| {sc} | " + " | ".join(cells) + " |")
+        if res.get("samples"):
+            lines += ["", "| sample-level set | trait / clean / realistic | finetuning shift | expression shift | behaviour shift |", "|---|---|---|---|---|"]
+            for name, r in res["samples"].items():
+                sh, k = r["shifts"][trait], r["kinds"]
+                lines.append(
+                    f"| {name} | {k['trait']} / {k['clean']} / {k['realistic']} | {_f(sh['shift'])} | {_f(sh['expression_shift'])} | {_f(sh['behaviour_shift'])} |"
+                )
+        if res.get("steering"):
+            lines += ["", "| steering alpha | finetuning shift | expression shift | behaviour shift | clean loss |", "|---|---|---|---|---|"]
+            for a, r in res["steering"].items():
+                sh = r["shifts"][trait]
+                lines.append(f"| {a} | {_f(sh['shift'])} | {_f(sh['expression_shift'])} | {_f(sh['behaviour_shift'])} | {_f(r['clean_loss'], '.4f')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def parse(argv: list[str] | None) -> tuple[BenchSettings, argparse.Namespace]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--vectors", default=None, help="vector folder (default: the shipped vectors of the model)")
     ap.add_argument("--traits", default=None, help="comma-separated traits (default: sycophancy,hallucination,evil)")
-    ap.add_argument("--size", type=int, default=None, help="samples per training set (default 16)")
+    ap.add_argument("--size", type=int, default=None, help="samples per training set (default 8)")
     ap.add_argument("--alphas", default=None, help="preventative steering alphas in audit vectors steer units, comma-separated (default 0,8,16)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per process (default 1)")
     ap.add_argument("--jobs", type=int, default=1, help="traits benched in parallel processes (default 1)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "finetune.json"))
     ap.add_argument("--quick", action="store_true", help="tiny random model, 4-sample sets, 1 epoch: the code path in seconds (CI)")
+    ap.add_argument("--tables", metavar="RESULTS", default=None, help="print the markdown tables of a results file (or .part file) and exit")
     args = ap.parse_args(argv)
     s = BenchSettings()
     if args.quick:
@@ -420,6 +463,10 @@ def run_parallel(argv: list[str], s: BenchSettings, args: argparse.Namespace) ->
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     s, args = parse(argv)
+    if args.tables:
+        with open(args.tables) as fh:
+            print(markdown(json.load(fh)))
+        return {}
     if args.jobs > 1 and len(s.traits) > 1:
         return run_parallel(argv, s, args)
     started = time.perf_counter()

@@ -219,3 +219,20 @@ def test_bench_quick_mode_runs_the_whole_code_path(tmp_path):
     }
     assert set(res["summary"]["sycophancy"]["spearman_behaviour"]) == {"delta", "projection", "prompt_last_delta"}
     assert res["finetune"]["seed"] == 0 and res["settings"]["quick"] is True
+
+
+def test_cached_base_profile_gives_the_same_report(tiny_lm, tuned_dir, tmp_path):
+    """The bench's fast path (base side computed once) equals measuring both sides every time."""
+    from auditor.model import load_model
+    from auditor.shift import measure_shift, trait_profile
+    from auditor.vectors.persona import load_vectors
+    from auditor.vectors.traits import load_trait
+
+    tuned = load_model(tuned_dir, dtype="float32", device="cpu")
+    (pv,) = load_vectors(make_vectors(tmp_path / "v", tiny_lm.num_layers, tiny_lm.hidden_size, traits=("evil",), layer=2), tiny_lm.name)
+    traits = {"evil": load_trait("evil")}
+    plain = measure_shift(tiny_lm, tuned, [pv], traits, max_new_tokens=5).traits[0]
+    cached = measure_shift(
+        tiny_lm, tuned, [pv], traits, max_new_tokens=5, base_profiles={"evil": trait_profile(tiny_lm, tiny_lm, pv, traits["evil"], 5)}
+    ).traits[0]
+    assert cached == plain
