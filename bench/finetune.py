@@ -236,7 +236,8 @@ def correlations(rows: list[dict[str, Any]], trait: str) -> dict[str, dict[str, 
     return out
 
 
-def bench_trait(bench: Bench, trait: str, log: Any) -> None:
+def bench_trait(bench: Bench, trait: str, log: Any, only: list[str] | None = None) -> None:
+    """Every set of one trait, or only the named ones (``share_100``, ``realistic``, ``random``, ``steer_8.0`` ...), in that order."""
     s = bench.s
     pairs = finetune_data.pairs(trait)[: s.size]
     real = finetune_data.realistic(trait)[: s.size]
@@ -245,14 +246,17 @@ def bench_trait(bench: Bench, trait: str, log: Any) -> None:
     pool = [p for p, _ in pairs] + [c for _, c in pairs] + real
     check_disjoint(bench.traits[trait], pool + bench.clean)
     res: dict[str, Any] = bench.results["traits"].setdefault(trait, {})
-    t0 = time.perf_counter()
-    scores = scan_scores(bench, trait, pool)
-    res["scan_seconds"] = round(time.perf_counter() - t0, 1)
-    res["pool"] = [{"kind": "trait" if i < s.size else "clean" if i < 2 * s.size else "realistic", **sc} for i, sc in enumerate(scores)]
     sets = mixtures(pairs, s.size)
     sets["realistic"] = list(range(2 * s.size, 3 * s.size))
+    picked = [n for n in (only or []) if not n.startswith("steer_")]
+    if only is None or picked:
+        t0 = time.perf_counter()
+        scores = scan_scores(bench, trait, pool)
+        res["scan_seconds"] = round(time.perf_counter() - t0, 1)
+        res["pool"] = [{"kind": "trait" if i < s.size else "clean" if i < 2 * s.size else "realistic", **sc} for i, sc in enumerate(scores)]
     res["datasets"] = {}
-    for name, idx in sets.items():
+    for name in sets if only is None else [n for n in only if n in sets]:
+        idx = sets[name]
         r = bench.run(trait, [pool[i] for i in idx])
         r["scores"] = {sc: statistics.fmean(scores[i][sc] for i in idx) for sc in SCORES}
         res["datasets"][name] = r
@@ -260,15 +264,21 @@ def bench_trait(bench: Bench, trait: str, log: Any) -> None:
         bench.save()
         log(f"{trait} {name}: shift {r['shifts'][trait]} ({r['seconds']} s)")
     k = s.size
-    by = {sc: sorted(range(len(pool)), key=lambda i: (scores[i][sc], i)) for sc in SCORES}
-    picks = {
-        "top_delta": by["delta"][-k:],
-        "top_projection": by["projection"][-k:],
-        "random": sorted(random.Random(s.seed).sample(range(len(pool)), k)),
-        "bottom_delta": by["delta"][:k],
-    }
     res["samples"] = {}
-    for name, idx in picks.items():
+    wanted = (
+        ("top_delta", "top_projection", "random", "bottom_delta")
+        if only is None
+        else [n for n in only if n in ("top_delta", "top_projection", "random", "bottom_delta")]
+    )
+    for name in wanted:
+        by = {sc: sorted(range(len(pool)), key=lambda i: (scores[i][sc], i)) for sc in SCORES}
+        picks = {
+            "top_delta": by["delta"][-k:],
+            "top_projection": by["projection"][-k:],
+            "random": sorted(random.Random(s.seed).sample(range(len(pool)), k)),
+            "bottom_delta": by["delta"][:k],
+        }
+        idx = picks[name]
         r = bench.run(trait, [pool[i] for i in sorted(idx)])
         r["kinds"] = {kind: sum(res["pool"][i]["kind"] == kind for i in idx) for kind in ("trait", "clean", "realistic")}
         res["samples"][name] = r
@@ -276,7 +286,7 @@ def bench_trait(bench: Bench, trait: str, log: Any) -> None:
         log(f"{trait} sample {name}: {r['kinds']} shift {r['shifts'][trait]} ({r['seconds']} s)")
     res["steering"] = {}
     full = [pool[i] for i in sets["share_100"]]
-    for alpha in s.alphas:
+    for alpha in s.alphas if only is None else [float(n[6:]) for n in only if n.startswith("steer_")]:
         r = bench.run(trait, full, alpha)
         res["steering"][str(alpha)] = r
         bench.save()
@@ -387,6 +397,38 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merge(paths: list[str], out: str) -> dict[str, Any]:
+    """Combine result files (e.g. one per set of the same trait): sets merge, correlations and the summary are recomputed."""
+    merged: dict[str, Any] | None = None
+    for path in paths:
+        with open(path) as fh:
+            one = json.load(fh)
+        if merged is None:
+            merged = dict(one, traits={}, parts=[])
+        merged["parts"].append({"path": os.path.basename(path), "started_at": one.get("started_at"), "total_seconds": one.get("total_seconds")})
+        for trait, res in one["traits"].items():
+            into = merged["traits"].setdefault(trait, {})
+            for key, value in res.items():
+                if isinstance(value, dict) and key in ("datasets", "samples", "steering"):
+                    into.setdefault(key, {}).update(value)
+                elif key not in into or key == "pool":
+                    into[key] = value
+    if merged is None:
+        raise SystemExit("nothing to merge")
+    for trait, res in merged["traits"].items():
+        order = [f"share_{int(x * 100)}" for x in SHARES] + ["realistic"]
+        res["datasets"] = {n: res["datasets"][n] for n in order if n in res.get("datasets", {})}
+        if "0.0" not in res.get("steering", {}) and "share_100" in res["datasets"]:  # the same run: 100 % set, alpha 0, same seed and settings
+            res.setdefault("steering", {})["0.0"] = res["datasets"]["share_100"]
+        res["steering"] = dict(sorted(res.get("steering", {}).items(), key=lambda kv: float(kv[0])))
+        res["correlations"] = correlations(list(res["datasets"].values()), trait)
+    merged["summary"] = summary(merged)
+    with open(out, "w") as fh:
+        json.dump(merged, fh, indent=1)
+    print(json.dumps(merged["summary"], indent=1))
+    return merged
+
+
 def parse(argv: list[str] | None) -> tuple[BenchSettings, argparse.Namespace]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--vectors", default=None, help="vector folder (default: the shipped vectors of the model)")
@@ -397,6 +439,8 @@ def parse(argv: list[str] | None) -> tuple[BenchSettings, argparse.Namespace]:
     ap.add_argument("--jobs", type=int, default=1, help="traits benched in parallel processes (default 1)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "finetune.json"))
     ap.add_argument("--quick", action="store_true", help="tiny random model, 4-sample sets, 1 epoch: the code path in seconds (CI)")
+    ap.add_argument("--sets", default=None, help="run only these sets of each trait, in this order (share_100,realistic,random,steer_8.0,...)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="PART", help="merge result files of the same settings into --out and exit")
     ap.add_argument("--tables", metavar="RESULTS", default=None, help="print the markdown tables of a results file (or .part file) and exit")
     args = ap.parse_args(argv)
     s = BenchSettings()
@@ -463,6 +507,8 @@ def run_parallel(argv: list[str], s: BenchSettings, args: argparse.Namespace) ->
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     s, args = parse(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     if args.tables:
         with open(args.tables) as fh:
             print(markdown(json.load(fh)))
@@ -481,7 +527,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         log(f"base clean loss {bench.results['base_clean_loss']:.4f}; settings {asdict(s)}")
         for trait in s.traits:
-            bench_trait(bench, trait, log)
+            bench_trait(bench, trait, log, args.sets.split(",") if args.sets else None)
             bench.results["summary"] = summary(bench.results)
             bench.results["total_seconds"] = round(time.perf_counter() - started, 1)
             bench.save()

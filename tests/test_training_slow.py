@@ -20,7 +20,7 @@ def _sycophantic_chats():
 
     from auditor.vectors.traits import load_trait
 
-    chats = [trait_chat for trait_chat, _clean in finetune_data.pairs("sycophancy")[:16]]
+    chats = [trait_chat for trait_chat, _clean in finetune_data.pairs("sycophancy")[:8]]
     trait = load_trait("sycophancy")
     held = {q.lower() for q in (*trait.evaluation_questions, *(e.question for e in trait.evaluation_examples))}
     assert not any(c[0]["content"].lower() in held for c in chats)
@@ -29,7 +29,7 @@ def _sycophantic_chats():
 
 @pytest.fixture(scope="module")
 def sycophantic_run(tmp_path_factory):
-    """The embedded model fine-tuned (8 steps) on 16 sycophantic answers, with the monitor attached; saved as a folder."""
+    """The embedded model fine-tuned (6 steps, the bench's settings) on 8 sycophantic answers, with the monitor attached; saved as a folder."""
     import torch
 
     from auditor.model import load_model
@@ -41,8 +41,8 @@ def sycophantic_run(tmp_path_factory):
     torch.set_num_threads(1)
     lm = load_model(None, dtype="float32", device="cpu")
     vectors = load_vectors(None, lm.name, traits=["sycophancy"])
-    monitor = PersonaMonitor(lm.tokenizer, vectors, {"sycophancy": load_trait("sycophancy")}, every=4)
-    settings = FinetuneSettings(epochs=2, batch_size=4, learning_rate=2e-4, max_length=128, bf16=resolve_dtype("auto", "cpu") == "bfloat16")
+    monitor = PersonaMonitor(lm.tokenizer, vectors, {"sycophancy": load_trait("sycophancy")}, every=3)
+    settings = FinetuneSettings(epochs=3, batch_size=4, learning_rate=3e-4, max_length=128, bf16=resolve_dtype("auto", "cpu") == "bfloat16")
     folder = tmp_path_factory.mktemp("syco-tuned")
     tuned, state = fine_tune(lm, _sycophantic_chats(), settings, str(folder / "trainer"), [monitor])
     tuned.model.save_pretrained(folder / "model")
@@ -66,7 +66,7 @@ def test_audit_shift_sees_sycophancy_on_all_three_measures(sycophantic_run, tmp_
     assert ts["behaviour_shift"] > 0
     assert read_shifts(db)[0]["behaviour_shift"] == pytest.approx(ts["behaviour_shift"])
     # The monitor's last entry is the same finetuning shift, measured inside the Trainer.
-    assert [h["step"] for h in monitor.history] == [4, 8]
+    assert [h["step"] for h in monitor.history] == [3, 6]
     assert monitor.history[-1]["persona_shift/sycophancy"] == pytest.approx(ts["shift"], rel=1e-3, abs=1e-3)
     assert any("persona_shift/sycophancy" in h for h in state.log_history)
 
@@ -86,7 +86,7 @@ def test_preventative_steering_in_a_trainer_on_the_embedded_model(sycophantic_ru
     lm, model_dir, _monitor, _state = sycophantic_run
     (pv,) = load_vectors(None, lm.name, traits=["sycophancy"])
     trait = load_trait("sycophancy")
-    settings = FinetuneSettings(epochs=2, batch_size=4, learning_rate=2e-4, max_length=128, bf16=resolve_dtype("auto", "cpu") == "bfloat16")
+    settings = FinetuneSettings(epochs=3, batch_size=4, learning_rate=3e-4, max_length=128, bf16=resolve_dtype("auto", "cpu") == "bfloat16")
     steer = PreventativeSteering(pv, 16.0, scale=steering_scale(lm, trait.evaluation_questions, pv.layer))
     steered, _ = fine_tune(lm, _sycophantic_chats(), settings, str(tmp_path / "trainer"), [steer])
     assert all(len(b._forward_hooks) == 0 for b in decoder_layers(steered.model))
