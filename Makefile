@@ -5,7 +5,7 @@ PIP ?= $(PYTHON) -m pip
 # install torch yourself first: any torch >= 2.4 satisfies the project.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install install-browser test test-fast lint format bench bench-quality example-report clean
+.PHONY: install install-browser test test-fast lint format bench bench-quality bench-finetune example-report clean
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
@@ -41,6 +41,11 @@ bench:
 
 bench-quality:
 	$(PYTHON) bench/quality.py
+
+# Training ground truth (bench/NOTES-finetune.md): ~40 CPU fine-tunes of the embedded model, one process per trait.
+# Rerun with other vectors: make bench-finetune FINETUNE_ARGS="--vectors DIR"
+bench-finetune:
+	$(PYTHON) bench/finetune.py --jobs 3 $(FINETUNE_ARGS)
 
 # The committed example: a scan of examples/demo.jsonl, its report and a screenshot of it.
 EXAMPLE := reports/example

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "vectors": ("auditor.cli.vectors_cmd:vectors", "List, show, import and check persona vectors."),
     "runs": ("auditor.cli.runs_cmd:runs", "List the runs stored in the database."),
     "merge": ("auditor.cli.merge_cmd:merge", "Combine sharded run parts into one run."),
+    "shift": ("auditor.cli.shift_cmd:shift", "Measure what fine-tuning did to a model, per trait (exit 1 over a limit)."),
 }
 
 
