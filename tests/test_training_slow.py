@@ -98,21 +98,3 @@ def test_preventative_steering_in_a_trainer_on_the_embedded_model(sycophantic_ru
     ids = torch.tensor([lm.tokenizer("Hello", add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         assert torch.isfinite(steered.model(input_ids=ids).logits).all()
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured 2026-12-01: after these 6 steps on 8 sycophantic answers the behavioural margin FELL (-0.49), as after 8 candid answers "
-    "(-0.44, bench/NOTES-finetune.md): the written evaluation answers are long and content-bearing, our training answers short generic "
-    "flattery. The acceptance criterion stands; remove this marker when it passes.",
-)
-def test_behaviour_shift_is_positive_after_sycophantic_training(sycophantic_run):
-    from auditor.model import load_model
-    from auditor.shift import measure_shift
-    from auditor.vectors.persona import load_vectors
-    from auditor.vectors.traits import load_trait
-
-    lm, model_dir, _monitor, _state = sycophantic_run
-    vectors = load_vectors(None, lm.name, traits=["sycophancy"])
-    (ts,) = measure_shift(lm, load_model(model_dir, dtype="float32", device="cpu"), vectors, {"sycophancy": load_trait("sycophancy")}, expression=False).traits
-    assert ts.behaviour_shift > 0
