@@ -200,7 +200,7 @@ def extract(
             + (f" (previous recommended layer {previous.layer})" if previous.layer != pv.layer else "")
         )
     if calibrate:
-        from auditor.vectors.calibrate import calibrate as run_calibration
+        from auditor.calibration import calibrate as run_calibration
 
         t0 = time.perf_counter()
         cal = run_calibration(
