@@ -157,12 +157,10 @@ def build_prompts(tokenizer: Any, responses: Sequence[Response]) -> list[str]:
 def response_means(lm: Any, responses: Sequence[Response], batch_tokens: int = 8192, layers_path: str | None = None) -> Any:
     """Each response's mean hidden state over its tokens at every layer: [N, L+1, d] float32.
 
-    Batched by length (``scoring.length_batches``); ``h[L]`` includes the final norm.
+    Batched by length (``activations.response_means``); ``h[L]`` includes the final norm.
     """
-    import torch
-
-    from auditor.activations import capture_hidden, encode_pair, masked_mean, pad_right, response_mask
-    from auditor.scoring import length_batches
+    from auditor.activations import encode_pair
+    from auditor.activations import response_means as batched_response_means
 
     tok = lm.tokenizer
     prompts = build_prompts(tok, responses)
@@ -170,17 +168,7 @@ def response_means(lm: Any, responses: Sequence[Response], batch_tokens: int = 8
     for r, row in zip(responses, rows):
         if row.end <= row.start:
             raise VectorError(f"the answer to {r.question[:60]!r} tokenizes to zero tokens; it has no activation")
-    layers = list(range(lm.num_layers + 1))
-    out = torch.zeros(len(rows), len(layers), lm.hidden_size, dtype=torch.float32)
-    for batch in length_batches([r.length for r in rows], batch_tokens):
-        brows = [rows[i] for i in batch]
-        ids, attn = pad_right(brows, tok.pad_token_id)
-        hidden = capture_hidden(lm.model, ids, attn, layers, layers_path)
-        mask = response_mask(brows, ids.shape[1])
-        for layer in layers:
-            out[batch, layer] = masked_mean(hidden[layer], mask).cpu()
-        del hidden
-    return out
+    return batched_response_means(lm.model, rows, list(range(lm.num_layers + 1)), tok.pad_token_id, batch_tokens, layers_path)
 
 
 def sample_responses(lm: Any, trait: Trait, questions: Sequence[str], n: int, settings: ExtractSettings, split: str) -> list[Response]:
