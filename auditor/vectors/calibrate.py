@@ -21,7 +21,6 @@ the data the thresholds were fitted on.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import AuditorError
+from auditor.hashing import sha256_file
 from auditor.score import calibrated_columns
 from auditor.vectors.persona import load_vector, save_vector
 
@@ -105,8 +105,7 @@ def store_calibration(
     ``max_new_tokens``, ``max_prompt_tokens``), recorded so a scan can tell whether they match.
     Returns trait -> the calibration stored.
     """
-    with open(reference, "rb") as fh:
-        ref_hash = hashlib.sha256(fh.read()).hexdigest()
+    ref_hash = sha256_file(reference)
     try:
         shown = str(reference.resolve().relative_to(Path(__file__).resolve().parents[2]))
     except ValueError:
