@@ -30,7 +30,6 @@ def calibrate(
     max_prompt_tokens: int | None = 512,
     batch_tokens: int = 0,
     generation_batch_size: int = 0,
-    layers_path: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Scan the reference set with every vector of ``traits`` in ``folder`` and store each one's calibration.
@@ -67,7 +66,7 @@ def calibrate(
                 max_prompt_tokens=max_prompt_tokens,
                 batch_tokens=batch_tokens,
                 generation_batch_size=generation_batch_size,
-                layers_path=layers_path,
+                layers_path=lm.layers_path,
                 on_error="skip",
             )
             columns[baseline] = pq.read_table(scan_run(config, lm=lm).parquet_path).to_pydict()

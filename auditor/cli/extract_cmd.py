@@ -175,10 +175,10 @@ def extract(
         layer=layer,
     )
     settings.validate()
-    lm = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    lm = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, layers_path=layers_path)
     err.print(f"{lm.name} ({lm.dtype}, {lm.device}) loaded in {lm.load_seconds:.1f} s; extracting {definition.name} ({settings.responses} answers)")
     judge_obj = make_judge(judge, lm=lm, url=judge_url, model=judge_model)
-    pv, report = extract_vector(lm, definition, settings, judge=judge_obj, layers_path=layers_path, progress=err.print)
+    pv, report = extract_vector(lm, definition, settings, judge=judge_obj, progress=err.print)
     folder = Path(out_dir) if out_dir else default_vectors_dir(lm.name)
     previous = None
     if (folder / f"{definition.name}.safetensors").exists():
@@ -210,7 +210,6 @@ def extract(
             reference=reference,
             split=None if reference_split == "all" else reference_split,
             batch_tokens=batch_tokens,
-            layers_path=layers_path,
             progress=err.print,
         )[definition.name]
         p95 = cal["scores"]["generate"]["delta"]["percentiles"][190]

