@@ -18,6 +18,7 @@ from typing import Any
 from auditor.errors import AuditorError, StoreError
 from auditor.score import ScoreMeaning
 from auditor.store.db import connect
+from auditor.store.queries import has_run_id, run_rows, top_scores, trait_score_stats
 
 _SHARD_FIELDS = ("num_shards", "shard_index", "out_dir", "report", "top_n", "db", "resume")
 
@@ -42,18 +43,13 @@ def _parse_part(spec: str, default_db: str) -> tuple[str, str | None]:
 def _load_part(spec: str, default_db: str) -> list[Part]:
     db, run_id = _parse_part(spec, default_db)
     with connect(db, read_only=True) as con:
-        cols = [c[0] for c in con.execute("SELECT * FROM runs LIMIT 0").description]
-        if run_id:
-            rows = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).fetchall()
-            if not rows:
-                raise StoreError(f"{db}: no run {run_id!r}; list runs with audit runs --db {db}")
-        else:
-            rows = con.execute("SELECT * FROM runs WHERE json_extract(config, '$.num_shards')::INT > 1 ORDER BY started_at").fetchall()
-            if not rows:
-                raise StoreError(f"{db}: holds no sharded run; name the part as {db}:RUN_ID")
+        rows = run_rows(con, run_id)
+    if not rows:
+        raise StoreError(
+            f"{db}: no run {run_id!r}; list runs with audit runs --db {db}" if run_id else f"{db}: holds no sharded run; name the part as {db}:RUN_ID"
+        )
     parts = []
-    for values in rows:
-        row = dict(zip(cols, values))
+    for row in rows:
         if row["status"] != "complete":
             raise AuditorError(f"part {row['run_id']} in {db} is {row['status']}, not complete; finish it with audit scan ... --resume first")
         parts.append(Part(db, row["run_id"], row, json.loads(row["config"])))
@@ -96,7 +92,7 @@ def merge_runs(specs: list[str], db: str, into: str | None = None) -> dict[str, 
     os.makedirs(out_dir, exist_ok=True)
     config = dict(base, num_shards=1, shard_index=0)
     with connect(db) as con:
-        if con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()[0]:
+        if has_run_id(con, run_id):
             raise AuditorError(f"{db} already has a run {run_id!r}; choose another name with --into")
         # Other databases are attached read-only (outside the transaction: DuckDB detaches only after commit).
         sources: dict[str, str] = {}
@@ -189,16 +185,10 @@ def merge_runs(specs: list[str], db: str, into: str | None = None) -> dict[str, 
 def _merged_summary(con: Any, run_id: str, first: Part, meanings: dict[str, ScoreMeaning]) -> list[dict[str, Any]]:
     previous = {s["trait"]: s for s in json.loads(first.row["summary"] or "[]")}
     out = []
-    for trait, layer in con.execute("SELECT trait, any_value(layer) FROM scores WHERE run_id = ? GROUP BY trait ORDER BY trait", [run_id]).fetchall():
-        mean_delta, mean_proj, n_flagged, n = con.execute(
-            "SELECT avg(delta), avg(proj_response), count(*) FILTER (WHERE flagged), count(*) FROM scores WHERE run_id = ? AND trait = ?", [run_id, trait]
-        ).fetchone()
+    for trait, layer, mean_delta, mean_proj, n_flagged, n in trait_score_stats(con, run_id):
         meaning = meanings.get(trait) or ScoreMeaning.of(first.row["baseline"])
         order = meaning.column
-        top = con.execute(
-            f"SELECT sample_id, {order} FROM scores WHERE run_id = ? AND trait = ? AND {order} IS NOT NULL ORDER BY {meaning.order_by()} LIMIT 5",
-            [run_id, trait],
-        ).fetchall()
+        top = top_scores(con, run_id, trait, meaning, 5)
         prev = previous.get(trait, {})
         out.append(
             {
@@ -209,8 +199,8 @@ def _merged_summary(con: Any, run_id: str, first: Part, meanings: dict[str, Scor
                 "threshold_source": prev.get("threshold_source", ""),
                 "mean_delta": mean_delta,
                 "mean_proj_response": mean_proj,
-                "n_flagged": int(n_flagged or 0),
-                "n": int(n or 0),
+                "n_flagged": n_flagged,
+                "n": n,
                 "calibration_mean": prev.get("calibration_mean"),
                 "top": [{"sample_id": s, "score": v} for s, v in top],
             }
