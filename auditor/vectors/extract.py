@@ -275,9 +275,11 @@ def extract_vector(
     judge: Judge | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[PersonaVector, ExtractReport]:
-    """Make ``trait``'s persona vector for ``lm``: (vector [L+1, d] with its sidecar meta, report)."""
-    import torch
+    """Make ``trait``'s persona vector for ``lm``: (vector [L+1, d] with its sidecar meta, report).
 
+    Answers (sampled or provided) -> judged pairs -> mean difference at every layer ->
+    separation on held-out pairs -> the layer -> the vector with its sidecar.
+    """
     settings = settings or ExtractSettings()
     settings.validate()
     judge = judge or NoJudge()
@@ -287,7 +289,65 @@ def extract_vector(
     judge.check()
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    responses, kept, dropped = _judged_pairs(lm, trait, settings, judge, say, timings)
+    t0 = time.perf_counter()
+    say(f"reading activations of {2 * len(kept)} answers at {lm.num_layers + 1} layers")
+    vector = mean_difference(lm, kept, settings)
+    timings["activations"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    kind, held, separation = _heldout_separation(lm, trait, settings, judge, vector, say)
+    timings["heldout"] = time.perf_counter() - t0
+    layer = settings.layer if settings.layer is not None else recommend_layer(separation, settings.exclude_edge_layers)
+    seconds = time.perf_counter() - started
+    norms = vector.norm(dim=1).tolist()
+    if not norms[layer] > 0:
+        raise VectorError(f"{trait.name}: the vector is zero at layer {layer}; the eliciting and suppressing answers are identical")
+    counts = {
+        "generated": len(responses) if settings.responses == "sampled" else 0,
+        "responses": len(responses),
+        "pairs": len(responses) // 2,
+        "kept": len(kept),
+        "dropped": dropped,
+        "heldout_pairs": len(held),
+    }
+    meta = _vector_meta(lm, trait, settings, judge, counts, separation, kind, norms, seconds)
+    pv = PersonaVector(trait.name, vector.float().contiguous(), layer, meta)
+    report = ExtractReport(
+        trait=trait.name,
+        mode=settings.responses,
+        layer=layer,
+        separation=separation,
+        heldout_kind=kind,
+        n_generated=counts["generated"],
+        n_pairs=counts["pairs"],
+        n_kept=len(kept),
+        n_heldout=(len(held), len(held)),
+        dropped=dropped,
+        norms=norms,
+        seconds=seconds,
+        timings=timings,
+    )
+    return pv, report
+
+
+def _heldout_separation(
+    lm: Any, trait: Trait, settings: ExtractSettings, judge: Judge, vector: Any, say: Callable[[str], None]
+) -> tuple[str, list[tuple[Response, Response]], list[float]]:
+    """Cohen's d of the held-out pairs' projections at every layer: (held-out kind, pairs, separation per layer)."""
+    kind, held = heldout_responses(lm, trait, settings, judge)
+    if len(held) < 2:
+        raise VectorError(f"{trait.name}: only {len(held)} held-out pairs survived; cannot measure separation (sample more or use --heldout examples)")
+    say(f"measuring separation on {len(held)} held-out pairs ({kind})")
+    pos_h = response_means(lm, [p for p, _ in held], settings.batch_tokens)
+    neg_h = response_means(lm, [q for _, q in held], settings.batch_tokens)
+    return kind, held, layer_separation(pos_h, neg_h, vector)
+
+
+def _judged_pairs(
+    lm: Any, trait: Trait, settings: ExtractSettings, judge: Judge, say: Callable[[str], None], timings: dict[str, float]
+) -> tuple[list[Response], list[tuple[Response, Response]], dict[str, int]]:
+    """The extraction answers (sampled or provided) and the pairs the judge keeps: (answers, kept pairs, dropped counts)."""
     t0 = time.perf_counter()
     if settings.responses == "sampled":
         n = len(trait.extraction_questions) * len(trait.instructions) * settings.n_per_question * 2
@@ -301,33 +361,29 @@ def extract_vector(
         say(f"judging {len(responses)} answers with the {judge.name} judge")
     kept, dropped = judge_and_pair(responses, trait, judge)
     timings["judge"] = time.perf_counter() - t0
-    n_pairs = len(responses) // 2
     if not kept:
         raise VectorError(
             f"{trait.name}: no pair of answers passed the filter ({', '.join(f'{k}: {v}' for k, v in dropped.items()) or 'none made'}); "
             "sample more (--n-per-question), use another judge, or use --responses provided"
         )
-    t0 = time.perf_counter()
-    say(f"reading activations of {2 * len(kept)} answers at {lm.num_layers + 1} layers")
-    vector = mean_difference(lm, kept, settings)
-    timings["activations"] = time.perf_counter() - t0
+    return responses, kept, dropped
 
-    t0 = time.perf_counter()
-    kind, held = heldout_responses(lm, trait, settings, judge)
-    if len(held) < 2:
-        raise VectorError(f"{trait.name}: only {len(held)} held-out pairs survived; cannot measure separation (sample more or use --heldout examples)")
-    say(f"measuring separation on {len(held)} held-out pairs ({kind})")
-    pos_h = response_means(lm, [p for p, _ in held], settings.batch_tokens)
-    neg_h = response_means(lm, [q for _, q in held], settings.batch_tokens)
-    separation = layer_separation(pos_h, neg_h, vector)
-    timings["heldout"] = time.perf_counter() - t0
-    layer = settings.layer if settings.layer is not None else recommend_layer(separation, settings.exclude_edge_layers)
-    seconds = time.perf_counter() - started
-    norms = vector.norm(dim=1).tolist()
-    if not norms[layer] > 0:
-        raise VectorError(f"{trait.name}: the vector is zero at layer {layer}; the eliciting and suppressing answers are identical")
 
-    meta = {
+def _vector_meta(
+    lm: Any,
+    trait: Trait,
+    settings: ExtractSettings,
+    judge: Judge,
+    counts: dict[str, Any],
+    separation: list[float],
+    kind: str,
+    norms: list[float],
+    seconds: float,
+) -> dict[str, Any]:
+    """The vector's sidecar: where it came from, how it was made, and what was measured."""
+    import torch
+
+    return {
         "model": lm.name,
         "model_fingerprint": lm.fingerprint,
         "model_source": lm.source,
@@ -337,14 +393,7 @@ def extract_vector(
         "layer_choice": "--layer"
         if settings.layer is not None
         else ("argmax of held-out separation over layers 1..L-1" if settings.exclude_edge_layers else "argmax of held-out separation"),
-        "counts": {
-            "generated": len(responses) if settings.responses == "sampled" else 0,
-            "responses": len(responses),
-            "pairs": n_pairs,
-            "kept": len(kept),
-            "dropped": dropped,
-            "heldout_pairs": len(held),
-        },
+        "counts": counts,
         "judge": judge.describe(),
         "separation": [round(s, 6) if math.isfinite(s) else None for s in separation],
         "separation_heldout": kind,
@@ -359,23 +408,6 @@ def extract_vector(
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "extraction_seconds": round(seconds, 2),
     }
-    pv = PersonaVector(trait.name, vector.float().contiguous(), layer, meta)
-    report = ExtractReport(
-        trait=trait.name,
-        mode=settings.responses,
-        layer=layer,
-        separation=separation,
-        heldout_kind=kind,
-        n_generated=meta["counts"]["generated"],
-        n_pairs=n_pairs,
-        n_kept=len(kept),
-        n_heldout=(len(held), len(held)),
-        dropped=dropped,
-        norms=norms,
-        seconds=seconds,
-        timings=timings,
-    )
-    return pv, report
 
 
 def cosine_at(a: PersonaVector | Any, b: PersonaVector | Any, layer: int) -> float:
