@@ -1,5 +1,10 @@
 """Forward passes that capture hidden states, and the pure tensor maths on them.
 
+:func:`forward_batches` is the one batched forward (length batches, right padding, capture
+up to the deepest layer) that scanning (``scoring.score_rows``), extraction, calibration (a
+scan of the reference set) and the bench scripts read activations from;
+:func:`response_means` is its common use, each row's per-layer response mean.
+
 Layer numbers are ``h[l]`` numbers (docs/METHOD.md): ``h[0]`` is the embedding
 output, ``h[l]`` the residual stream after block ``l`` (block index ``l - 1``), and
 ``h[L]`` has the final norm applied, exactly as ``output_hidden_states=True`` returns.
@@ -190,3 +195,82 @@ def full_hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torc
             input_ids=input_ids.to(model.device), attention_mask=None if attention_mask is None else attention_mask.to(model.device), output_hidden_states=True
         )
     return out.hidden_states
+
+
+def length_batches(lengths: Sequence[int], batch_tokens: int, max_batch: int = 64) -> list[list[int]]:
+    """Indices grouped so that ``len(batch) * longest <= batch_tokens`` (one row minimum), sorted by length."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[i]  # ascending order: the newest row is the longest
+        if current and ((len(current) + 1) * longest > batch_tokens or len(current) >= max_batch):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass
+class ForwardBatch:
+    """One length batch of a :func:`forward_batches` pass.
+
+    ``indices``: the rows' positions in the caller's sequence; ``rows``: those rows;
+    ``hidden``: ``l -> h[l] [B, T, d]`` for each requested layer (T: the longest row).
+    """
+
+    indices: list[int]
+    rows: list[EncodedRow]
+    hidden: dict[int, torch.Tensor]
+
+    def response_means(self) -> dict[int, torch.Tensor]:
+        """``l -> [B, d]`` each row's mean of ``h[l]`` over its response tokens, float32."""
+        if not self.hidden:
+            return {}
+        width = next(iter(self.hidden.values())).shape[1]
+        mask = response_mask(self.rows, width)
+        return {layer: masked_mean(h, mask) for layer, h in self.hidden.items()}
+
+    def at_positions(self, positions: Sequence[int]) -> dict[int, torch.Tensor]:
+        """positions: one per row -> ``l -> [B, d]`` ``h[l]`` at that token, float32."""
+        index = torch.tensor(list(positions))
+        return {layer: gather_positions(h, index).float() for layer, h in self.hidden.items()}
+
+
+def forward_batches(
+    model: Any,
+    rows: Sequence[EncodedRow],
+    layers: Sequence[int],
+    pad_id: int,
+    batch_tokens: int,
+    layers_path: str | None = None,
+) -> Iterator[ForwardBatch]:
+    """The batched forward: rows in length batches of at most ``batch_tokens`` padded tokens.
+
+    Yields one :class:`ForwardBatch` per batch, shortest rows first. Its ``hidden`` tensors
+    are dropped when the next batch is requested, so at most one batch's activations are
+    held: take what you need (means, positions, token projections) before asking for more.
+    """
+    for batch in length_batches([r.length for r in rows], batch_tokens):
+        brows = [rows[i] for i in batch]
+        ids, attn = pad_right(brows, pad_id)
+        hidden = capture_hidden(model, ids, attn, layers, layers_path)
+        yield ForwardBatch(batch, brows, hidden)
+        hidden.clear()
+
+
+def response_means(
+    model: Any, rows: Sequence[EncodedRow], layers: Sequence[int], pad_id: int, batch_tokens: int, layers_path: str | None = None
+) -> torch.Tensor:
+    """rows -> [N, len(layers), d] each row's mean hidden state over its response tokens, float32 on the CPU.
+
+    ``out[i, k]`` is row ``i``'s mean of ``h[layers[k]]``.
+    """
+    out = torch.zeros(len(rows), len(layers), model.get_input_embeddings().embedding_dim, dtype=torch.float32)
+    for fb in forward_batches(model, rows, layers, pad_id, batch_tokens, layers_path):
+        means = fb.response_means()
+        for k, layer in enumerate(layers):
+            out[fb.indices, k] = means[layer].cpu()
+    return out

@@ -526,3 +526,66 @@ def github_annotations(gates: list[GateResult], workspace: str | None = None, li
                 props.append(f"title={escape_property('persona-audit gate: ' + r.rule)}")
                 out.append(f"::error {','.join(props)}::{escape_data(r.message + ' (dataset ' + dataset + ')')}")
     return out
+
+
+# What ``audit gate`` does around the rules: which targets to scan and which are runs,
+# evaluating the runs, and the files it writes (JUnit XML, the GitHub step summary).
+
+
+def is_dataset(target: str) -> bool:
+    """A dataset to scan: a Hugging Face id (``hf:``), an existing path, or a glob that matches files."""
+    import glob
+
+    return target.startswith("hf:") or os.path.exists(target) or (any(c in target for c in "*?[") and bool(glob.glob(target)))
+
+
+def resolve_targets(targets: Iterable[str], db: str, run_spec: str | None = None) -> list[tuple[str, str]]:
+    """Each target as ``("scan", dataset)`` or ``("run", run id)``; ``run_spec`` (``--run``) is always a run.
+
+    Raises AuditorError for a target that is neither a dataset nor a run in ``db``.
+    """
+    from auditor.store.db import connect
+    from auditor.store.queries import run_exists
+
+    todo: list[tuple[str, str]] = []
+    for target in [run_spec] if run_spec else list(targets):
+        if not run_spec and is_dataset(target):
+            todo.append(("scan", target))
+            continue
+        if os.path.exists(db):
+            with connect(db, read_only=True) as con:
+                if run_exists(con, target):
+                    todo.append(("run", target))
+                    continue
+        if run_spec:
+            todo.append(("run", target))  # evaluate_runs gives the precise error
+            continue
+        raise AuditorError(f"{target}: no such dataset file, and no run with that id in {db} (audit runs lists the runs)")
+    return todo
+
+
+def evaluate_runs(db: str, run_specs: Iterable[str], rules: list[Rule]) -> list[GateResult]:
+    """Each run (an id, a unique prefix or ``latest``) in ``db`` against ``rules``."""
+    from auditor.store.db import connect
+    from auditor.store.queries import resolve_run
+
+    with connect(db, read_only=True) as con:
+        return [evaluate_gate(con, resolve_run(con, spec, db), rules) for spec in run_specs]
+
+
+def write_outputs(gates: list[GateResult], junit_path: str | None = None, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """Write the JUnit XML (when asked) and, on GitHub Actions, append the step summary.
+
+    Returns the GitHub error annotations to print (none outside GitHub Actions).
+    """
+    if junit_path:
+        os.makedirs(os.path.dirname(os.path.abspath(junit_path)), exist_ok=True)
+        with open(junit_path, "w", encoding="utf-8") as fh:
+            fh.write(junit_xml(gates))
+    if environ.get("GITHUB_ACTIONS") != "true":
+        return []
+    summary_path = environ.get("GITHUB_STEP_SUMMARY")
+    if summary_path:
+        with open(summary_path, "a", encoding="utf-8") as fh:
+            fh.write(markdown_summary(gates))
+    return github_annotations(gates, workspace=environ.get("GITHUB_WORKSPACE"))

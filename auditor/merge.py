@@ -17,7 +17,8 @@ from typing import Any
 
 from auditor.errors import AuditorError, StoreError
 from auditor.score import ScoreMeaning
-from auditor.store.db import connect
+from auditor.store.db import connect, transaction
+from auditor.store.queries import has_run_id, run_rows, top_scores, trait_score_stats
 
 _SHARD_FIELDS = ("num_shards", "shard_index", "out_dir", "report", "top_n", "db", "resume")
 
@@ -42,18 +43,13 @@ def _parse_part(spec: str, default_db: str) -> tuple[str, str | None]:
 def _load_part(spec: str, default_db: str) -> list[Part]:
     db, run_id = _parse_part(spec, default_db)
     with connect(db, read_only=True) as con:
-        cols = [c[0] for c in con.execute("SELECT * FROM runs LIMIT 0").description]
-        if run_id:
-            rows = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).fetchall()
-            if not rows:
-                raise StoreError(f"{db}: no run {run_id!r}; list runs with audit runs --db {db}")
-        else:
-            rows = con.execute("SELECT * FROM runs WHERE json_extract(config, '$.num_shards')::INT > 1 ORDER BY started_at").fetchall()
-            if not rows:
-                raise StoreError(f"{db}: holds no sharded run; name the part as {db}:RUN_ID")
+        rows = run_rows(con, run_id)
+    if not rows:
+        raise StoreError(
+            f"{db}: no run {run_id!r}; list runs with audit runs --db {db}" if run_id else f"{db}: holds no sharded run; name the part as {db}:RUN_ID"
+        )
     parts = []
-    for values in rows:
-        row = dict(zip(cols, values))
+    for row in rows:
         if row["status"] != "complete":
             raise AuditorError(f"part {row['run_id']} in {db} is {row['status']}, not complete; finish it with audit scan ... --resume first")
         parts.append(Part(db, row["run_id"], row, json.loads(row["config"])))
@@ -62,11 +58,28 @@ def _load_part(spec: str, default_db: str) -> list[Part]:
 
 def merge_runs(specs: list[str], db: str, into: str | None = None) -> dict[str, Any]:
     """Merge shard runs into one run in ``db``; returns a summary dict."""
-    import pyarrow.parquet as pq
-
     parts: list[Part] = []
     for spec in specs:
         parts += _load_part(spec, db)
+    base = check_parts(parts)
+    first = parts[0]
+    run_id = into or f"{first.run_id.rsplit('-', 1)[0]}-merged"
+    out_dir = os.path.join(os.path.dirname(db) or ".", "runs", run_id)
+    os.makedirs(out_dir, exist_ok=True)
+    totals = _write_merged(db, run_id, parts, dict(base, num_shards=1, shard_index=0), out_dir)
+    return {
+        "run_id": run_id,
+        "parts": len(parts),
+        "n_read": int(totals[0] or 0),
+        "n_scored": int(totals[1] or 0),
+        "n_rejected": int(totals[2] or 0),
+        "parquet": _merged_parquet(parts, out_dir),
+        "out_dir": out_dir,
+    }
+
+
+def check_parts(parts: list[Part]) -> dict[str, Any]:
+    """Refuse parts that are not the shards 0..N-1 of one scan; returns the settings they share."""
     if not parts:
         raise AuditorError("no parts to merge; name the shard runs (RUN_ID, or DB.duckdb:RUN_ID)")
     first = parts[0]
@@ -90,13 +103,15 @@ def merge_runs(specs: list[str], db: str, into: str | None = None) -> dict[str, 
         raise AuditorError(
             f"shards do not cover 0..{n - 1} exactly once (missing: {missing or 'none'}, repeated: {dupes or 'none'}); scan the missing shards with --shard-index"
         )
+    return base
 
-    run_id = into or f"{first.run_id.rsplit('-', 1)[0]}-merged"
-    out_dir = os.path.join(os.path.dirname(db) or ".", "runs", run_id)
-    os.makedirs(out_dir, exist_ok=True)
-    config = dict(base, num_shards=1, shard_index=0)
+
+# Over 60 lines for one reason: the copy, the heat-map trim and the runs row must commit in one transaction (the row's values list is a third of it).
+def _write_merged(db: str, run_id: str, parts: list[Part], config: dict[str, Any], out_dir: str) -> tuple:
+    """Copy the parts' rows into run ``run_id`` of ``db`` in one transaction; returns (n_read, n_scored, n_rejected)."""
+    first = parts[0]
     with connect(db) as con:
-        if con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()[0]:
+        if has_run_id(con, run_id):
             raise AuditorError(f"{db} already has a run {run_id!r}; choose another name with --into")
         # Other databases are attached read-only (outside the transaction: DuckDB detaches only after commit).
         sources: dict[str, str] = {}
@@ -106,8 +121,7 @@ def merge_runs(specs: list[str], db: str, into: str | None = None) -> dict[str, 
             elif p.db not in sources:
                 sources[p.db] = f"part{i}"
                 con.execute(f"ATTACH '{p.db}' AS part{i} (READ_ONLY)")
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             for p in parts:
                 src = sources.get(p.run_id) or sources[p.db]
                 for table in ("samples", "scores", "rejects", "token_scores"):
@@ -158,47 +172,34 @@ def merge_runs(specs: list[str], db: str, into: str | None = None) -> dict[str, 
                     None,
                 ],
             )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-    # One scores.parquet in dataset order (chunks interleave across shards).
+    return totals
+
+
+def _merged_parquet(parts: list[Part], out_dir: str) -> str:
+    """One scores.parquet in dataset order (chunks interleave across shards); returns its path."""
+    import duckdb
+    import pyarrow.parquet as pq
+
     parquet_path = os.path.join(out_dir, "scores.parquet")
     sources = [os.path.join(p.row["output_dir"], "scores.parquet") for p in parts]
     for path in sources:
         if not os.path.exists(path):
             raise AuditorError(f"{path} is missing: copy each shard's run folder next to its database before merging")
-    import duckdb
-
     mem = duckdb.connect()
     mem.execute(f"COPY (SELECT * FROM read_parquet(?) ORDER BY source, line, turn) TO '{parquet_path}.tmp' (FORMAT PARQUET)", [sources])
     mem.close()
     os.replace(parquet_path + ".tmp", parquet_path)
     pq.read_metadata(parquet_path)  # fail here, not later, if the file is unreadable
-    return {
-        "run_id": run_id,
-        "parts": len(parts),
-        "n_read": int(totals[0] or 0),
-        "n_scored": int(totals[1] or 0),
-        "n_rejected": int(totals[2] or 0),
-        "parquet": parquet_path,
-        "out_dir": out_dir,
-    }
+    return parquet_path
 
 
 def _merged_summary(con: Any, run_id: str, first: Part, meanings: dict[str, ScoreMeaning]) -> list[dict[str, Any]]:
     previous = {s["trait"]: s for s in json.loads(first.row["summary"] or "[]")}
     out = []
-    for trait, layer in con.execute("SELECT trait, any_value(layer) FROM scores WHERE run_id = ? GROUP BY trait ORDER BY trait", [run_id]).fetchall():
-        mean_delta, mean_proj, n_flagged, n = con.execute(
-            "SELECT avg(delta), avg(proj_response), count(*) FILTER (WHERE flagged), count(*) FROM scores WHERE run_id = ? AND trait = ?", [run_id, trait]
-        ).fetchone()
+    for trait, layer, mean_delta, mean_proj, n_flagged, n in trait_score_stats(con, run_id):
         meaning = meanings.get(trait) or ScoreMeaning.of(first.row["baseline"])
         order = meaning.column
-        top = con.execute(
-            f"SELECT sample_id, {order} FROM scores WHERE run_id = ? AND trait = ? AND {order} IS NOT NULL ORDER BY {meaning.order_by()} LIMIT 5",
-            [run_id, trait],
-        ).fetchall()
+        top = top_scores(con, run_id, trait, meaning, 5)
         prev = previous.get(trait, {})
         out.append(
             {
@@ -209,8 +210,8 @@ def _merged_summary(con: Any, run_id: str, first: Part, meanings: dict[str, Scor
                 "threshold_source": prev.get("threshold_source", ""),
                 "mean_delta": mean_delta,
                 "mean_proj_response": mean_proj,
-                "n_flagged": int(n_flagged or 0),
-                "n": int(n or 0),
+                "n_flagged": n_flagged,
+                "n": n,
                 "calibration_mean": prev.get("calibration_mean"),
                 "top": [{"sample_id": s, "score": v} for s, v in top],
             }

@@ -2,7 +2,7 @@
 
 ``score_rows`` takes encoded rows (dataset responses and base responses alike),
 runs them through the model in length-bucketed batches that hold at most
-``batch_tokens`` padded tokens, and returns, per row and per requested layer, the
+``batch_tokens`` padded tokens (``activations.forward_batches``), and returns, per row and per requested layer, the
 mean hidden state over the response tokens, the hidden state at the last prompt
 token, and (optionally) each response token's projection on each direction.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from auditor.activations import EncodedRow, capture_hidden, gather_positions, masked_mean, pad_right, project, response_mask
+from auditor.activations import EncodedRow, forward_batches, length_batches, project  # noqa: F401 (length_batches: part of this module's API)
 
 # Padded tokens per forward on CPU. Rows of a few hundred tokens already fill the matrix
 # units (AMX, AVX-512 BF16) one at a time, so larger batches only add padding; short rows still get
@@ -83,22 +83,6 @@ class RowScores:
     token_values: dict[str, list[float]] | None = None
 
 
-def length_batches(lengths: Sequence[int], batch_tokens: int, max_batch: int = 64) -> list[list[int]]:
-    """Indices grouped so that ``len(batch) * longest <= batch_tokens`` (one row minimum), sorted by length."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        longest = lengths[i]  # ascending order: the newest row is the longest
-        if current and ((len(current) + 1) * longest > batch_tokens or len(current) >= max_batch):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
 def score_rows(
     model,
     rows: Sequence[EncodedRow],
@@ -115,14 +99,10 @@ def score_rows(
     """
     out: list[RowScores | None] = [None] * len(rows)
     layers = sorted({layer for layer, _ in directions.values()})
-    for batch in length_batches([r.length for r in rows], batch_tokens):
-        brows = [rows[i] for i in batch]
-        ids, attn = pad_right(brows, pad_id)
-        hidden = capture_hidden(model, ids, attn, layers, layers_path)
-        mask = response_mask(brows, ids.shape[1])
-        last = torch.tensor([r.start - 1 for r in brows])
-        means = {layer: masked_mean(hidden[layer], mask) for layer in layers}
-        lasts = {layer: gather_positions(hidden[layer], last).float() for layer in layers}
+    for fb in forward_batches(model, rows, layers, pad_id, batch_tokens, layers_path):
+        batch, brows, hidden = fb.indices, fb.rows, fb.hidden
+        means = fb.response_means()
+        lasts = fb.at_positions([r.start - 1 for r in brows])
         proj = {name: project(means[layer], d).tolist() for name, (layer, d) in directions.items()}
         plast = {name: project(lasts[layer], d).tolist() for name, (layer, d) in directions.items()}
         want = [token_values_for is not None and token_values_for[i] for i in batch]

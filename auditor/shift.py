@@ -114,11 +114,11 @@ def answers(lm: Any, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
     return [text for text, _n in generate_greedy(lm, ids, max_new_tokens)]
 
 
-def behaviour_margin(lm: Any, trait: Trait, layers_path: str | None = None) -> float | None:
+def behaviour_margin(lm: Any, trait: Trait) -> float | None:
     """Mean log-likelihood margin of the trait-showing over the trait-free written evaluation answer (None without examples)."""
     from auditor.vectors.steering import preference
 
-    return preference(lm, trait, layers_path)
+    return preference(lm, trait)
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -148,7 +148,7 @@ def trait_profile(
         said = answers(lm, prompts, max_new_tokens)
         first = said[0]
         expressed = _mean(answer_projections(frame.model, tok, prompts, said, pv.layer, direction, layers_path))
-    return TraitProfile(prompt_last, expressed, behaviour_margin(lm, trait, layers_path), first)
+    return TraitProfile(prompt_last, expressed, behaviour_margin(lm, trait), first)
 
 
 def _minus(a: float | None, b: float | None) -> float | None:

@@ -30,12 +30,12 @@ from auditor.errors import AuditorError
 from auditor.vectors.persona import PersonaVector
 
 
-def steering_scale(lm: Any, questions: Sequence[str], layer: int, layers_path: str | None = None) -> float:
+def steering_scale(lm: Any, questions: Sequence[str], layer: int) -> float:
     """Norm added per unit of alpha in ``audit vectors steer`` units: median ``||h[l]||`` over the prompts / ALPHA_UNIT."""
     from auditor.shift import question_prompts
     from auditor.vectors.steering import ALPHA_UNIT, residual_norm
 
-    return residual_norm(lm, question_prompts(lm.tokenizer, questions), layer, layers_path) / ALPHA_UNIT
+    return residual_norm(lm, question_prompts(lm.tokenizer, questions), layer) / ALPHA_UNIT
 
 
 class PreventativeSteering(TrainerCallback):

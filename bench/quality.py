@@ -73,11 +73,8 @@ def load_records(path: Path) -> list[dict]:
 
 def activations(lm, records: list[dict], max_new_tokens: int, cache_path: Path, batch_tokens: int = 8192):
     """Per record: response means [L+1, d], base-response means [L+1, d], last prompt token [L+1, d]."""
-    import torch
-
-    from auditor.activations import capture_hidden, encode_pair, gather_positions, masked_mean, pad_right, response_mask
+    from auditor.activations import encode_pair, forward_batches
     from auditor.generation import generate_greedy, prompt_hash, prompt_ids
-    from auditor.scoring import length_batches
 
     tok = lm.tokenizer
     prompts = [tok.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True) for r in records]
@@ -97,15 +94,11 @@ def activations(lm, records: list[dict], max_new_tokens: int, cache_path: Path, 
     layers = list(range(lm.num_layers + 1))
     means = np.zeros((len(all_rows), len(layers), lm.hidden_size), np.float32)
     lasts = np.zeros_like(means)
-    for batch in length_batches([r.length for r in all_rows], batch_tokens):
-        brows = [all_rows[i] for i in batch]
-        ids, attn = pad_right(brows, tok.pad_token_id)
-        hidden = capture_hidden(lm.model, ids, attn, layers)
-        mask = response_mask(brows, ids.shape[1])
-        last = torch.tensor([max(r.start - 1, 0) for r in brows])
+    for fb in forward_batches(lm.model, all_rows, layers, tok.pad_token_id, batch_tokens):
+        batch_means, batch_lasts = fb.response_means(), fb.at_positions([max(r.start - 1, 0) for r in fb.rows])
         for layer in layers:
-            means[batch, layer] = masked_mean(hidden[layer], mask).cpu().numpy()
-            lasts[batch, layer] = gather_positions(hidden[layer], last).float().cpu().numpy()
+            means[fb.indices, layer] = batch_means[layer].cpu().numpy()
+            lasts[fb.indices, layer] = batch_lasts[layer].cpu().numpy()
     n = len(records)
     empty_base = np.array([r.end <= r.start for r in base_rows])
     return means[:n], means[n:], lasts[:n], empty_base

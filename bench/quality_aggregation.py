@@ -29,9 +29,8 @@ AGGS = ("mean", "max", "top25_mean", "first16_mean", "last")
 def main() -> None:
     import torch
 
-    from auditor.activations import capture_hidden, encode_pair, pad_right
+    from auditor.activations import encode_pair, forward_batches
     from auditor.model import load_model
-    from auditor.scoring import length_batches
     from auditor.vectors import load_vectors
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,13 +53,10 @@ def main() -> None:
             for r in recs
         ]
         agg = {a: np.zeros((len(rows), len(layers))) for a in AGGS}
-        for batch in length_batches([r.length for r in rows], 8192):
-            brows = [rows[i] for i in batch]
-            ids, attn = pad_right(brows, tok.pad_token_id)
-            hidden = capture_hidden(lm.model, ids, attn, layers)
+        for fb in forward_batches(lm.model, rows, layers, tok.pad_token_id, 8192):
             for layer in layers:
-                tp = torch.einsum("btd,d->bt", hidden[layer].float(), unit[layer])  # token projections
-                for j, (i, r) in enumerate(zip(batch, brows)):
+                tp = torch.einsum("btd,d->bt", fb.hidden[layer].float(), unit[layer])  # token projections
+                for j, (i, r) in enumerate(zip(fb.indices, fb.rows)):
                     x = tp[j, r.start : r.end].numpy()
                     agg["mean"][i, layer] = x.mean()
                     agg["max"][i, layer] = x.max()

@@ -167,3 +167,35 @@ def test_greedy_decoder_matches_generate_embedded_fp32(embedded_lm_fp32):
 
 def test_default_batch_tokens_on_cpu(tiny_lm):
     assert default_batch_tokens(tiny_lm) == CPU_BATCH_TOKENS
+
+
+@pytest.mark.parametrize("batch_tokens", [1, 200, 4096])
+def test_response_means_match_plain_tiny(tiny_lm, batch_tokens):
+    """The one batched forward (activations.forward_batches) against each row alone through the whole model."""
+    from auditor.activations import response_means
+
+    lm = tiny_lm
+    rows = _rows(lm)
+    layers = [0, 2, lm.num_layers]
+    means = response_means(lm.model, rows, layers, lm.tokenizer.pad_token_id, batch_tokens)
+    assert means.shape == (len(rows), len(layers), lm.hidden_size) and means.dtype == torch.float32
+    for i, r in enumerate(rows):
+        alone = full_hidden_states(lm.model, torch.tensor([r.ids]))
+        for k, layer in enumerate(layers):
+            plain = alone[layer][0, r.start : r.end].float().mean(dim=0)
+            assert torch.allclose(means[i, k], plain, atol=FP32_TOL), (i, layer)
+
+
+def test_forward_batches_cover_every_row_once_and_let_go_of_activations(tiny_lm):
+    from auditor.activations import forward_batches
+
+    lm = tiny_lm
+    rows = _rows(lm)
+    seen, held = [], []
+    for fb in forward_batches(lm.model, rows, [1, lm.num_layers], lm.tokenizer.pad_token_id, 200):
+        assert fb.rows == [rows[i] for i in fb.indices]
+        assert set(fb.hidden) == {1, lm.num_layers} and fb.hidden[1].shape[:2] == (len(fb.rows), max(r.length for r in fb.rows))
+        seen += fb.indices
+        held.append(fb.hidden)
+    assert sorted(seen) == list(range(len(rows))) and len(held) > 1
+    assert all(h == {} for h in held[:-1])  # a batch's activations are dropped once the next is asked for

@@ -131,8 +131,8 @@ def test_calibration_feeds_scan_thresholds(tmp_path, tiny_lm):
     """Calibrate on a reference with a split field, then scan flags by the stored percentile."""
     import numpy as np
 
+    from auditor.calibration import calibrate
     from auditor.pipeline import ScanConfig, scan_run
-    from auditor.vectors.calibrate import calibrate
 
     folder = tmp_path / "vec"
     make_vectors(folder, tiny_lm.num_layers, tiny_lm.hidden_size, traits=("evil",), layer=2, fingerprint=tiny_lm.fingerprint)

@@ -68,6 +68,7 @@ def separation_table(report, title: str):
     return table
 
 
+# Long for its --help text (the docstring), one parameter per option and the printed summary; the work is in the library.
 @click.command(context_settings={"max_content_width": 100})
 @click.argument("trait")
 @model_options
@@ -175,10 +176,10 @@ def extract(
         layer=layer,
     )
     settings.validate()
-    lm = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    lm = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, layers_path=layers_path)
     err.print(f"{lm.name} ({lm.dtype}, {lm.device}) loaded in {lm.load_seconds:.1f} s; extracting {definition.name} ({settings.responses} answers)")
     judge_obj = make_judge(judge, lm=lm, url=judge_url, model=judge_model)
-    pv, report = extract_vector(lm, definition, settings, judge=judge_obj, layers_path=layers_path, progress=err.print)
+    pv, report = extract_vector(lm, definition, settings, judge=judge_obj, progress=err.print)
     folder = Path(out_dir) if out_dir else default_vectors_dir(lm.name)
     previous = None
     if (folder / f"{definition.name}.safetensors").exists():
@@ -200,7 +201,7 @@ def extract(
             + (f" (previous recommended layer {previous.layer})" if previous.layer != pv.layer else "")
         )
     if calibrate:
-        from auditor.vectors.calibrate import calibrate as run_calibration
+        from auditor.calibration import calibrate as run_calibration
 
         t0 = time.perf_counter()
         cal = run_calibration(
@@ -210,7 +211,6 @@ def extract(
             reference=reference,
             split=None if reference_split == "all" else reference_split,
             batch_tokens=batch_tokens,
-            layers_path=layers_path,
             progress=err.print,
         )[definition.name]
         p95 = cal["scores"]["generate"]["delta"]["percentiles"][190]

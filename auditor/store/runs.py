@@ -55,7 +55,9 @@ def resume_run(db: str, run_id: str, out_dir: str) -> dict[int, str]:
 def register_run(db: str, row: dict[str, Any]) -> None:
     """Insert a new run (status running); ``row`` maps runs columns to values (JSON columns as text)."""
     cols = ", ".join(row)
-    with connect(db) as con:
+    # Waits as long as a chunk write does: the model is loaded by now, and a reader holding the
+    # file (an export, a duckdb session) should delay the scan, not fail it.
+    with connect(db, timeout=WRITE_WAIT) as con:
         con.execute(f"INSERT INTO runs (status, {cols}) VALUES ('running', {', '.join('?' for _ in row)})", list(row.values()))
 
 

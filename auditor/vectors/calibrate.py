@@ -2,8 +2,9 @@
 
 ``scan`` flags a sample when its score is above a percentile (default 95) of what the
 same vector, layer and baseline give on ordinary helpful conversations. This module
-scans such a reference set once per baseline (``generate``, ``prompt-last``, ``none``)
-with the ordinary scan pipeline and stores, in each vector's sidecar::
+turns the scores of such a reference set, scanned once per baseline (``generate``,
+``prompt-last``, ``none``) by the ordinary scan pipeline (:mod:`auditor.calibration` runs
+those scans: this layer does not import the pipeline), into each vector's sidecar::
 
     calibration = {"layer": L, "reference": path, "n": N,
                    "scores": {baseline: {score: {"mean", "std", "percentiles": [201 values, 0..100 by 0.5]}}}}
@@ -20,18 +21,16 @@ the data the thresholds were fitted on.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from auditor.errors import AuditorError
+from auditor.hashing import sha256_file
 from auditor.resources import shipped_root
-from auditor.score import BASELINES, calibrated_columns
+from auditor.score import calibrated_columns
 from auditor.vectors.persona import load_vector, portable_path, save_vector
 
 DEFAULT_REFERENCE = os.path.join("examples", "eval", "clean.jsonl")
@@ -91,91 +90,47 @@ def distribution(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if x.size > 1 else 0.0, "percentiles": [float(v) for v in np.percentile(x, PERCENTILES)]}
 
 
-def calibrate(
+def store_calibration(
     lm: Any,
     folder: str | os.PathLike,
     traits: Sequence[str],
-    reference: str | None = None,
-    split: str | None = DEFAULT_SPLIT,
-    baselines: Sequence[str] = BASELINES,
-    db: str | None = None,
-    max_new_tokens: int = 256,
-    max_prompt_tokens: int | None = 512,
-    batch_tokens: int = 0,
-    generation_batch_size: int = 0,
-    layers_path: str | None = None,
-    progress: Callable[[str], None] | None = None,
+    reference: Path,
+    split: str | None,
+    columns: Mapping[str, Mapping[str, list]],
+    settings: Mapping[str, Any],
 ) -> dict[str, dict[str, Any]]:
-    """Scan the reference set with every vector of ``traits`` in ``folder`` and store each one's calibration.
+    """Write each trait's calibration into its sidecar from the reference scans' score columns.
 
-    The scan settings (``max_new_tokens``, ``max_prompt_tokens``) are scan's defaults:
-    a threshold only means something for scores computed the same way.
+    ``columns``: baseline -> the scan's scores table as columns (``{trait}_{score}`` -> values).
+    ``settings``: what the scores depend on beyond the model (``generation_dtype``,
+    ``max_new_tokens``, ``max_prompt_tokens``), recorded so a scan can tell whether they match.
+    Returns trait -> the calibration stored.
     """
-    import pyarrow.parquet as pq
-
-    from auditor.pipeline import ScanConfig, resolve_generation_dtype, scan_run
-
-    say = progress or (lambda _msg: None)
-    ref = find_reference(reference)
-    db = db or default_cache_db()
-    os.makedirs(os.path.dirname(os.path.abspath(db)), exist_ok=True)
-    work = tempfile.mkdtemp(prefix="calibrate-")
-    try:
-        source, n = split_rows(ref, split, work)
-        columns: dict[str, dict[str, list[float]]] = {}
-        for baseline in baselines:
-            say(f"calibrating on {n} reference conversations ({ref.name}, split {split or 'all'}), baseline {baseline}")
-            config = ScanConfig(
-                source=source,
-                traits=list(traits),
-                vectors=str(folder),
-                baseline=baseline,
-                report=False,
-                top_n=0,
-                db=db,
-                out_dir=os.path.join(work, baseline),
-                dtype=lm.dtype,
-                device=lm.device,
-                max_new_tokens=max_new_tokens,
-                max_prompt_tokens=max_prompt_tokens,
-                batch_tokens=batch_tokens,
-                generation_batch_size=generation_batch_size,
-                layers_path=layers_path,
-                on_error="skip",
-            )
-            result = scan_run(config, lm=lm)
-            table = pq.read_table(result.parquet_path).to_pydict()
-            columns[baseline] = table
-        with open(ref, "rb") as fh:
-            ref_hash = hashlib.sha256(fh.read()).hexdigest()
-        shown = portable_path(str(ref.resolve()))
-        out = {}
-        for trait in traits:
-            path = Path(folder) / f"{trait}.safetensors"
-            pv = load_vector(path)
-            scores: dict[str, dict[str, Any]] = {}
-            n_scored = 0
-            for baseline, table in columns.items():
-                proj = table[f"{trait}_proj_response"]
-                n_scored = len(proj)
-                # Every score a scan of this baseline can flag on (auditor.score), so each has a threshold.
-                scores[baseline] = {col: distribution(table[f"{trait}_{col}"]) for col in calibrated_columns(baseline)}
-            pv.meta["calibration"] = {
-                "layer": pv.layer,
-                "reference": shown,
-                "reference_sha256": ref_hash,
-                "split": split or "all",
-                "n": n_scored,
-                "model_fingerprint": lm.fingerprint,
-                "dtype": lm.dtype,
-                "generation_dtype": resolve_generation_dtype("auto", lm),
-                "max_new_tokens": max_new_tokens,
-                "max_prompt_tokens": max_prompt_tokens,
-                "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "scores": scores,
-            }
-            save_vector(pv, folder)
-            out[trait] = pv.meta["calibration"]
-        return out
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    ref_hash = sha256_file(reference)
+    shown = portable_path(str(reference.resolve()))
+    out = {}
+    for trait in traits:
+        pv = load_vector(Path(folder) / f"{trait}.safetensors")
+        scores: dict[str, dict[str, Any]] = {}
+        n_scored = 0
+        for baseline, table in columns.items():
+            n_scored = len(table[f"{trait}_proj_response"])
+            # Every score a scan of this baseline can flag on (auditor.score), so each has a threshold.
+            scores[baseline] = {col: distribution(table[f"{trait}_{col}"]) for col in calibrated_columns(baseline)}
+        pv.meta["calibration"] = {
+            "layer": pv.layer,
+            "reference": shown,
+            "reference_sha256": ref_hash,
+            "split": split or "all",
+            "n": n_scored,
+            "model_fingerprint": lm.fingerprint,
+            "dtype": lm.dtype,
+            "generation_dtype": settings["generation_dtype"],
+            "max_new_tokens": settings["max_new_tokens"],
+            "max_prompt_tokens": settings["max_prompt_tokens"],
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "scores": scores,
+        }
+        save_vector(pv, folder)
+        out[trait] = pv.meta["calibration"]
+    return out

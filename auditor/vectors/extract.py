@@ -154,15 +154,13 @@ def build_prompts(tokenizer: Any, responses: Sequence[Response]) -> list[str]:
     return [tokenizer.apply_chat_template(r.messages(), tokenize=False, add_generation_prompt=True) for r in responses]
 
 
-def response_means(lm: Any, responses: Sequence[Response], batch_tokens: int = 8192, layers_path: str | None = None) -> Any:
+def response_means(lm: Any, responses: Sequence[Response], batch_tokens: int = 8192) -> Any:
     """Each response's mean hidden state over its tokens at every layer: [N, L+1, d] float32.
 
-    Batched by length (``scoring.length_batches``); ``h[L]`` includes the final norm.
+    Batched by length (``activations.response_means``); ``h[L]`` includes the final norm.
     """
-    import torch
-
-    from auditor.activations import capture_hidden, encode_pair, masked_mean, pad_right, response_mask
-    from auditor.scoring import length_batches
+    from auditor.activations import encode_pair
+    from auditor.activations import response_means as batched_response_means
 
     tok = lm.tokenizer
     prompts = build_prompts(tok, responses)
@@ -170,17 +168,7 @@ def response_means(lm: Any, responses: Sequence[Response], batch_tokens: int = 8
     for r, row in zip(responses, rows):
         if row.end <= row.start:
             raise VectorError(f"the answer to {r.question[:60]!r} tokenizes to zero tokens; it has no activation")
-    layers = list(range(lm.num_layers + 1))
-    out = torch.zeros(len(rows), len(layers), lm.hidden_size, dtype=torch.float32)
-    for batch in length_batches([r.length for r in rows], batch_tokens):
-        brows = [rows[i] for i in batch]
-        ids, attn = pad_right(brows, tok.pad_token_id)
-        hidden = capture_hidden(lm.model, ids, attn, layers, layers_path)
-        mask = response_mask(brows, ids.shape[1])
-        for layer in layers:
-            out[batch, layer] = masked_mean(hidden[layer], mask).cpu()
-        del hidden
-    return out
+    return batched_response_means(lm.model, rows, list(range(lm.num_layers + 1)), tok.pad_token_id, batch_tokens, lm.layers_path)
 
 
 def sample_responses(lm: Any, trait: Trait, questions: Sequence[str], n: int, settings: ExtractSettings, split: str) -> list[Response]:
@@ -250,10 +238,10 @@ def judge_and_pair(responses: list[Response], trait: Trait, judge: Judge) -> tup
     return kept, {k: v for k, v in dropped.items() if v}
 
 
-def mean_difference(lm: Any, kept: list[tuple[Response, Response]], settings: ExtractSettings, layers_path: str | None = None) -> Any:
+def mean_difference(lm: Any, kept: list[tuple[Response, Response]], settings: ExtractSettings) -> Any:
     """kept pairs -> v: [L+1, d] float32 = mean a_l(pos) - mean a_l(neg)."""
-    pos = response_means(lm, [p for p, _ in kept], settings.batch_tokens, layers_path)
-    neg = response_means(lm, [n for _, n in kept], settings.batch_tokens, layers_path)
+    pos = response_means(lm, [p for p, _ in kept], settings.batch_tokens)
+    neg = response_means(lm, [n for _, n in kept], settings.batch_tokens)
     return pos.mean(dim=0) - neg.mean(dim=0)
 
 
@@ -270,7 +258,7 @@ def remove_directions(vector: Any, others: Any) -> Any:
     return (v - (basis @ coef).squeeze(-1)).to(vector.dtype)
 
 
-def other_directions(lm: Any, trait: Trait, settings: ExtractSettings, layers_path: str | None = None) -> tuple[Any, dict[str, str]]:
+def other_directions(lm: Any, trait: Trait, settings: ExtractSettings) -> tuple[Any, dict[str, str]]:
     """The written-pair directions of ``trait.orthogonal_to``: ([k, L+1, d], name -> definition sha256)."""
     import torch
 
@@ -280,7 +268,7 @@ def other_directions(lm: Any, trait: Trait, settings: ExtractSettings, layers_pa
     for name in trait.orthogonal_to:
         other = load_trait(name)
         responses = provided_responses(other, "extraction", "none")
-        dirs.append(mean_difference(lm, [(responses[i], responses[i + 1]) for i in range(0, len(responses), 2)], settings, layers_path))
+        dirs.append(mean_difference(lm, [(responses[i], responses[i + 1]) for i in range(0, len(responses), 2)], settings))
         shas[name] = other.sha256
     return torch.stack(dirs), shas
 
@@ -313,12 +301,13 @@ def extract_vector(
     trait: Trait,
     settings: ExtractSettings | None = None,
     judge: Judge | None = None,
-    layers_path: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[PersonaVector, ExtractReport]:
-    """Make ``trait``'s persona vector for ``lm``: (vector [L+1, d] with its sidecar meta, report)."""
-    import torch
+    """Make ``trait``'s persona vector for ``lm``: (vector [L+1, d] with its sidecar meta, report).
 
+    Answers (sampled or provided) -> judged pairs -> mean difference at every layer ->
+    separation on held-out pairs -> the layer -> the vector with its sidecar.
+    """
     settings = settings or ExtractSettings()
     settings.validate()
     judge = judge or NoJudge()
@@ -328,7 +317,72 @@ def extract_vector(
     judge.check()
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    responses, kept, dropped = _judged_pairs(lm, trait, settings, judge, say, timings)
+    t0 = time.perf_counter()
+    say(f"reading activations of {2 * len(kept)} answers at {lm.num_layers + 1} layers")
+    vector = mean_difference(lm, kept, settings)
+    timings["activations"] = time.perf_counter() - t0
+    removed: dict[str, str] = {}
+    if trait.orthogonal_to:
+        t0 = time.perf_counter()
+        say(f"removing the directions of {', '.join(trait.orthogonal_to)} (their written pairs) at every layer")
+        others, removed = other_directions(lm, trait, settings)
+        vector = remove_directions(vector, others)
+        timings["orthogonal_to"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    kind, held, separation = _heldout_separation(lm, trait, settings, judge, vector, say)
+    timings["heldout"] = time.perf_counter() - t0
+    layer = settings.layer if settings.layer is not None else recommend_layer(separation, settings.exclude_edge_layers)
+    seconds = time.perf_counter() - started
+    norms = vector.norm(dim=1).tolist()
+    if not norms[layer] > 0:
+        raise VectorError(f"{trait.name}: the vector is zero at layer {layer}; the eliciting and suppressing answers are identical")
+    counts = {
+        "generated": len(responses) if settings.responses == "sampled" else 0,
+        "responses": len(responses),
+        "pairs": len(responses) // 2,
+        "kept": len(kept),
+        "dropped": dropped,
+        "heldout_pairs": len(held),
+    }
+    meta = _vector_meta(lm, trait, settings, judge, counts, separation, kind, norms, seconds, removed)
+    pv = PersonaVector(trait.name, vector.float().contiguous(), layer, meta)
+    report = ExtractReport(
+        trait=trait.name,
+        mode=settings.responses,
+        layer=layer,
+        separation=separation,
+        heldout_kind=kind,
+        n_generated=counts["generated"],
+        n_pairs=counts["pairs"],
+        n_kept=len(kept),
+        n_heldout=(len(held), len(held)),
+        dropped=dropped,
+        norms=norms,
+        seconds=seconds,
+        timings=timings,
+    )
+    return pv, report
+
+
+def _heldout_separation(
+    lm: Any, trait: Trait, settings: ExtractSettings, judge: Judge, vector: Any, say: Callable[[str], None]
+) -> tuple[str, list[tuple[Response, Response]], list[float]]:
+    """Cohen's d of the held-out pairs' projections at every layer: (held-out kind, pairs, separation per layer)."""
+    kind, held = heldout_responses(lm, trait, settings, judge)
+    if len(held) < 2:
+        raise VectorError(f"{trait.name}: only {len(held)} held-out pairs survived; cannot measure separation (sample more or use --heldout examples)")
+    say(f"measuring separation on {len(held)} held-out pairs ({kind})")
+    pos_h = response_means(lm, [p for p, _ in held], settings.batch_tokens)
+    neg_h = response_means(lm, [q for _, q in held], settings.batch_tokens)
+    return kind, held, layer_separation(pos_h, neg_h, vector)
+
+
+def _judged_pairs(
+    lm: Any, trait: Trait, settings: ExtractSettings, judge: Judge, say: Callable[[str], None], timings: dict[str, float]
+) -> tuple[list[Response], list[tuple[Response, Response]], dict[str, int]]:
+    """The extraction answers (sampled or provided) and the pairs the judge keeps: (answers, kept pairs, dropped counts)."""
     t0 = time.perf_counter()
     if settings.responses == "sampled":
         n = len(trait.extraction_questions) * len(trait.instructions) * settings.n_per_question * 2
@@ -342,40 +396,30 @@ def extract_vector(
         say(f"judging {len(responses)} answers with the {judge.name} judge")
     kept, dropped = judge_and_pair(responses, trait, judge)
     timings["judge"] = time.perf_counter() - t0
-    n_pairs = len(responses) // 2
     if not kept:
         raise VectorError(
             f"{trait.name}: no pair of answers passed the filter ({', '.join(f'{k}: {v}' for k, v in dropped.items()) or 'none made'}); "
             "sample more (--n-per-question), use another judge, or use --responses provided"
         )
-    t0 = time.perf_counter()
-    say(f"reading activations of {2 * len(kept)} answers at {lm.num_layers + 1} layers")
-    vector = mean_difference(lm, kept, settings, layers_path)
-    timings["activations"] = time.perf_counter() - t0
-    removed: dict[str, str] = {}
-    if trait.orthogonal_to:
-        t0 = time.perf_counter()
-        say(f"removing the directions of {', '.join(trait.orthogonal_to)} (their written pairs) at every layer")
-        others, removed = other_directions(lm, trait, settings, layers_path)
-        vector = remove_directions(vector, others)
-        timings["orthogonal_to"] = time.perf_counter() - t0
+    return responses, kept, dropped
 
-    t0 = time.perf_counter()
-    kind, held = heldout_responses(lm, trait, settings, judge)
-    if len(held) < 2:
-        raise VectorError(f"{trait.name}: only {len(held)} held-out pairs survived; cannot measure separation (sample more or use --heldout examples)")
-    say(f"measuring separation on {len(held)} held-out pairs ({kind})")
-    pos_h = response_means(lm, [p for p, _ in held], settings.batch_tokens, layers_path)
-    neg_h = response_means(lm, [q for _, q in held], settings.batch_tokens, layers_path)
-    separation = layer_separation(pos_h, neg_h, vector)
-    timings["heldout"] = time.perf_counter() - t0
-    layer = settings.layer if settings.layer is not None else recommend_layer(separation, settings.exclude_edge_layers)
-    seconds = time.perf_counter() - started
-    norms = vector.norm(dim=1).tolist()
-    if not norms[layer] > 0:
-        raise VectorError(f"{trait.name}: the vector is zero at layer {layer}; the eliciting and suppressing answers are identical")
 
-    meta = {
+def _vector_meta(
+    lm: Any,
+    trait: Trait,
+    settings: ExtractSettings,
+    judge: Judge,
+    counts: dict[str, Any],
+    separation: list[float],
+    kind: str,
+    norms: list[float],
+    seconds: float,
+    removed: dict[str, str],
+) -> dict[str, Any]:
+    """The vector's sidecar: where it came from, how it was made, and what was measured."""
+    import torch
+
+    return {
         "model": lm.name,
         "model_fingerprint": lm.fingerprint,
         "model_source": lm.source,
@@ -385,14 +429,7 @@ def extract_vector(
         "layer_choice": "--layer"
         if settings.layer is not None
         else ("argmax of held-out separation over layers 1..L-1" if settings.exclude_edge_layers else "argmax of held-out separation"),
-        "counts": {
-            "generated": len(responses) if settings.responses == "sampled" else 0,
-            "responses": len(responses),
-            "pairs": n_pairs,
-            "kept": len(kept),
-            "dropped": dropped,
-            "heldout_pairs": len(held),
-        },
+        "counts": counts,
         "judge": judge.describe(),
         "orthogonal_to": removed,
         "separation": [round(s, 6) if math.isfinite(s) else None for s in separation],
@@ -408,23 +445,6 @@ def extract_vector(
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "extraction_seconds": round(seconds, 2),
     }
-    pv = PersonaVector(trait.name, vector.float().contiguous(), layer, meta)
-    report = ExtractReport(
-        trait=trait.name,
-        mode=settings.responses,
-        layer=layer,
-        separation=separation,
-        heldout_kind=kind,
-        n_generated=meta["counts"]["generated"],
-        n_pairs=n_pairs,
-        n_kept=len(kept),
-        n_heldout=(len(held), len(held)),
-        dropped=dropped,
-        norms=norms,
-        seconds=seconds,
-        timings=timings,
-    )
-    return pv, report
 
 
 def cosine_at(a: PersonaVector | Any, b: PersonaVector | Any, layer: int) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import ModelError, VectorError
+from auditor.hashing import sha256_file
 from auditor.resources import shipped_root
 from auditor.vectors.persona import EXTRA_DIR, PersonaVector, default_vectors_dir, load_vector, save_vector
 
@@ -145,7 +145,7 @@ def import_vector(
             f"{file}: shape {list(pv.vector.shape)} does not fit {shape.name}: {'; '.join(problems)}; "
             "import it for the model it was made for (--model), or extract a vector for this one with audit extract"
         )
-    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    digest = sha256_file(file)
     meta = {
         "model": shape.name,
         "mode": "imported",

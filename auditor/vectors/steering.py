@@ -105,7 +105,7 @@ def question_prompts(tokenizer: Any, questions: Sequence[str]) -> list[str]:
     return [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True) for q in questions]
 
 
-def residual_norm(lm: Any, prompts: Sequence[str], layer: int, layers_path: str | None = None) -> float:
+def residual_norm(lm: Any, prompts: Sequence[str], layer: int) -> float:
     """Median ``||h[layer][t]||`` over the prompts' tokens, first token excluded."""
     import torch
 
@@ -114,14 +114,14 @@ def residual_norm(lm: Any, prompts: Sequence[str], layer: int, layers_path: str 
     tok = lm.tokenizer
     rows = [EncodedRow(tuple(ids), len(ids), len(ids)) for ids in (tok(p, add_special_tokens=False)["input_ids"] for p in prompts)]
     ids, mask = pad_right(rows, tok.pad_token_id)
-    h = capture_hidden(lm.model, ids, mask, [layer], layers_path)[layer].float()
+    h = capture_hidden(lm.model, ids, mask, [layer], lm.layers_path)[layer].float()
     norms = h.norm(dim=-1)
     keep = mask.bool().clone()
     keep[:, 0] = False
     return float(torch.median(norms[keep.to(norms.device)]))
 
 
-def preference(lm: Any, trait: Trait, layers_path: str | None = None, batch_size: int = 8) -> float | None:
+def preference(lm: Any, trait: Trait, batch_size: int = 8) -> float | None:
     """Mean over evaluation examples of (mean token log-prob of pos - of neg), under whatever hook is active."""
     import torch
 
@@ -160,7 +160,6 @@ def steering_check(
     n_questions: int | None = None,
     layer: int | None = None,
     batch_size: int = 20,
-    layers_path: str | None = None,
 ) -> SteeringResult:
     """Answer the evaluation questions under ``alpha * s_l * unit(v[l])`` for each alpha; see the module docstring."""
     from auditor.activations import encode_pair
@@ -179,19 +178,19 @@ def steering_check(
     prompts = question_prompts(tok, questions)
     prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     direction = pv.direction(layer)
-    norm = residual_norm(lm, prompts, layer, layers_path)
+    norm = residual_norm(lm, prompts, layer)
     scale = norm / ALPHA_UNIT
     result = SteeringResult(trait.name, layer, scale, norm, measure="judge" if judge.enabled else "projection")
     for alpha in alphas:
         delta = (alpha * scale) * direction.to(lm.model.device)
-        with add_to_layer(lm.model, layer, delta, layers_path):
+        with add_to_layer(lm.model, layer, delta, lm.layers_path):
             answers = generate_greedy(lm, prompt_ids, max_new_tokens, batch_size)
-            pref = preference(lm, trait, layers_path)
+            pref = preference(lm, trait)
         texts = [a for a, _ in answers]
         usable = [(p, q, a) for p, q, a in zip(prompts, questions, texts) if a.strip()]
         rows = [encode_pair(tok, p, a) for p, _, a in usable]
         rows = [r for r in rows if r.end > r.start]
-        proj = [s.proj["v"] for s in score_rows(lm.model, rows, {"v": (layer, direction)}, tok.pad_token_id, layers_path=layers_path)] if rows else []
+        proj = [s.proj["v"] for s in score_rows(lm.model, rows, {"v": (layer, direction)}, tok.pad_token_id, layers_path=lm.layers_path)] if rows else []
         judged = [s for s in judge.score(trait.rubric, [(q, a) for _, q, a in usable]) if s is not None] if judge.enabled else []
         distinct = [len(set(ids)) / len(ids) for ids in (tok(a, add_special_tokens=False)["input_ids"] for _, _, a in usable) if ids]
         result.rows.append(

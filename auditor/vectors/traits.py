@@ -257,6 +257,31 @@ def _orthogonal_to(data: dict[str, Any], loc: _Locator, name: str) -> tuple[str,
     return tuple(out)
 
 
+def _instruction_pairs(instructions: Any, loc: _Locator) -> list[tuple[str, str]]:
+    """The ``instructions`` list as (pos, neg) system prompts, at least MIN_INSTRUCTIONS, each pair differing."""
+    if not isinstance(instructions, list):
+        raise loc.error(
+            ("instructions",), f"expected a list of {{pos, neg}} pairs, found {type(instructions).__name__}", "write '- pos: ...' and 'neg: ...' entries"
+        )
+    if len(instructions) < MIN_INSTRUCTIONS:
+        raise loc.error(
+            ("instructions",),
+            f"has {len(instructions)} pairs, at least {MIN_INSTRUCTIONS} are needed",
+            f"add {MIN_INSTRUCTIONS - len(instructions)} more {{pos, neg}} pairs",
+        )
+    pairs = []
+    for i, pair in enumerate(instructions):
+        if not isinstance(pair, dict) or set(pair) != {"pos", "neg"}:
+            found = sorted(pair) if isinstance(pair, dict) else type(pair).__name__
+            raise loc.error(("instructions", i), f"expected exactly the keys pos and neg, found {found}", "pos elicits the trait, neg suppresses it")
+        pos = _text(pair["pos"], loc, ("instructions", i, "pos"), "the eliciting system prompt")
+        neg = _text(pair["neg"], loc, ("instructions", i, "neg"), "the suppressing system prompt")
+        if pos == neg:
+            raise loc.error(("instructions", i, "neg"), "is identical to pos", "the two prompts of a pair must pull in opposite directions")
+        pairs.append((pos, neg))
+    return pairs
+
+
 def _validate(data: Any, loc: _Locator, raw: bytes) -> Trait:
     if not isinstance(data, dict):
         raise loc.error(
@@ -280,27 +305,7 @@ def _validate(data: Any, loc: _Locator, raw: bytes) -> Trait:
     for placeholder in PLACEHOLDERS:
         if placeholder not in rubric:
             raise loc.error(("rubric",), f"has no {placeholder} placeholder", "the judge fills {question} and {answer} into the rubric; add both")
-    instructions = data["instructions"]
-    if not isinstance(instructions, list):
-        raise loc.error(
-            ("instructions",), f"expected a list of {{pos, neg}} pairs, found {type(instructions).__name__}", "write '- pos: ...' and 'neg: ...' entries"
-        )
-    if len(instructions) < MIN_INSTRUCTIONS:
-        raise loc.error(
-            ("instructions",),
-            f"has {len(instructions)} pairs, at least {MIN_INSTRUCTIONS} are needed",
-            f"add {MIN_INSTRUCTIONS - len(instructions)} more {{pos, neg}} pairs",
-        )
-    pairs = []
-    for i, pair in enumerate(instructions):
-        if not isinstance(pair, dict) or set(pair) != {"pos", "neg"}:
-            found = sorted(pair) if isinstance(pair, dict) else type(pair).__name__
-            raise loc.error(("instructions", i), f"expected exactly the keys pos and neg, found {found}", "pos elicits the trait, neg suppresses it")
-        pos = _text(pair["pos"], loc, ("instructions", i, "pos"), "the eliciting system prompt")
-        neg = _text(pair["neg"], loc, ("instructions", i, "neg"), "the suppressing system prompt")
-        if pos == neg:
-            raise loc.error(("instructions", i, "neg"), "is identical to pos", "the two prompts of a pair must pull in opposite directions")
-        pairs.append((pos, neg))
+    pairs = _instruction_pairs(data["instructions"], loc)
     extraction = _questions(data, "extraction_questions", loc)
     evaluation = _questions(data, "evaluation_questions", loc)
     held_out = {_normalise(q): i for i, q in enumerate(evaluation)}

@@ -7,11 +7,13 @@ it, so both writers finish and readers get consistent snapshots in between.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from pathlib import Path
 
 from conftest import make_vectors, write_jsonl
-from robust_helpers import audit_popen, audit_run, check_integrity, count_parts, dataset, read_run, wait_for
+from robust_helpers import audit_popen, audit_run, check_integrity, dataset, read_run, wait_for
 
 from auditor.errors import StoreError
 
@@ -44,47 +46,66 @@ def test_two_writers_and_readers_on_one_database(tmp_path, tiny_model_dir, tiny_
         "--db",
         str(db),
     ]
+    with connect(str(db)):  # the schema, so that a reader can hold the file before the scans start
+        pass
+    # A reader that keeps the file (a duckdb CLI session, a long export) until the test lets go.
+    # It holds the file before the writers start and lets go only once both have said on stderr
+    # that they wait, so no timing decides the outcome; the holder's own limit only ends a hang.
+    release = tmp_path / "release"
+    holder = hold_database(str(db), release)
+    assert holder.stdout.readline().strip() == "holding", holder.communicate()
     writers = [audit_popen(["scan", src, *common, "--out", str(tmp_path / name)], cwd=tmp_path) for src, name in ((a, "run-a"), (b, "run-b"))]
+    waiting = [threading.Event(), threading.Event()]
+    stderr: list[list[str]] = [[], []]
 
-    # Readers while both write: a read-only connection (what audit sql, gate, filter and
-    # report use) and audit sql / audit runs processes. Each sees committed chunks only.
-    assert wait_for(lambda: db.exists(), timeout=120, proc=writers[0])
-    reads, waits, sql_runs = [], [], []
+    def drain(i: int) -> None:
+        # Each writer's stderr as it comes, so the test learns the moment a writer waits.
+        for line in writers[i].stderr:
+            stderr[i].append(line)
+            if f"{db}: waiting for another process that holds the database" in line:
+                waiting[i].set()
 
-    def cli_reader():
-        for _ in range(1):  # each is a new process (about a second of CPU): one round suffices
-            if all(w.poll() is not None for w in writers):
-                break
-            sql_runs.append(audit_run(["sql", "SELECT count(*) FROM samples", "--db", str(db), "--format", "csv"], cwd=tmp_path))
-            sql_runs.append(audit_run(["runs", "--db", str(db), "--json"], cwd=tmp_path))
+    drains = [threading.Thread(target=drain, args=(i,)) for i in range(2)]
+    for t in drains:
+        t.start()
+    reads = []
 
-    thread = threading.Thread(target=cli_reader)
-    thread.start()
-    # A reader that keeps the file for 5 s (a duckdb CLI session, a long export): the
-    # writers wait it out, say so on stderr, and go on.
-    assert wait_for(lambda: count_parts(tmp_path / "run-a" / "parts") >= 2, timeout=120, proc=writers[0])
-    holder = hold_database(str(db), seconds=5)
-    while any(w.poll() is None for w in writers):
-        t0 = time.monotonic()
+    def read_snapshot() -> None:
         with connect(str(db), read_only=True) as con:
-            waits.append(time.monotonic() - t0)
             # One snapshot: the ledger and the rows it accounts for agree (a chunk is all or nothing).
             ledger = con.execute("SELECT coalesce(sum(n_scored), 0) FROM run_chunks").fetchall()[0][0]
             stored = con.execute("SELECT count(*) FROM samples").fetchall()[0][0]
             reads.append((ledger, stored))
-        time.sleep(0.1)
-    thread.join()
-    holder.communicate(timeout=60)
-    results = [w.communicate() for w in writers]
-    for w, (_out, err) in zip(writers, results):
-        assert w.returncode == 0, err
-    waited = [err for _out, err in results if f"{db}: waiting for another process that holds the database" in err]
-    assert waited, "no writer reported waiting for the held database"
 
-    assert len(reads) >= 5 and all(ledger == stored for ledger, stored in reads), reads
+    try:
+        for i, event in enumerate(waiting):
+            assert event.wait(timeout=600), f"writer {i} did not report waiting for the held database: {''.join(stderr[i])}"
+        read_snapshot()  # other readers still get in while writers wait
+    finally:
+        release.touch()
+        holder.communicate(timeout=120)
+    assert holder.returncode == 0
+
+    # audit sql / audit runs processes beside the scans (each a new process: one round suffices).
+    sql_runs = [
+        audit_run(["sql", "SELECT count(*) FROM samples", "--db", str(db), "--format", "csv"], cwd=tmp_path),
+        audit_run(["runs", "--db", str(db), "--json"], cwd=tmp_path),
+    ]
+    while any(w.poll() is None for w in writers):
+        read_snapshot()
+        time.sleep(0.1)
+    read_snapshot()
+    for w, t in zip(writers, drains):
+        t.join()
+        w.wait()
+    for w, err in zip(writers, stderr):
+        assert w.returncode == 0, "".join(err)
+
+    assert all(ledger == stored for ledger, stored in reads), reads
     assert [r[1] for r in reads] == sorted(r[1] for r in reads)  # never goes backwards
-    assert sql_runs and all(r.returncode == 0 for r in sql_runs), [r.stderr for r in sql_runs if r.returncode]
-    print(f"{len(reads)} reads during the scans, longest wait {max(waits):.2f} s; {len(sql_runs)} audit sql/runs calls")
+    assert reads[0] == (0, 0) and reads[-1] == (2 * len(rows), 2 * len(rows)), reads
+    assert all(r.returncode == 0 for r in sql_runs), [r.stderr for r in sql_runs if r.returncode]
+    assert isinstance(json.loads(sql_runs[1].stdout), list), sql_runs[1].stdout  # a whole JSON document while runs are being written
 
     counts = check_integrity(str(db))
     assert counts["runs"] == 2 and counts["samples"] == 2 * len(rows)
@@ -130,12 +151,21 @@ def test_a_writer_blocked_too_long_fails_with_a_clear_message(tmp_path):
         assert con.execute("SELECT count(*) FROM runs").fetchall() == [(0,)]
 
 
-def hold_database(db: str, seconds: float):
-    """A process that opens ``db`` read-only (waiting its turn) and keeps it for ``seconds``."""
+def hold_database(db: str, release: Path, guard: float = 600.0):
+    """A process that opens ``db`` read-only (waiting its turn), prints ``holding`` and keeps it until ``release`` exists.
+
+    ``guard`` seconds end the hold in any case, so a failing test cannot hang.
+    """
     import subprocess
     import sys
 
-    code = f"import time; from auditor.store.db import open_db; c = open_db({db!r}, read_only=True); time.sleep({seconds}); c.close()"
+    code = (
+        "import os, time; from auditor.store.db import open_db; "
+        f"c = open_db({db!r}, read_only=True); print('holding', flush=True); "
+        f"end = time.monotonic() + {guard}\n"
+        f"while not os.path.exists({str(release)!r}) and time.monotonic() < end: time.sleep(0.05)\n"
+        "c.close()"
+    )
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
