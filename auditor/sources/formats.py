@@ -54,7 +54,7 @@ _FORMAT_FIELDS = {
 }
 FORMAT_HELP = (
     "use --format messages|sharegpt|alpaca|prompt-response|preference, or give each record 'messages', 'conversations', "
-    "'instruction'/'output', 'prompt'/'response' or 'prompt'/'chosen'/'rejected'"
+    "'instruction'/'output', 'prompt'/'response' or 'prompt'/'chosen'/'rejected'; or map your names to ours with --field OURS=THEIRS"
 )
 
 
@@ -207,8 +207,12 @@ def _format_error(record: dict, source: str, line: int, fmt: str) -> InputError:
     # Tabular sources (Parquet, CSV, hub datasets) have columns: say so, it is what the user sees.
     noun = "columns" if source.startswith("hf:") or source.lower().endswith(_TABULAR) else "fields"
     what = "unknown format" if fmt == "auto" else f"record lacks the fields of the {fmt} format"
+    detected = detect_format(record)
     guess = suggest_mapping(record)
-    fix = f"map your names to ours: {guess}" if guess else f"{FORMAT_HELP}; or map your names to ours with --field OURS=THEIRS"
+    if fmt != "auto" and detected is not None:
+        fix = f"it is in the {detected} format: use --format {detected}, or --format auto to read each record in its own format"
+    else:
+        fix = f"map your names to ours: {guess}" if guess else FORMAT_HELP
     return InputError(source, line, f"{what} ({noun}: {keys})", fix)
 
 

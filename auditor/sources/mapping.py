@@ -65,7 +65,7 @@ class FieldMap:
         """From ``["prompt=question", ...]`` (the CLI) or ``{"prompt": "question"}`` (Python, TOML)."""
         f = _pairs(fields, FIELD_TARGETS, origin, "field")
         r = _pairs(roles, ROLE_TARGETS, role_origin, "role")
-        actual = [a for _, a in r]
+        actual = list(r.values())
         if len(set(actual)) != len(actual):
             raise MappingError(f"{role_origin}: one dataset role is mapped to two of ours ({', '.join(sorted(actual))})")
         return cls(tuple(sorted(f.items())), tuple(sorted(r.items())))
