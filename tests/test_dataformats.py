@@ -50,7 +50,10 @@ def test_pair_with_system_and_multi_turn_prefix(tmp_path):
     prefix = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, USER]
     records = [
         {"system": "Be brief.", "prompt": prefix, "chosen": CANDID, "rejected": AGREEABLE},
-        {"chosen": [{"role": "system", "content": "Be brief."}, *prefix, {"role": "assistant", "content": CANDID}], "rejected": [{"role": "system", "content": "Be brief."}, *prefix, {"role": "assistant", "content": AGREEABLE}]},
+        {
+            "chosen": [{"role": "system", "content": "Be brief."}, *prefix, {"role": "assistant", "content": CANDID}],
+            "rejected": [{"role": "system", "content": "Be brief."}, *prefix, {"role": "assistant", "content": AGREEABLE}],
+        },
     ]
     got, rejected = samples(write_jsonl(tmp_path / "p.jsonl", records))
     assert not rejected
@@ -76,16 +79,26 @@ def test_pair_hash_covers_the_rejected_answer_and_single_hash_is_unchanged():
         ({"prompt": Q, "chosen": CANDID, "rejected": "  "}, "the rejected answer is only whitespace"),
         ({"prompt": Q, "chosen": [USER], "rejected": AGREEABLE}, "'chosen' does not end with an assistant message"),
         (
-            {"chosen": [USER, {"role": "assistant", "content": CANDID}], "rejected": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "x"}]},
+            {
+                "chosen": [USER, {"role": "assistant", "content": CANDID}],
+                "rejected": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "x"}],
+            },
             "'chosen' and 'rejected' differ before their final answers",
         ),
         ({"chosen": [{"role": "assistant", "content": CANDID}], "rejected": [{"role": "assistant", "content": AGREEABLE}]}, "the pair has no prompt"),
         (
-            {"prompt": [USER], "chosen": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}], "rejected": AGREEABLE},
+            {
+                "prompt": [USER],
+                "chosen": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}],
+                "rejected": AGREEABLE,
+            },
             "'chosen' and 'rejected' differ before their final answers",
         ),
         ({"prompt": Q, "chosen": 3, "rejected": AGREEABLE}, "'chosen' is int; give text or a list"),
-        ({"system": "a", "prompt": [{"role": "system", "content": "b"}, USER], "chosen": CANDID, "rejected": AGREEABLE}, "both 'system' and a different system message"),
+        (
+            {"system": "a", "prompt": [{"role": "system", "content": "b"}, USER], "chosen": CANDID, "rejected": AGREEABLE},
+            "both 'system' and a different system message",
+        ),
     ],
 )
 def test_bad_pairs_name_line_and_fix(tmp_path, record, expected):
@@ -150,16 +163,24 @@ def test_mapped_layouts_give_the_samples_of_the_messages_layout(tmp_path):
 
 def test_unmapped_record_error_lists_keys_and_suggests_the_mapping(tmp_path):
     _, (r,) = samples(write_jsonl(tmp_path / "qa.jsonl", question_answer_records()[:1]))
-    assert r.reason.endswith("unknown format (fields: best_answer, id, question, topic); map your names to ours: --field prompt=question --field response=best_answer")
+    assert r.reason.endswith(
+        "unknown format (fields: best_answer, id, question, topic); map your names to ours: --field prompt=question --field response=best_answer"
+    )
     _, (r,) = samples(write_parquet(tmp_path / "conv.parquet", conversation_records()[:1]))
-    assert "unknown format (columns: conversation, id); map your names to ours: --field messages=conversation --field role=speaker --field content=text" in r.reason
+    assert (
+        "unknown format (columns: conversation, id); map your names to ours: --field messages=conversation --field role=speaker --field content=text"
+        in r.reason
+    )
     assert "--role assistant=bot --role user=human" in r.reason
 
 
 def test_mapping_errors_name_the_record_keys(tmp_path):
     path = write_jsonl(tmp_path / "qa.jsonl", question_answer_records()[:1])
     _, (r,) = samples(path, mapping=FieldMap.parse(["prompt=query", "response=best_answer"]))
-    assert r.reason == f"{path}:1: no field 'query' (--field prompt=query); the record has fields 'id', 'question', 'best_answer', 'topic'; check the name, or change --field"
+    assert (
+        r.reason
+        == f"{path}:1: no field 'query' (--field prompt=query); the record has fields 'id', 'question', 'best_answer', 'topic'; check the name, or change --field"
+    )
     path = write_jsonl(tmp_path / "both.jsonl", [{"prompt": "template", "question": "q", "response": "r"}])
     _, (r,) = samples(path, mapping=FieldMap.parse(["prompt=question"]))
     assert "the record has both 'prompt' and 'question' (--field prompt=question)" in r.reason
@@ -185,7 +206,11 @@ def test_mapping_applies_to_pairs_and_sharegpt(tmp_path):
     "fields,roles,message",
     [
         (["prompt"], None, "--field 'prompt': write OURS=THEIRS, e.g. --field prompt=question"),
-        (["answer=best"], None, "--field answer=best: 'answer' is not one of ours; map one of prompt, response, system, messages, chosen, rejected, id, role, content"),
+        (
+            ["answer=best"],
+            None,
+            "--field answer=best: 'answer' is not one of ours; map one of prompt, response, system, messages, chosen, rejected, id, role, content",
+        ),
         (["prompt=a", "prompt=b"], None, "--field prompt is given twice ('a' and 'b'); keep one"),
         (None, ["user=x", "assistant=x"], "--role: one dataset role is mapped to two of ours (x, x)"),
         (None, ["bot=assistant"], "--role bot=assistant: 'bot' is not one of ours; map one of system, user, assistant"),
@@ -212,7 +237,9 @@ def test_mapping_from_the_policy_file_and_flags_override_it():
 
 def test_suggestions_are_only_hints():
     assert suggest_mapping({"text": "x", "label": 1}) is None
-    assert suggest_mapping({"query": "q", "preferred": "a", "dispreferred": "b"}) == "--field chosen=preferred --field rejected=dispreferred --field prompt=query"
+    assert (
+        suggest_mapping({"query": "q", "preferred": "a", "dispreferred": "b"}) == "--field chosen=preferred --field rejected=dispreferred --field prompt=query"
+    )
 
 
 # ---------------------------------------------------------------- previews
@@ -281,7 +308,7 @@ def test_previews_of_a_100k_row_file_keep_memory_flat(tmp_path):
     for kw in ({"sample": 200, "seed": 3}, {"limit": 200}):
         peaks = {}
         for name, path in (("small", small), ("large", large)):
-            peaks[name] = _peak_bytes(lambda path=path: sum(1 for _ in iter_samples(path, **kw)))
+            peaks[name] = _peak_bytes(lambda path=path, kw=kw: sum(1 for _ in iter_samples(path, **kw)))
         assert peaks["large"] < peaks["small"] * 1.5 + 256 * 1024, (kw, peaks)
     got, _ = samples(large, sample=200, seed=3)
     assert len(got) == 200 and got[-1].line > 50_000

@@ -52,7 +52,11 @@ CASES = [
         json.dumps({"messages": [{"role": "user", "content": "q"}, {"text": "a"}]}),
         "message 1 has no 'role' and no 'content'; write each message as {\"role\": ..., \"content\": ...}",
     ),
-    ("wrong-role", json.dumps(msgs(("bot", "q"), ("assistant", "a"))), "message 0 has role 'bot'; use one of system, user, assistant, or map it: --role assistant=bot"),
+    (
+        "wrong-role",
+        json.dumps(msgs(("bot", "q"), ("assistant", "a"))),
+        "message 0 has role 'bot'; use one of system, user, assistant, or map it: --role assistant=bot",
+    ),
     (
         "wrong-sharegpt-speaker",
         json.dumps({"conversations": [{"from": "human", "value": "q"}, {"from": "robot", "value": "a"}]}),
@@ -179,6 +183,7 @@ def test_mixed_formats_are_read_per_record_in_auto_mode(tmp_path, tiny_lm, vecto
 
 def test_a_forced_format_rejects_the_records_of_other_formats(tmp_path, tiny_lm, vectors):
     path = write_jsonl(tmp_path / "mixed.jsonl", MIXED)
+
     def reason(fields, fmt):
         return (
             f"record lacks the fields of the messages format (fields: {fields}); "
