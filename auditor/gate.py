@@ -169,8 +169,29 @@ def policy_table(path: str) -> dict[str, Any] | None:
         return table
     table = data.get("gate")
     if table is None:
-        table = data
+        table = {k: v for k, v in data.items() if k != "scan"}  # [scan] holds the scan's settings, not rules
     return table
+
+
+def scan_table(path: str) -> dict[str, Any] | None:
+    """The ``[scan]`` table of a policy file (``[tool.persona-audit.scan]`` in pyproject.toml), or None."""
+    data = _load_toml(path)
+    if os.path.basename(path) == "pyproject.toml":
+        data = data.get("tool", {}).get("persona-audit", {})
+    table = data.get("scan")
+    if table is not None and not isinstance(table, Mapping):
+        raise PolicyError(f"{path}: scan must be a table ([scan])")
+    return table
+
+
+def policy_mapping(policy_path: str | None = None, use_files: bool = True) -> Any:
+    """The field/role mapping of the policy file in force (the one the gate would use), as a FieldMap."""
+    from auditor.sources.mapping import FieldMap, mapping_from_policy
+
+    path = policy_path if policy_path and os.path.isfile(policy_path) else (find_policy_file() if use_files and not policy_path else None)
+    if not path:
+        return FieldMap()
+    return mapping_from_policy(scan_table(path), _display_path(path))
 
 
 def find_policy_file(start: str | None = None) -> str | None:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from auditor.errors import AuditorError, InputError, StoreError
-from auditor.sources import Rejected, Sample, iter_samples
+from auditor.sources import FORMATS, FieldMap, Rejected, Sample, check_preview, iter_samples
 
 BASELINES = ("generate", "prompt-last", "none")
 ON_ERROR = ("fail", "skip")
@@ -75,6 +75,15 @@ class ScanConfig:
     resume: bool = False
     num_shards: int = 1
     shard_index: int = 0
+    fields: dict[str, str] = field(default_factory=dict)  # --field OURS=THEIRS (auditor.sources.mapping)
+    roles: dict[str, str] = field(default_factory=dict)  # --role OURS=THEIRS
+    limit: int | None = None  # --limit N: the first N records
+    sample: int | None = None  # --sample N: N records by seeded hash (auditor.sources.preview)
+    seed: int = 0
+    pairs: bool | None = None  # preference pairs (a margin run); None: decided from the first record
+
+    def mapping(self) -> FieldMap:
+        return FieldMap.parse(self.fields, self.roles)
 
     def validate(self) -> None:
         if self.baseline not in BASELINES:
@@ -101,6 +110,10 @@ class ScanConfig:
             raise AuditorError(f"unknown --flag-on {self.flag_on!r}; use one of {', '.join(FLAG_ON)}")
         if not 0 <= self.shard_index < self.num_shards:
             raise AuditorError(f"--shard-index must be between 0 and {self.num_shards - 1} for --num-shards {self.num_shards}")
+        if self.format not in FORMATS:
+            raise AuditorError(f"unknown --format {self.format!r}; use one of {', '.join(FORMATS)}")
+        check_preview(self.limit, self.sample)
+        self.mapping()  # a malformed mapping fails before the model loads
 
     def result_key(self, model_fingerprint: str, vector_hashes: dict[str, str]) -> str:
         """Hash of everything that determines the scores: equal keys give equal results."""
@@ -123,6 +136,12 @@ class TraitSummary:
     n: int
     calibration_mean: float | None = None
     top: list[dict[str, Any]] = field(default_factory=list)
+    mean_margin: float | None = None  # preference pairs
+
+    @property
+    def mean_score(self) -> float | None:
+        """The dataset-level mean of the score flags use."""
+        return {"delta": self.mean_delta, "proj_response": self.mean_proj_response, "margin": self.mean_margin}.get(self.score)
 
 
 @dataclass
@@ -219,7 +238,8 @@ def build_prompt(tokenizer: Any, sample: Sample) -> str:
         ) from None
 
 
-def wide_schema(traits: list[str]):
+def wide_schema(traits: list[str], pairs: bool = False):
+    """Columns of scores.parquet; a preference run adds each trait's proj_rejected and margin."""
     import pyarrow as pa
 
     fields = [
@@ -234,24 +254,56 @@ def wide_schema(traits: list[str]):
     ]
     for t in traits:
         fields += [(f"{t}_proj_response", pa.float64()), (f"{t}_proj_base", pa.float64()), (f"{t}_delta", pa.float64()), (f"{t}_flagged", pa.bool_())]
+        if pairs:
+            fields += [(f"{t}_proj_rejected", pa.float64()), (f"{t}_margin", pa.float64())]
+    if pairs:
+        fields.insert(fields.index(("n_base_tokens", pa.int32())) + 1, ("n_rejected_tokens", pa.int32()))
     return pa.schema(fields)
+
+
+def flag_score_column(config: ScanConfig) -> str:
+    """The column flags use: margin for preference pairs, else delta or the raw projection."""
+    if config.pairs:
+        return "margin"
+    return "proj_response" if config.baseline == "none" or config.flag_on == "projection" else "delta"
+
+
+def margin_threshold(pv: Any, percentile: float) -> float | None:
+    """A margin's calibrated threshold: the clean delta (generate baseline) centred on its median.
+
+    A clean pair's margin is the difference between two acceptable answers to one prompt, as
+    the calibration's delta is (a clean answer minus the model's own); only the delta's shift
+    (the reference answers' style against the model's) does not apply to a pair, whose sides
+    are exchangeable. docs/formats.md states this and how to override it.
+    """
+    top = pv.threshold("generate", "delta", percentile)
+    median = pv.threshold("generate", "delta", 50.0)
+    return None if top is None or median is None else top - median
 
 
 def resolve_thresholds(config: ScanConfig, vectors: list[Any]) -> tuple[str, dict[str, tuple[float | None, str]]]:
     """The score column flags use, and per trait (threshold, where it came from)."""
-    score_col = "proj_response" if config.baseline == "none" or config.flag_on == "projection" else "delta"
+    score_col = flag_score_column(config)
     out: dict[str, tuple[float | None, str]] = {}
     for pv in vectors:
         given = config.thresholds.get(pv.trait, config.thresholds.get("*"))
         if given is not None:
             out[pv.trait] = (float(given), "--threshold")
             continue
-        t = pv.threshold(config.baseline, score_col, config.flag_percentile)
-        src = (
-            f"p{config.flag_percentile:g} of the calibration set"
-            if t is not None
-            else "none: the vector has no calibration for this baseline and layer; pass --threshold TRAIT=VALUE"
-        )
+        if score_col == "margin":
+            t = margin_threshold(pv, config.flag_percentile)
+            src = (
+                f"p{config.flag_percentile:g} of the calibration set's delta (generate), centred on its median"
+                if t is not None
+                else "none: the vector has no generate-baseline calibration for this layer; pass --threshold TRAIT=VALUE"
+            )
+        else:
+            t = pv.threshold(config.baseline, score_col, config.flag_percentile)
+            src = (
+                f"p{config.flag_percentile:g} of the calibration set"
+                if t is not None
+                else "none: the vector has no calibration for this baseline and layer; pass --threshold TRAIT=VALUE"
+            )
         out[pv.trait] = (t, src)
     return score_col, out
 
@@ -296,7 +348,8 @@ class ChunkScorer:
         self.batch_tokens = config.batch_tokens or default_batch_tokens(lm)
         self.generation_batch_size = config.generation_batch_size or default_generation_batch_size(lm, config.max_new_tokens, config.max_prompt_tokens)
         self.max_len = lm.max_length
-        self.schema = wide_schema([pv.trait for pv in vectors])
+        self.pairs = bool(config.pairs)
+        self.schema = wide_schema([pv.trait for pv in vectors], self.pairs)
 
     def generation_lm(self) -> Any:
         """The model that generates base responses: the scoring model, or its copy in the generation dtype."""
@@ -333,16 +386,30 @@ class ChunkScorer:
                         f"{row.length} tokens (plus {cfg.max_new_tokens} to generate) is longer than the model's context ({self.max_len})",
                         "shorten the sample, lower --max-prompt-tokens or --max-new-tokens",
                     )
+                rejected_row = self._rejected_row(item, prompt) if self.pairs else None
             except InputError as e:
                 rejects.append(Rejected.of(e))
                 continue
-            ready.append((item, prompt, row))
+            ready.append((item, prompt, row, rejected_row))
         return ready, rejects
 
-    def prompt_hashes(self, ready: list[tuple[Sample, str, Any]]) -> list[str]:
+    def _rejected_row(self, item: Sample, prompt: str) -> Any:
+        """The rejected answer of a pair, encoded after the same prompt as the chosen one."""
+        from auditor.activations import encode_pair
+
+        row = encode_pair(self.lm.tokenizer, prompt, item.rejected or "", self.config.max_prompt_tokens)
+        if row.end <= row.start:
+            raise InputError(item.source, item.line, "the rejected answer tokenizes to zero tokens", "give it a non-empty rejected answer")
+        if self.max_len and row.length > self.max_len:
+            raise InputError(
+                item.source, item.line, f"the rejected answer's {row.length} tokens are longer than the model's context ({self.max_len})", "shorten it"
+            )
+        return row
+
+    def prompt_hashes(self, ready: list[tuple[Sample, str, Any, Any]]) -> list[str]:
         from auditor.generation import prompt_hash
 
-        return sorted({prompt_hash(p) for _, p, _ in ready})
+        return sorted({prompt_hash(p) for _, p, _, _ in ready})
 
     def score(self, index: int, items: list[Sample | Rejected], cached: dict[str, tuple[str, int]] | None = None, prepared: tuple | None = None) -> ChunkOutput:
         import pyarrow as pa
@@ -360,10 +427,10 @@ class ChunkScorer:
         new_base: dict[str, tuple[str, int]] = {}
         n_cached = tokens = 0
         if cfg.baseline == "generate" and ready:
-            hashes = [prompt_hash(p) for _, p, _ in ready]
+            hashes = [prompt_hash(p) for _, p, _, _ in ready]
             n_cached = sum(1 for h in hashes if h in base)
             missing: dict[str, str] = {}
-            for (_, p, _), h in zip(ready, hashes):
+            for (_, p, _, _), h in zip(ready, hashes):
                 if h not in base and h not in missing:
                     missing[h] = p
             if missing:
@@ -382,22 +449,23 @@ class ChunkScorer:
                     base[h] = new_base[h] = result
                 tokens += sum(n for _, n in gen)
 
-        # One forward over the dataset responses and the base responses together.
-        rows = [row for _, _, row in ready]
+        # One forward over the dataset responses (chosen and rejected for pairs) and the base responses together.
+        rows = [row for _, _, row, _ in ready]
+        rejected_rows = [rrow for _, _, _, rrow in ready] if self.pairs else []
         base_rows: list[Any] = []
         base_at: list[int | None] = []
         if cfg.baseline == "generate":
-            for _, p, _ in ready:
+            for _, p, _, _ in ready:
                 brow = encode_pair(tok, p, base[prompt_hash(p)][0], cfg.max_prompt_tokens)
                 if brow.end > brow.start:
-                    base_at.append(len(rows) + len(base_rows))
+                    base_at.append(len(rows) + len(rejected_rows) + len(base_rows))
                     base_rows.append(brow)
                 else:
                     base_at.append(None)  # the model answered nothing: no activation, so no delta
+        all_rows = rows + rejected_rows + base_rows
         t0 = time.perf_counter()
-        results = score_rows(lm.model, rows + base_rows, self.directions, tok.pad_token_id, self.batch_tokens, None, cfg.layers_path) if ready else []
+        results = score_rows(lm.model, all_rows, self.directions, tok.pad_token_id, self.batch_tokens, None, cfg.layers_path) if ready else []
         seconds["forward"] = time.perf_counter() - t0
-        all_rows = rows + base_rows
         tokens += sum(r.length for r in all_rows)
 
         wide: dict[str, list[Any]] = {name: [] for name in self.schema.names}
@@ -415,10 +483,13 @@ class ChunkScorer:
             "n_response_tokens",
             "n_base_tokens",
             "metadata",
+            "rejected_response",
+            "n_rejected_tokens",
         )
         samples: dict[str, list[Any]] = {k: [] for k in sample_cols}
-        long: dict[str, list[Any]] = {k: [] for k in ("run_id", "sample_id", "trait", "layer", "proj_response", "proj_base", "delta", "flagged")}
-        for i, (sample, p, row) in enumerate(ready):
+        long_cols = ("run_id", "sample_id", "trait", "layer", "proj_response", "proj_base", "delta", "flagged", "proj_rejected", "margin")
+        long: dict[str, list[Any]] = {k: [] for k in long_cols}
+        for i, (sample, p, row, rrow) in enumerate(ready):
             res = results[i]
             bi = base_at[i] if cfg.baseline == "generate" else None
             base_text = base[prompt_hash(p)][0] if cfg.baseline == "generate" else None
@@ -433,9 +504,14 @@ class ChunkScorer:
                 "n_response_tokens": row.end - row.start,
                 "n_base_tokens": n_base,
             }
+            if self.pairs:
+                common["n_rejected_tokens"] = rrow.end - rrow.start
             for k, v in common.items():
                 wide[k].append(v)
                 samples[k].append(v)
+            if not self.pairs:
+                samples["n_rejected_tokens"].append(None)
+            samples["rejected_response"].append(sample.rejected)
             samples["run_id"].append(self.run_id)
             samples["context"].append(json.dumps(list(sample.context), ensure_ascii=False))
             samples["response"].append(sample.response)
@@ -451,12 +527,19 @@ class ChunkScorer:
                 else:
                     pb = None
                 delta = pr - pb if pb is not None else None
-                score = pr if self.score_col == "proj_response" else delta
+                prej = results[len(rows) + i].proj[t] if self.pairs else None
+                margin = pr - prej if prej is not None else None
+                score = {"proj_response": pr, "delta": delta, "margin": margin}[self.score_col]
                 threshold = self.thresholds[t][0]
                 flagged = bool(threshold is not None and score is not None and score > threshold)
                 for col, val in (("proj_response", pr), ("proj_base", pb), ("delta", delta), ("flagged", flagged)):
                     wide[f"{t}_{col}"].append(val)
                     long[col].append(val)
+                if self.pairs:
+                    wide[f"{t}_proj_rejected"].append(prej)
+                    wide[f"{t}_margin"].append(margin)
+                long["proj_rejected"].append(prej)
+                long["margin"].append(margin)
                 long["run_id"].append(self.run_id)
                 long["sample_id"].append(sample.id)
                 long["trait"].append(t)
@@ -493,14 +576,12 @@ class ChunkScorer:
                 ("proj_base", pa.float64()),
                 ("delta", pa.float64()),
                 ("flagged", pa.bool_()),
+                ("proj_rejected", pa.float64()),
+                ("margin", pa.float64()),
             ]
         )
-        samples_schema = pa.schema(
-            [
-                (k, pa.int64() if k == "line" else pa.int32() if k in ("turn", "n_prompt_tokens", "n_response_tokens", "n_base_tokens") else pa.string())
-                for k in sample_cols
-            ]
-        )
+        int32 = ("turn", "n_prompt_tokens", "n_response_tokens", "n_base_tokens", "n_rejected_tokens")
+        samples_schema = pa.schema([(k, pa.int64() if k == "line" else pa.int32() if k in int32 else pa.string()) for k in sample_cols])
         return ChunkOutput(
             index=index,
             fingerprint=chunk_fingerprint(items),
@@ -662,7 +743,18 @@ def pending_chunks(config: ScanConfig, run_id: str, done: dict[int, str]) -> Ite
     """
     from auditor.sources import no_records_error
 
-    stream = iter_samples(config.source, fmt=config.format, score_all_turns=config.score_all_turns, split=config.split, config=config.hf_config)
+    stream = iter_samples(
+        config.source,
+        fmt=config.format,
+        score_all_turns=config.score_all_turns,
+        split=config.split,
+        config=config.hf_config,
+        mapping=config.mapping(),
+        limit=config.limit,
+        sample=config.sample,
+        seed=config.seed,
+        pairs=bool(config.pairs),
+    )
     last = -1
     for index, items in enumerate(chunked(stream, config.chunk_size)):
         last = index
@@ -732,6 +824,7 @@ def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, A
     config.validate()
     expand_paths(config.source)  # a missing file fails now, not after the model has loaded
     check_not_empty(config.source)  # so does an empty one
+    resolve_pairs(config)
     started = time.perf_counter()
     timings: dict[str, float] = {"load_model": 0.0, "generate": 0.0, "forward": 0.0, "write": 0.0}
     if lm is None:
@@ -767,6 +860,14 @@ def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, A
         mark_run(config, run_id, exc)
         raise
     return finalize_run(config, run_id, out_dir, lm=lm, vectors=vectors, scorer=scorer, started=started, timings=timings, counts=counts, resumed=len(done))
+
+
+def resolve_pairs(config: ScanConfig) -> None:
+    """Decide once whether the run scores preference pairs (forced, or the first record is one)."""
+    from auditor.sources import dataset_holds_pairs
+
+    if config.pairs is None:
+        config.pairs = dataset_holds_pairs(config.source, config.format, config.split, config.hf_config, config.mapping())
 
 
 def local_score_fn(lm: Any, config: ScanConfig, scorer: ChunkScorer) -> Callable[[list[Any]], list[Any]]:
@@ -813,16 +914,19 @@ def finalize_run(
     with connect(config.db) as con:
         for pv in vectors:
             t = pv.trait
-            mean_delta, mean_proj, n_flagged, n = con.execute(
-                "SELECT avg(delta), avg(proj_response), count(*) FILTER (WHERE flagged), count(*) FROM scores WHERE run_id = ? AND trait = ?", [run_id, t]
+            mean_delta, mean_proj, mean_margin, n_flagged, n = con.execute(
+                "SELECT avg(delta), avg(proj_response), avg(margin), count(*) FILTER (WHERE flagged), count(*) FROM scores WHERE run_id = ? AND trait = ?",
+                [run_id, t],
             ).fetchone()
-            order = "delta" if scorer.score_col == "delta" else "proj_response"
+            order = scorer.score_col
             top = con.execute(
                 f"SELECT sample_id, {order} FROM scores WHERE run_id = ? AND trait = ? AND {order} IS NOT NULL ORDER BY {order} DESC, sample_id LIMIT 5",
                 [run_id, t],
             ).fetchall()
             cal = pv.calibration or {}
             cal_entry = cal.get("scores", {}).get(config.baseline, {}).get(scorer.score_col) if cal.get("layer") == pv.layer else None
+            if order == "margin":  # a clean pair's margin centres on zero (margin_threshold)
+                cal_entry = {"mean": 0.0} if margin_threshold(pv, 50.0) is not None else None
             summaries.append(
                 TraitSummary(
                     trait=t,
@@ -836,6 +940,7 @@ def finalize_run(
                     n=int(n or 0),
                     calibration_mean=cal_entry.get("mean") if cal_entry else None,
                     top=[{"sample_id": sid, "score": s} for sid, s in top],
+                    mean_margin=mean_margin,
                 )
             )
     token_table = heat_map_tokens(config, run_id, lm.tokenizer, scorer, score_fn or local_score_fn(lm, config, scorer))
@@ -887,7 +992,7 @@ def finalize_run(
 
 
 def heat_map_tokens(config: ScanConfig, run_id: str, tokenizer: Any, scorer: ChunkScorer, score_fn: Callable[[list[Any]], list[Any]]):
-    """Each response token's projection for the report's top samples per trait.
+    """Each response token's projection for the report's top samples per trait (both answers of a pair).
 
     Computed once at the end (a small second forward over at most ``top_n`` samples per
     trait) rather than kept during the scan, so it is the same for resumed runs.
@@ -904,39 +1009,46 @@ def heat_map_tokens(config: ScanConfig, run_id: str, tokenizer: Any, scorer: Chu
             ("trait", pa.string()),
             ("tokens", pa.list_(pa.string())),
             ("token_values", pa.list_(pa.float64())),
+            ("rejected_tokens", pa.list_(pa.string())),
+            ("rejected_token_values", pa.list_(pa.float64())),
         ]
     )
     rows: dict[str, list[Any]] = {name: [] for name in schema.names}
     if config.top_n <= 0:
         return pa.table(rows, schema=schema)
-    order = "delta" if scorer.score_col == "delta" else "proj_response"
+    order = scorer.score_col
     tok = tokenizer
     with connect(config.db) as con:
         wanted = con.execute(
-            f"""SELECT s.trait, m.sample_id, m.context, m.response FROM (
+            f"""SELECT s.trait, m.sample_id, m.context, m.response, m.rejected_response FROM (
                     SELECT trait, sample_id, row_number() OVER (PARTITION BY trait ORDER BY {order} DESC NULLS LAST, sample_id) AS rank
                     FROM scores WHERE run_id = ?) s
                 JOIN samples m ON m.run_id = ? AND m.sample_id = s.sample_id
                 WHERE s.rank <= ? ORDER BY s.trait, s.rank""",
             [run_id, run_id, config.top_n],
         ).fetchall()
-    by_sample: dict[str, tuple[Any, list[str]]] = {}
-    for trait, sid, context, response in wanted:
+    by_sample: dict[str, tuple[list[Any], list[str]]] = {}
+    for trait, sid, context, response, rejected in wanted:
         if sid not in by_sample:
             prompt = tok.apply_chat_template(json.loads(context), tokenize=False, add_generation_prompt=True)
-            by_sample[sid] = (encode_pair(tok, prompt, response, config.max_prompt_tokens), [])
+            answers = [response] + ([rejected] if rejected is not None else [])
+            by_sample[sid] = ([encode_pair(tok, prompt, text, config.max_prompt_tokens) for text in answers], [])
         by_sample[sid][1].append(trait)
     ids = list(by_sample)
-    encoded = [by_sample[s][0] for s in ids]
-    results = score_fn(encoded) if encoded else []
-    for sid, row, res in zip(ids, encoded, results):
-        pieces = [tok.decode([i]) for i in row.ids[row.start : row.end]]
-        for trait in sorted(by_sample[sid][1]):
+    encoded = [row for s in ids for row in by_sample[s][0]]
+    results = iter(score_fn(encoded) if encoded else [])
+    for sid in ids:
+        answer_rows, traits = by_sample[sid]
+        scored = [(row, next(results)) for row in answer_rows]
+        pieces = [[tok.decode([i]) for i in row.ids[row.start : row.end]] for row, _ in scored]
+        for trait in sorted(traits):
             rows["run_id"].append(run_id)
             rows["sample_id"].append(sid)
             rows["trait"].append(trait)
-            rows["tokens"].append(pieces)
-            rows["token_values"].append(res.token_values[trait])
+            rows["tokens"].append(pieces[0])
+            rows["token_values"].append(scored[0][1].token_values[trait])
+            rows["rejected_tokens"].append(pieces[1] if len(scored) > 1 else None)
+            rows["rejected_token_values"].append(scored[1][1].token_values[trait] if len(scored) > 1 else None)
     return pa.table(rows, schema=schema)
 
 

@@ -19,7 +19,7 @@ from auditor.errors import StoreError
 
 DEFAULT_DB = os.path.join("reports", "audit.duckdb")
 NOTE_AFTER = 3.0  # seconds of waiting for a busy database before saying so on stderr
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: preference pairs (rejected answer, proj_rejected, margin)
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS schema_info (version INTEGER NOT NULL);
@@ -59,6 +59,8 @@ CREATE TABLE IF NOT EXISTS samples (
     n_response_tokens INTEGER,
     n_base_tokens INTEGER,
     metadata JSON,
+    rejected_response VARCHAR,          -- preference pairs: the rejected answer (response is the chosen one)
+    n_rejected_tokens INTEGER,
     PRIMARY KEY (run_id, sample_id)
 );
 CREATE TABLE IF NOT EXISTS scores (
@@ -70,6 +72,8 @@ CREATE TABLE IF NOT EXISTS scores (
     proj_base DOUBLE,
     delta DOUBLE,
     flagged BOOLEAN,
+    proj_rejected DOUBLE,               -- preference pairs: proj(rejected); proj_response is proj(chosen)
+    margin DOUBLE,                      -- preference pairs: proj_response - proj_rejected, their flag score
     PRIMARY KEY (run_id, sample_id, trait)
 );
 CREATE TABLE IF NOT EXISTS base_responses (
@@ -105,26 +109,29 @@ CREATE TABLE IF NOT EXISTS token_scores (
     trait VARCHAR NOT NULL,
     tokens VARCHAR[],
     token_values DOUBLE[],
+    rejected_tokens VARCHAR[],          -- preference pairs: the rejected answer's heat map
+    rejected_token_values DOUBLE[],
     PRIMARY KEY (run_id, sample_id, trait)
 );
 CREATE OR REPLACE VIEW flagged AS
     SELECT s.run_id, s.sample_id, s.trait, s.layer, s.delta, s.proj_response, s.proj_base,
-           m.source, m.line, m.response, m.base_response, m.context
+           m.source, m.line, m.response, m.base_response, m.context, s.proj_rejected, s.margin, m.rejected_response
     FROM scores s JOIN samples m USING (run_id, sample_id)
     WHERE s.flagged;
 CREATE OR REPLACE VIEW top_samples AS
-    -- ranked by the score the run flags on: delta, or the raw projection for --baseline none
+    -- ranked by the score the run flags on: delta, the raw projection for --baseline none, the margin for pairs
     SELECT s.run_id, s.trait, s.sample_id,
            row_number() OVER (PARTITION BY s.run_id, s.trait
-                              ORDER BY CASE WHEN r.baseline = 'none' THEN s.proj_response ELSE s.delta END DESC NULLS LAST, s.sample_id) AS rank,
-           s.delta, s.proj_response, s.proj_base, s.flagged, m.source, m.line, m.response
+                              ORDER BY CASE WHEN s.margin IS NOT NULL THEN s.margin WHEN r.baseline = 'none' THEN s.proj_response ELSE s.delta END DESC NULLS LAST,
+                                       s.sample_id) AS rank,
+           s.delta, s.proj_response, s.proj_base, s.flagged, m.source, m.line, m.response, s.proj_rejected, s.margin, m.rejected_response
     FROM scores s JOIN samples m USING (run_id, sample_id) JOIN runs r USING (run_id);
 CREATE OR REPLACE VIEW dataset_summary AS
     SELECT s.run_id, r.dataset, s.trait, any_value(s.layer) AS layer, count(*) AS n,
            avg(s.delta) AS mean_delta, avg(s.proj_response) AS mean_proj_response,
            sum(CASE WHEN s.flagged THEN 1 ELSE 0 END) AS n_flagged,
            avg(CASE WHEN s.flagged THEN 1.0 ELSE 0.0 END) AS flag_rate,
-           max(s.delta) AS max_delta
+           max(s.delta) AS max_delta, avg(s.margin) AS mean_margin, max(s.margin) AS max_margin
     FROM scores s JOIN runs r USING (run_id)
     GROUP BY s.run_id, r.dataset, s.trait;
 """
@@ -208,17 +215,38 @@ def ensure_schema(con: Any) -> None:
     """Create the tables and views, or refuse a database written by a newer version."""
     con.execute("BEGIN TRANSACTION")
     try:
+        row = _schema_version(con)
+        if row is not None and row > SCHEMA_VERSION:
+            raise StoreError(f"the database was written by a newer persona-audit (schema {row}, this one knows {SCHEMA_VERSION}); upgrade persona-audit")
+        if row is not None and row < 2:
+            con.execute(MIGRATE_TO_2)  # before the views, which name the new columns
         con.execute(TABLES)
-        row = con.execute("SELECT max(version) FROM schema_info").fetchone()
-        version = row[0] if row else None
-        if version is None:
+        version = _schema_version(con)
+        if version is None or version < SCHEMA_VERSION:
             con.execute("INSERT INTO schema_info VALUES (?)", [SCHEMA_VERSION])
-        elif version > SCHEMA_VERSION:
-            raise StoreError(f"the database was written by a newer persona-audit (schema {version}, this one knows {SCHEMA_VERSION}); upgrade persona-audit")
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
+
+
+# Schema 1 -> 2: the preference-pair columns (NULL for every earlier run).
+MIGRATE_TO_2 = """
+ALTER TABLE samples ADD COLUMN IF NOT EXISTS rejected_response VARCHAR;
+ALTER TABLE samples ADD COLUMN IF NOT EXISTS n_rejected_tokens INTEGER;
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS proj_rejected DOUBLE;
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS margin DOUBLE;
+ALTER TABLE token_scores ADD COLUMN IF NOT EXISTS rejected_tokens VARCHAR[];
+ALTER TABLE token_scores ADD COLUMN IF NOT EXISTS rejected_token_values DOUBLE[];
+"""
+
+
+def _schema_version(con: Any) -> int | None:
+    """The file's schema version; None for a new file (asked without an error, which would end the transaction)."""
+    if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_info' AND table_schema = 'main'").fetchone()[0]:
+        return None
+    row = con.execute("SELECT max(version) FROM schema_info").fetchone()
+    return row[0] if row else None
 
 
 def insert_arrow(con: Any, table: str, data: Any) -> None:

@@ -32,11 +32,16 @@ class RunInfo:
     summary: list[dict[str, Any]] = field(default_factory=list)
 
     def score_column(self, trait: str) -> str:
-        """The column flags were based on for ``trait``: ``delta``, or ``proj_response`` with --baseline none."""
+        """The column flags were based on for ``trait``: ``delta``, ``proj_response`` (--baseline none) or ``margin`` (pairs)."""
         col = self.vectors.get(trait, {}).get("score")
-        if col in ("delta", "proj_response"):
+        if col in ("delta", "proj_response", "margin"):
             return col
         return "proj_response" if self.baseline == "none" else "delta"
+
+    @property
+    def pairs(self) -> bool:
+        """A run of preference pairs: its score is the margin."""
+        return any(v.get("score") == "margin" for v in self.vectors.values())
 
     def threshold(self, trait: str) -> float | None:
         value = self.vectors.get(trait, {}).get("threshold")
