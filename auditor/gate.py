@@ -245,15 +245,17 @@ def _display_path(path: str) -> str:
 
 def trait_stats(con: Any, run: RunInfo) -> dict[str, dict[str, Any]]:
     """Per trait: n, mean delta and projection, flagged count and rate, the largest sample score."""
+    margin = "margin" if run.pairs else "NULL::DOUBLE"  # older databases have no margin column
     rows = con.execute(
-        """SELECT trait, any_value(layer), count(*), avg(delta), avg(proj_response), count(delta),
-                  sum(CASE WHEN flagged THEN 1 ELSE 0 END), max(delta), max(proj_response)
+        f"""SELECT trait, any_value(layer), count(*), avg(delta), avg(proj_response), count(delta),
+                  sum(CASE WHEN flagged THEN 1 ELSE 0 END), max(delta), max(proj_response), avg({margin}), max({margin})
            FROM scores WHERE run_id = ? GROUP BY trait ORDER BY trait""",
         [run.run_id],
     ).fetchall()
     out: dict[str, dict[str, Any]] = {}
-    for trait, layer, n, mean_delta, mean_proj, n_delta, n_flagged, max_delta, max_proj in rows:
+    for trait, layer, n, mean_delta, mean_proj, n_delta, n_flagged, max_delta, max_proj, mean_margin, max_margin in rows:
         score = run.score_column(trait)
+        by_score = {"delta": (mean_delta, max_delta), "proj_response": (mean_proj, max_proj), "margin": (mean_margin, max_margin)}
         out[trait] = {
             "layer": layer,
             "n": int(n),
@@ -261,10 +263,10 @@ def trait_stats(con: Any, run: RunInfo) -> dict[str, dict[str, Any]]:
             "mean_delta": mean_delta,
             "mean_proj_response": mean_proj,
             "n_with_delta": int(n_delta),
-            "mean_score": mean_delta if score == "delta" else mean_proj,
+            "mean_score": by_score[score][0],
             "n_flagged": int(n_flagged or 0),
             "flag_rate": (n_flagged or 0) / n if n else None,
-            "max_score": max_delta if score == "delta" else max_proj,
+            "max_score": by_score[score][1],
             "threshold": run.threshold(trait),
             "calibration_mean": run.calibration_mean(trait),
         }
@@ -296,7 +298,7 @@ def worst_samples(con: Any, run: RunInfo, trait: str, limit: int, above: float |
 
 
 def _measure(score: str) -> str:
-    return "delta" if score == "delta" else "projection"
+    return {"delta": "delta", "margin": "margin"}.get(score, "projection")
 
 
 def evaluate_gate(con: Any, run: RunInfo, rules: list[Rule], worst_n: int = 5) -> GateResult:
