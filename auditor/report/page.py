@@ -210,10 +210,11 @@ class Page:
 
     # ---- overview -----------------------------------------------------------------
     def overview(self) -> Markup:
+        pairs = any(t.score_col == "margin" for t in self.d.traits)
         heads = [
             ("trait", "text"),
             ("layer", "num"),
-            ("dataset \u0394" if self.baseline != "none" else "mean proj", "num"),
+            ("mean margin" if pairs else "dataset \u0394" if self.baseline != "none" else "mean proj", "num"),
             ("calibration mean", "num"),
             ("above calibration", "num"),
             ("threshold", "num"),
@@ -243,7 +244,11 @@ class Page:
         explain = el(
             "p",
             {"class": "muted small"},
-            "The score is the projection difference \u0394: how far the dataset response sits along the trait direction "
+            "The score of a preference pair is its margin: the chosen answer's projection onto the trait direction minus the "
+            "rejected answer's, what preference training on the pair rewards. A clean pair's margin centres on zero; the threshold "
+            "is the vector's clean delta distribution centred on its median (docs/formats.md)."
+            if pairs
+            else "The score is the projection difference \u0394: how far the dataset response sits along the trait direction "
             "beyond the model's own answer to the same prompt. A positive dataset-level \u0394 means training on the data is "
             "expected to move the model toward the trait; compare it with the vector's clean calibration set."
             if self.baseline != "none"
