@@ -348,7 +348,9 @@ def scan(source: str, out_dir, no_report: bool, top_n: int, quiet: bool, **kw) -
     glob, or hf:owner/name for a Hugging Face dataset. Per sample and trait it computes
     the projection of the response on the persona vector, the same for the base model's
     own response to the same prompt, and their difference (delta): a large positive delta
-    means training on the sample pushes the model toward the trait.
+    means training on the sample pushes the model toward the trait. Preference pairs
+    (prompt/chosen/rejected) are scored by their margin, proj(chosen) - proj(rejected).
+    Formats, --field/--role mapping and --limit/--sample previews: docs/formats.md.
     """
     engine = {name: kw.get(name) for name in ENGINE_OPTIONS}
     config = config_from_options(source, out_dir=out_dir, report=not no_report, top_n=top_n, **kw)
