@@ -120,7 +120,8 @@ def merge_runs(specs: list[str], db: str, into: str | None = None) -> dict[str, 
                 con.execute(f"INSERT INTO main.base_responses SELECT * FROM {src}.base_responses ON CONFLICT DO NOTHING")
             # Keep the report's heat maps for the merged top N only.
             top_n = int(first.config.get("top_n", 50))
-            order = "delta" if first.row["baseline"] != "none" else "proj_response"
+            pairs = any(v.get("score") == "margin" for v in json.loads(first.row["vectors"] or "{}").values())
+            order = "margin" if pairs else "delta" if first.row["baseline"] != "none" else "proj_response"
             con.execute(
                 f"""DELETE FROM token_scores t WHERE t.run_id = ? AND NOT EXISTS (
                 SELECT 1 FROM (SELECT trait, sample_id, row_number() OVER (PARTITION BY trait ORDER BY {order} DESC NULLS LAST, sample_id) AS rank
@@ -186,8 +187,9 @@ def _merged_summary(con: Any, run_id: str, first: Part, order: str) -> list[dict
     previous = {s["trait"]: s for s in json.loads(first.row["summary"] or "[]")}
     out = []
     for trait, layer in con.execute("SELECT trait, any_value(layer) FROM scores WHERE run_id = ? GROUP BY trait ORDER BY trait", [run_id]).fetchall():
-        mean_delta, mean_proj, n_flagged, n = con.execute(
-            "SELECT avg(delta), avg(proj_response), count(*) FILTER (WHERE flagged), count(*) FROM scores WHERE run_id = ? AND trait = ?", [run_id, trait]
+        mean_delta, mean_proj, mean_margin, n_flagged, n = con.execute(
+            "SELECT avg(delta), avg(proj_response), avg(margin), count(*) FILTER (WHERE flagged), count(*) FROM scores WHERE run_id = ? AND trait = ?",
+            [run_id, trait],
         ).fetchone()
         top = con.execute(
             f"SELECT sample_id, {order} FROM scores WHERE run_id = ? AND trait = ? AND {order} IS NOT NULL ORDER BY {order} DESC, sample_id LIMIT 5",
@@ -203,6 +205,7 @@ def _merged_summary(con: Any, run_id: str, first: Part, order: str) -> list[dict
                 "threshold_source": prev.get("threshold_source", ""),
                 "mean_delta": mean_delta,
                 "mean_proj_response": mean_proj,
+                "mean_margin": mean_margin,
                 "n_flagged": int(n_flagged or 0),
                 "n": int(n or 0),
                 "calibration_mean": prev.get("calibration_mean"),

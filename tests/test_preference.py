@@ -379,3 +379,31 @@ def test_margin_with_the_embedded_model_matches_the_plain_projections(tmp_path, 
             assert row[f"{trait}_proj_rejected"] == pytest.approx(rejected, abs=1e-4)
     html = Path(result.report_path).read_text(encoding="utf-8")
     assert "rejected answer \u00b7 token heat map" in html
+
+
+def test_sharded_pair_runs_merge_into_the_unsharded_run(tmp_path, tiny_lm, tiny_vectors):
+    import duckdb
+
+    from auditor.merge import merge_runs
+
+    source = str(EXAMPLES / "formats" / "preference-implicit.jsonl")
+    common = dict(source=source, vectors=tiny_vectors, baseline="none", report=False, chunk_size=3, top_n=2, thresholds={"*": 0.0})
+    whole = scan_run(ScanConfig(db=str(tmp_path / "whole.duckdb"), **common), lm=tiny_lm)
+    shards = [str(tmp_path / f"shard{i}.duckdb") for i in range(2)]
+    for i, db in enumerate(shards):
+        scan_run(ScanConfig(db=db, num_shards=2, shard_index=i, **common), lm=tiny_lm)
+    merge_runs(shards, db=str(tmp_path / "merged.duckdb"), into="merged")
+    q = "SELECT sample_id, trait, proj_response, proj_rejected, margin, flagged FROM scores WHERE run_id = ? ORDER BY sample_id, trait"
+    a = duckdb.connect(str(tmp_path / "whole.duckdb"), read_only=True)
+    b = duckdb.connect(str(tmp_path / "merged.duckdb"), read_only=True)
+    try:
+        assert a.execute(q, [whole.run_id]).fetchall() == b.execute(q, ["merged"]).fetchall()
+        heat = "SELECT trait, sample_id FROM token_scores WHERE run_id = ? AND rejected_tokens IS NOT NULL ORDER BY trait, sample_id"
+        assert a.execute(heat, [whole.run_id]).fetchall() == b.execute(heat, ["merged"]).fetchall()
+        merged_summary = json.loads(b.execute("SELECT summary FROM runs WHERE run_id = 'merged'").fetchone()[0])
+    finally:
+        a.close()
+        b.close()
+    for s, w in zip(merged_summary, whole.summaries):
+        assert [t["sample_id"] for t in s["top"]] == [t["sample_id"] for t in w.top]
+        assert s["mean_margin"] == pytest.approx(w.mean_margin, abs=1e-12)
