@@ -26,15 +26,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from auditor.errors import AuditorError, InputError, StoreError
+from auditor.errors import AuditorError, InputError
+from auditor.score import BASELINES, FLAG_ON, ScoreMeaning
 from auditor.sources import FORMATS, FieldMap, Rejected, Sample, check_preview, iter_samples
+from auditor.store.runs import WRITE_WAIT, commit_chunk, lookup_base  # noqa: F401 (WRITE_WAIT: part of this module's API)
+from auditor.store.schema import wide_schema
 
-BASELINES = ("generate", "prompt-last", "none")
 ON_ERROR = ("fail", "skip")
-FLAG_ON = ("delta", "projection")
-# A scan waits this long for a reader to let go of the database before a chunk write fails:
-# long enough to outlast a big export or filter, instead of losing a scored chunk.
-WRITE_WAIT = 600.0
 # Settings that do not change any score: excluded from the resume key.
 _NOT_RESULT_SETTINGS = ("out_dir", "report", "top_n", "db", "resume")
 
@@ -127,7 +125,7 @@ class ScanConfig:
 class TraitSummary:
     trait: str
     layer: int
-    score: str  # the column flags are based on: delta or proj_response
+    score: str  # the column flags are based on: delta, proj_response or margin
     threshold: float | None
     threshold_source: str
     mean_delta: float | None
@@ -168,6 +166,24 @@ class ScanResult:
         import polars as pl
 
         return pl.read_parquet(self.parquet_path)
+
+
+@dataclass
+class ScoredSample:
+    """One sample through the chunk step: its encoded response, its base, and per-trait projections.
+
+    ``proj_base`` is empty with --baseline none; a trait whose base response was empty maps to None.
+    """
+
+    sample: Sample
+    row: Any  # auditor.activations.EncodedRow of prompt + response
+    base_response: str | None = None
+    n_base_tokens: int | None = None
+    proj_response: dict[str, float] = field(default_factory=dict)
+    proj_base: dict[str, float | None] = field(default_factory=dict)
+    # preference pairs: the rejected answer's encoded row and projections (proj_response is the chosen one's)
+    rejected_row: Any = None
+    proj_rejected: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -238,74 +254,24 @@ def build_prompt(tokenizer: Any, sample: Sample) -> str:
         ) from None
 
 
-def wide_schema(traits: list[str], pairs: bool = False):
-    """Columns of scores.parquet; a preference run adds each trait's proj_rejected and margin."""
-    import pyarrow as pa
-
-    fields = [
-        ("sample_id", pa.string()),
-        ("source", pa.string()),
-        ("line", pa.int64()),
-        ("turn", pa.int32()),
-        ("content_hash", pa.string()),
-        ("n_prompt_tokens", pa.int32()),
-        ("n_response_tokens", pa.int32()),
-        ("n_base_tokens", pa.int32()),
-    ]
-    for t in traits:
-        fields += [(f"{t}_proj_response", pa.float64()), (f"{t}_proj_base", pa.float64()), (f"{t}_delta", pa.float64()), (f"{t}_flagged", pa.bool_())]
-        if pairs:
-            fields += [(f"{t}_proj_rejected", pa.float64()), (f"{t}_margin", pa.float64())]
-    if pairs:
-        fields.insert(fields.index(("n_base_tokens", pa.int32())) + 1, ("n_rejected_tokens", pa.int32()))
-    return pa.schema(fields)
-
-
-def flag_score_column(config: ScanConfig) -> str:
-    """The column flags use: margin for preference pairs, else delta or the raw projection."""
-    if config.pairs:
-        return "margin"
-    return "proj_response" if config.baseline == "none" or config.flag_on == "projection" else "delta"
-
-
-def margin_threshold(pv: Any, percentile: float) -> float | None:
-    """A margin's calibrated threshold: the clean delta (generate baseline) centred on its median.
-
-    A clean pair's margin is the difference between two acceptable answers to one prompt, as
-    the calibration's delta is (a clean answer minus the model's own); only the delta's shift
-    (the reference answers' style against the model's) does not apply to a pair, whose sides
-    are exchangeable. docs/formats.md states this and how to override it.
-    """
-    top = pv.threshold("generate", "delta", percentile)
-    median = pv.threshold("generate", "delta", 50.0)
-    return None if top is None or median is None else top - median
-
-
-def resolve_thresholds(config: ScanConfig, vectors: list[Any]) -> tuple[str, dict[str, tuple[float | None, str]]]:
-    """The score column flags use, and per trait (threshold, where it came from)."""
-    score_col = flag_score_column(config)
+def resolve_thresholds(config: ScanConfig, vectors: list[Any]) -> tuple[ScoreMeaning, dict[str, tuple[float | None, str]]]:
+    """The score flags use, and per trait (threshold, where it came from)."""
+    meaning = ScoreMeaning.of(config.baseline, config.flag_on, pairs=bool(config.pairs))
     out: dict[str, tuple[float | None, str]] = {}
     for pv in vectors:
         given = config.thresholds.get(pv.trait, config.thresholds.get("*"))
         if given is not None:
             out[pv.trait] = (float(given), "--threshold")
             continue
-        if score_col == "margin":
-            t = margin_threshold(pv, config.flag_percentile)
-            src = (
-                f"p{config.flag_percentile:g} of the calibration set's delta (generate), centred on its median"
-                if t is not None
-                else "none: the vector has no generate-baseline calibration for this layer; pass --threshold TRAIT=VALUE"
-            )
-        else:
-            t = pv.threshold(config.baseline, score_col, config.flag_percentile)
-            src = (
-                f"p{config.flag_percentile:g} of the calibration set"
-                if t is not None
-                else "none: the vector has no calibration for this baseline and layer; pass --threshold TRAIT=VALUE"
-            )
+        t = meaning.threshold(pv.calibration, pv.layer, config.flag_percentile)
+        of = "the calibration set's delta (generate), centred on its median" if meaning.kind == "margin" else "the calibration set"
+        src = (
+            f"p{config.flag_percentile:g} of {of}"
+            if t is not None
+            else "none: the vector has no calibration for this baseline and layer; pass --threshold TRAIT=VALUE"
+        )
         out[pv.trait] = (t, src)
-    return score_col, out
+    return meaning, out
 
 
 def resolve_generation_dtype(requested: str, lm: Any) -> str:
@@ -340,7 +306,7 @@ class ChunkScorer:
         self.vectors = vectors
         self.run_id = run_id
         self.directions = {pv.trait: (pv.layer, pv.direction()) for pv in vectors}
-        self.score_col, self.thresholds = resolve_thresholds(config, vectors)
+        self.meaning, self.thresholds = resolve_thresholds(config, vectors)
         self.generation_dtype = resolve_generation_dtype(config.generation_dtype, lm)
         self.settings_key = GenerationSettings(config.max_new_tokens, config.max_prompt_tokens, self.generation_dtype, config.generator).key()
         self._generation_lm = lm if self.generation_dtype == lm.dtype else None  # loaded when first needed (a Ray driver never needs it)
@@ -406,56 +372,81 @@ class ChunkScorer:
             )
         return row
 
-    def prompt_hashes(self, ready: list[tuple[Sample, str, Any, Any]]) -> list[str]:
+    def prompt_hashes(self, ready: list[tuple[Sample, str, Any]]) -> list[str]:
         from auditor.generation import prompt_hash
 
-        return sorted({prompt_hash(p) for _, p, _, _ in ready})
+        return sorted({prompt_hash(p) for _, p, *_ in ready})
 
     def score(self, index: int, items: list[Sample | Rejected], cached: dict[str, tuple[str, int]] | None = None, prepared: tuple | None = None) -> ChunkOutput:
-        import pyarrow as pa
+        """The chunk step: prepare -> base responses -> one forward -> flags -> rows for the store."""
+        ready, rejects = prepared if prepared is not None else self.prepare(items)
+        if rejects and self.config.on_error == "fail":
+            raise rejects[0].error or InputError(rejects[0].source, rejects[0].line, rejects[0].reason)
+        base, new_base, n_cached, seconds = self.base_responses(ready, cached or {})
+        t0 = time.perf_counter()
+        scored, tokens = self.forward(ready, base)
+        seconds["forward"] = time.perf_counter() - t0
+        wide, samples, scores = self.rows(scored)
+        return ChunkOutput(
+            index=index,
+            fingerprint=chunk_fingerprint(items),
+            wide=wide,
+            samples=samples,
+            scores=scores,
+            rejects=rejects,
+            new_base=self.cache_rows(new_base),
+            n_read=len(items),
+            n_scored=len(ready),
+            n_generated=len(new_base),
+            n_cached=n_cached,
+            tokens=tokens + sum(n for _, n in new_base.values()),
+            seconds=seconds,
+        )
 
-        from auditor.activations import encode_pair
+    def base_responses(
+        self, ready: list[tuple[Sample, str, Any]], cached: dict[str, tuple[str, int]]
+    ) -> tuple[dict[str, tuple[str, int]], dict[str, tuple[str, int]], int, dict[str, float]]:
+        """Step 1: every prompt's base response (prompt hash -> (text, n_tokens)), generating those not cached.
+
+        Returns (all base responses, the newly generated ones, how many were cached, seconds).
+        """
         from auditor.generation import generate_base, prompt_hash, prompt_ids
+
+        cfg = self.config
+        seconds = {"generate": 0.0, "forward": 0.0}
+        base = dict(cached)
+        new_base: dict[str, tuple[str, int]] = {}
+        if cfg.baseline != "generate" or not ready:
+            return base, new_base, 0, seconds
+        hashes = [prompt_hash(p) for _, p, *_ in ready]
+        n_cached = sum(1 for h in hashes if h in base)
+        missing: dict[str, str] = {}
+        for (_, p, *_), h in zip(ready, hashes):
+            if h not in base and h not in missing:
+                missing[h] = p
+        if missing:
+            t0 = time.perf_counter()
+            keys = list(missing)
+            prompts = [prompt_ids(self.lm, missing[h], cfg.max_prompt_tokens) for h in keys]
+            gen = generate_base(self.generation_lm(), prompts, cfg.max_new_tokens, self.generation_batch_size, cfg.generator, cfg.trust_remote_code)
+            seconds["generate"] = time.perf_counter() - t0
+            for h, result in zip(keys, gen):
+                base[h] = new_base[h] = result
+        return base, new_base, n_cached, seconds
+
+    def forward(self, ready: list[tuple[Sample, str, Any]], base: dict[str, tuple[str, int]]) -> tuple[list[ScoredSample], int]:
+        """Step 2: one forward over the dataset responses (both answers of a pair) and the base responses together; (scored samples, tokens)."""
+        from auditor.activations import encode_pair
+        from auditor.generation import prompt_hash
         from auditor.scoring import score_rows
 
         cfg, lm, tok = self.config, self.lm, self.lm.tokenizer
-        seconds = {"generate": 0.0, "forward": 0.0}
-        ready, rejects = prepared if prepared is not None else self.prepare(items)
-        if rejects and cfg.on_error == "fail":
-            raise rejects[0].error or InputError(rejects[0].source, rejects[0].line, rejects[0].reason)
-        base: dict[str, tuple[str, int]] = dict(cached or {})
-        new_base: dict[str, tuple[str, int]] = {}
-        n_cached = tokens = 0
-        if cfg.baseline == "generate" and ready:
-            hashes = [prompt_hash(p) for _, p, _, _ in ready]
-            n_cached = sum(1 for h in hashes if h in base)
-            missing: dict[str, str] = {}
-            for (_, p, _, _), h in zip(ready, hashes):
-                if h not in base and h not in missing:
-                    missing[h] = p
-            if missing:
-                t0 = time.perf_counter()
-                keys = list(missing)
-                gen = generate_base(
-                    self.generation_lm(),
-                    [prompt_ids(lm, missing[h], cfg.max_prompt_tokens) for h in keys],
-                    cfg.max_new_tokens,
-                    self.generation_batch_size,
-                    cfg.generator,
-                    cfg.trust_remote_code,
-                )
-                seconds["generate"] = time.perf_counter() - t0
-                for h, result in zip(keys, gen):
-                    base[h] = new_base[h] = result
-                tokens += sum(n for _, n in gen)
-
-        # One forward over the dataset responses (chosen and rejected for pairs) and the base responses together.
         rows = [row for _, _, row, _ in ready]
         rejected_rows = [rrow for _, _, _, rrow in ready] if self.pairs else []
         base_rows: list[Any] = []
         base_at: list[int | None] = []
         if cfg.baseline == "generate":
-            for _, p, _, _ in ready:
+            for _, p, *_ in ready:
                 brow = encode_pair(tok, p, base[prompt_hash(p)][0], cfg.max_prompt_tokens)
                 if brow.end > brow.start:
                     base_at.append(len(rows) + len(rejected_rows) + len(base_rows))
@@ -463,37 +454,34 @@ class ChunkScorer:
                 else:
                     base_at.append(None)  # the model answered nothing: no activation, so no delta
         all_rows = rows + rejected_rows + base_rows
-        t0 = time.perf_counter()
         results = score_rows(lm.model, all_rows, self.directions, tok.pad_token_id, self.batch_tokens, None, cfg.layers_path) if ready else []
-        seconds["forward"] = time.perf_counter() - t0
-        tokens += sum(r.length for r in all_rows)
-
-        wide: dict[str, list[Any]] = {name: [] for name in self.schema.names}
-        sample_cols = (
-            "run_id",
-            "sample_id",
-            "source",
-            "line",
-            "turn",
-            "content_hash",
-            "context",
-            "response",
-            "base_response",
-            "n_prompt_tokens",
-            "n_response_tokens",
-            "n_base_tokens",
-            "metadata",
-            "rejected_response",
-            "n_rejected_tokens",
-        )
-        samples: dict[str, list[Any]] = {k: [] for k in sample_cols}
-        long_cols = ("run_id", "sample_id", "trait", "layer", "proj_response", "proj_base", "delta", "flagged", "proj_rejected", "margin")
-        long: dict[str, list[Any]] = {k: [] for k in long_cols}
+        scored = []
         for i, (sample, p, row, rrow) in enumerate(ready):
             res = results[i]
-            bi = base_at[i] if cfg.baseline == "generate" else None
-            base_text = base[prompt_hash(p)][0] if cfg.baseline == "generate" else None
-            n_base = (all_rows[bi].end - all_rows[bi].start) if bi is not None else None
+            item = ScoredSample(sample, row, proj_response=dict(res.proj))
+            if self.pairs:
+                item.rejected_row, item.proj_rejected = rrow, dict(results[len(rows) + i].proj)
+            if cfg.baseline == "generate":
+                bi = base_at[i]
+                item.base_response = base[prompt_hash(p)][0]
+                item.n_base_tokens = (all_rows[bi].end - all_rows[bi].start) if bi is not None else None
+                item.proj_base = {t: (results[bi].proj[t] if bi is not None else None) for t in self.directions}
+            elif cfg.baseline == "prompt-last":
+                item.proj_base = dict(res.prompt_last)
+            scored.append(item)
+        return scored, sum(r.length for r in all_rows)
+
+    def rows(self, scored: list[ScoredSample]) -> tuple[Any, Any, Any]:
+        """Step 3: flags, and the Arrow tables a chunk adds (scores.parquet rows, samples, long-form scores)."""
+        import pyarrow as pa
+
+        from auditor.store.schema import SAMPLE_COLUMNS, SCORE_COLUMNS, samples_schema, scores_schema
+
+        wide: dict[str, list[Any]] = {name: [] for name in self.schema.names}
+        samples: dict[str, list[Any]] = {k: [] for k in SAMPLE_COLUMNS}
+        long: dict[str, list[Any]] = {k: [] for k in SCORE_COLUMNS}
+        for item in scored:
+            sample, row = item.sample, item.row
             common = {
                 "sample_id": sample.id,
                 "source": sample.source,
@@ -502,10 +490,10 @@ class ChunkScorer:
                 "content_hash": sample.content_hash,
                 "n_prompt_tokens": row.start,
                 "n_response_tokens": row.end - row.start,
-                "n_base_tokens": n_base,
+                "n_base_tokens": item.n_base_tokens,
             }
             if self.pairs:
-                common["n_rejected_tokens"] = rrow.end - rrow.start
+                common["n_rejected_tokens"] = item.rejected_row.end - item.rejected_row.start
             for k, v in common.items():
                 wide[k].append(v)
                 samples[k].append(v)
@@ -515,23 +503,15 @@ class ChunkScorer:
             samples["run_id"].append(self.run_id)
             samples["context"].append(json.dumps(list(sample.context), ensure_ascii=False))
             samples["response"].append(sample.response)
-            samples["base_response"].append(base_text)
+            samples["base_response"].append(item.base_response)
             samples["metadata"].append(json.dumps(sample.metadata, ensure_ascii=False, sort_keys=True, default=str))
             for pv in self.vectors:
                 t = pv.trait
-                pr = res.proj[t]
-                if cfg.baseline == "generate":
-                    pb = results[bi].proj[t] if bi is not None else None
-                elif cfg.baseline == "prompt-last":
-                    pb = res.prompt_last[t]
-                else:
-                    pb = None
+                pr, pb = item.proj_response[t], item.proj_base.get(t)
                 delta = pr - pb if pb is not None else None
-                prej = results[len(rows) + i].proj[t] if self.pairs else None
+                prej = item.proj_rejected.get(t)
                 margin = pr - prej if prej is not None else None
-                score = {"proj_response": pr, "delta": delta, "margin": margin}[self.score_col]
-                threshold = self.thresholds[t][0]
-                flagged = bool(threshold is not None and score is not None and score > threshold)
+                flagged = self.meaning.flags(self.meaning.pick(delta, pr, margin), self.thresholds[t][0])
                 for col, val in (("proj_response", pr), ("proj_base", pb), ("delta", delta), ("flagged", flagged)):
                     wide[f"{t}_{col}"].append(val)
                     long[col].append(val)
@@ -544,157 +524,38 @@ class ChunkScorer:
                 long["sample_id"].append(sample.id)
                 long["trait"].append(t)
                 long["layer"].append(pv.layer)
+        return pa.table(wide, schema=self.schema), pa.table(samples, schema=samples_schema()), pa.table(long, schema=scores_schema())
+
+    def cache_rows(self, new_base: dict[str, tuple[str, int]]) -> Any:
+        """The base-response cache rows of newly generated responses."""
+        import pyarrow as pa
+
+        from auditor.store.schema import base_responses_schema
+
         now = _dt.datetime.now()
         keys = list(new_base)
-        new_base_table = pa.table(
-            {
-                "model_fingerprint": [lm.fingerprint] * len(keys),
-                "settings_key": [self.settings_key] * len(keys),
-                "prompt_hash": keys,
-                "response": [new_base[h][0] for h in keys],
-                "n_tokens": [new_base[h][1] for h in keys],
-                "created_at": [now] * len(keys),
-            },
-            schema=pa.schema(
-                [
-                    ("model_fingerprint", pa.string()),
-                    ("settings_key", pa.string()),
-                    ("prompt_hash", pa.string()),
-                    ("response", pa.string()),
-                    ("n_tokens", pa.int32()),
-                    ("created_at", pa.timestamp("us")),
-                ]
-            ),
-        )
-        long_schema = pa.schema(
-            [
-                ("run_id", pa.string()),
-                ("sample_id", pa.string()),
-                ("trait", pa.string()),
-                ("layer", pa.int32()),
-                ("proj_response", pa.float64()),
-                ("proj_base", pa.float64()),
-                ("delta", pa.float64()),
-                ("flagged", pa.bool_()),
-                ("proj_rejected", pa.float64()),
-                ("margin", pa.float64()),
-            ]
-        )
-        int32 = ("turn", "n_prompt_tokens", "n_response_tokens", "n_base_tokens", "n_rejected_tokens")
-        samples_schema = pa.schema([(k, pa.int64() if k == "line" else pa.int32() if k in int32 else pa.string()) for k in sample_cols])
-        return ChunkOutput(
-            index=index,
-            fingerprint=chunk_fingerprint(items),
-            wide=pa.table(wide, schema=self.schema),
-            samples=pa.table(samples, schema=samples_schema),
-            scores=pa.table(long, schema=long_schema),
-            rejects=rejects,
-            new_base=new_base_table,
-            n_read=len(items),
-            n_scored=len(ready),
-            n_generated=len(keys),
-            n_cached=n_cached,
-            tokens=tokens,
-            seconds=seconds,
-        )
-
-
-def lookup_base(db: str, fingerprint: str, settings_key: str, hashes: list[str]) -> dict[str, tuple[str, int]]:
-    """Cached base responses for these prompt hashes."""
-    from auditor.store.db import connect
-
-    if not hashes:
-        return {}
-    with connect(db, timeout=WRITE_WAIT) as con:
-        found = con.execute(
-            "SELECT prompt_hash, response, n_tokens FROM base_responses WHERE model_fingerprint = ? AND settings_key = ? AND prompt_hash IN (SELECT unnest(?))",
-            [fingerprint, settings_key, hashes],
-        ).fetchall()
-    return {h: (r, n) for h, r, n in found}
-
-
-def commit_chunk(db: str, run_id: str, parts_dir: str, out: ChunkOutput) -> None:
-    """Write the chunk's Parquet part, then everything else in one database transaction."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from auditor.store.db import connect, insert_arrow
-
-    part = os.path.join(parts_dir, f"part-{out.index:06d}.parquet")
-    if not os.path.isdir(parts_dir):
-        raise StoreError(f"run {run_id}: {parts_dir} is gone: another process finished this run meanwhile, or the folder was deleted; see audit runs")
-    pq.write_table(out.wide, part + ".tmp")
-    os.replace(part + ".tmp", part)  # a reader sees the old part or the new one, never half of one
-    with connect(db, timeout=WRITE_WAIT) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            if con.execute("SELECT count(*) FROM run_chunks WHERE run_id = ? AND chunk = ?", [run_id, out.index]).fetchall()[0][0]:
-                raise StoreError(
-                    f"run {run_id}: chunk {out.index} was stored by another process meanwhile (is a second audit scan --resume of this run running?); "
-                    "let that one finish, then check audit runs"
-                )
-            if out.new_base.num_rows:
-                con.register("_incoming_cache", out.new_base)
-                con.execute("INSERT INTO base_responses SELECT * FROM _incoming_cache ON CONFLICT DO NOTHING")
-                con.unregister("_incoming_cache")
-            insert_arrow(con, "samples", out.samples)
-            insert_arrow(con, "scores", out.scores)
-            if out.rejects:
-                insert_arrow(
-                    con,
-                    "rejects",
-                    pa.table(
-                        {
-                            "run_id": [run_id] * len(out.rejects),
-                            "source": [r.source for r in out.rejects],
-                            "line": pa.array([r.line for r in out.rejects], pa.int64()),
-                            "reason": [r.reason for r in out.rejects],
-                        }
-                    ),
-                )
-            con.execute(
-                "INSERT INTO run_chunks (run_id, chunk, n_read, n_scored, n_rejected, fingerprint, n_generated, n_cached, tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [run_id, out.index, out.n_read, out.n_scored, out.n_rejected, out.fingerprint, out.n_generated, out.n_cached, out.tokens],
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-
-
-def _find_resumable(db: str, key: str) -> tuple[str, str] | None:
-    from auditor.store.db import connect
-
-    if not os.path.exists(db):
-        return None
-    with connect(db) as con:
-        row = con.execute(
-            "SELECT run_id, output_dir FROM runs WHERE result_key = ? AND status <> 'complete' ORDER BY started_at DESC LIMIT 1", [key]
-        ).fetchone()
-    return (row[0], row[1]) if row else None
+        columns = {
+            "model_fingerprint": [self.lm.fingerprint] * len(keys),
+            "settings_key": [self.settings_key] * len(keys),
+            "prompt_hash": keys,
+            "response": [new_base[h][0] for h in keys],
+            "n_tokens": [new_base[h][1] for h in keys],
+            "created_at": [now] * len(keys),
+        }
+        return pa.table(columns, schema=base_responses_schema())
 
 
 def open_run(config: ScanConfig, lm: Any, vectors: list[Any], scorer: ChunkScorer) -> tuple[str, str, dict[int, str]]:
     """Register a new run, or find the unfinished one to resume: (run_id, out_dir, done chunks)."""
-    from auditor.store.db import connect
+    from auditor.store.runs import find_resumable, register_run, resume_run
 
     key = config.result_key(lm.fingerprint, {pv.trait: f"{pv.sha256}@{pv.layer}" for pv in vectors})
-    resumable = _find_resumable(config.db, key) if config.resume else None
+    resumable = find_resumable(config.db, key) if config.resume else None
     if config.resume and resumable is None:
         raise AuditorError(f"nothing to resume in {config.db}: no unfinished run with these settings and this model; run the scan without --resume")
     if resumable:
         run_id, out_dir = resumable
-        with connect(config.db) as con:
-            done = dict(con.execute("SELECT chunk, fingerprint FROM run_chunks WHERE run_id = ?", [run_id]).fetchall())
-            # The final scores.parquet is built from the parts: a stored chunk without one cannot be finished.
-            lost = [c for c in sorted(done) if not os.path.exists(os.path.join(out_dir, "parts", f"part-{c:06d}.parquet"))]
-            if lost:
-                raise StoreError(
-                    f"run {run_id} cannot be resumed: {os.path.join(out_dir, 'parts', f'part-{lost[0]:06d}.parquet')} is missing"
-                    + (f" (and {len(lost) - 1} more parts)" if len(lost) > 1 else "")
-                    + "; scan again without --resume"
-                )
-            con.execute("UPDATE runs SET status = 'running' WHERE run_id = ?", [run_id])
+        done = resume_run(config.db, run_id, out_dir)
     else:
         done = {}
         run_id = make_run_id(config.source)
@@ -706,30 +567,26 @@ def open_run(config: ScanConfig, lm: Any, vectors: list[Any], scorer: ChunkScore
                 "sha256": pv.sha256,
                 "threshold": scorer.thresholds[pv.trait][0],
                 "threshold_source": scorer.thresholds[pv.trait][1],
-                "score": scorer.score_col,
+                "score": scorer.meaning.column,
             }
             for pv in vectors
         }
-        with connect(config.db) as con:
-            con.execute(
-                "INSERT INTO runs (run_id, status, started_at, dataset, model, model_fingerprint, baseline, dtype, device, output_dir, config, vectors, versions, result_key) "
-                "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    run_id,
-                    _dt.datetime.now(),
-                    config.source,
-                    lm.name,
-                    lm.fingerprint,
-                    config.baseline,
-                    lm.dtype,
-                    lm.device,
-                    out_dir,
-                    json.dumps(asdict(config), sort_keys=True, default=str),
-                    json.dumps(vector_info),
-                    json.dumps(_versions()),
-                    key,
-                ],
-            )
+        row = {
+            "run_id": run_id,
+            "started_at": _dt.datetime.now(),
+            "dataset": config.source,
+            "model": lm.name,
+            "model_fingerprint": lm.fingerprint,
+            "baseline": config.baseline,
+            "dtype": lm.dtype,
+            "device": lm.device,
+            "output_dir": out_dir,
+            "config": json.dumps(asdict(config), sort_keys=True, default=str),
+            "vectors": json.dumps(vector_info),
+            "versions": json.dumps(_versions()),
+            "result_key": key,
+        }
+        register_run(config.db, row)
     scorer.run_id = run_id
     os.makedirs(os.path.join(out_dir, "parts"), exist_ok=True)
     return run_id, out_dir, done
@@ -793,14 +650,9 @@ def is_interruption(exc: BaseException) -> bool:
 
 def mark_run(config: ScanConfig, run_id: str, exc: BaseException) -> None:
     """Record why a run stopped (best effort: the database may be what failed)."""
-    from auditor.store.db import connect
+    from auditor.store.runs import mark_stopped
 
-    status = "interrupted" if is_interruption(exc) else "failed"
-    try:
-        with connect(config.db, timeout=10) as con:
-            con.execute("UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, _dt.datetime.now(), run_id])
-    except Exception:
-        pass
+    mark_stopped(config.db, run_id, "interrupted" if is_interruption(exc) else "failed")
 
 
 def add_counts(counts: dict[str, int], out: ChunkOutput) -> None:
@@ -893,74 +745,43 @@ def finalize_run(
     """Concatenate the parts, compute the summary from the store, heat-map tokens, report."""
     import pyarrow.parquet as pq
 
-    from auditor.store.db import connect
+    from auditor.store.runs import committed_chunks, complete_run, part_path, trait_totals
 
     t0 = time.perf_counter()
     parts_dir = os.path.join(out_dir, "parts")
     parquet_path = os.path.join(out_dir, "scores.parquet")
-    with connect(config.db) as con:
-        chunks = [c for (c,) in con.execute("SELECT chunk FROM run_chunks WHERE run_id = ? ORDER BY chunk", [run_id]).fetchall()]
-        totals = con.execute(
-            "SELECT coalesce(sum(n_read),0), coalesce(sum(n_scored),0), coalesce(sum(n_rejected),0), coalesce(sum(n_generated),0), coalesce(sum(n_cached),0), coalesce(sum(tokens),0) FROM run_chunks WHERE run_id = ?",
-            [run_id],
-        ).fetchone()
+    chunks, totals = committed_chunks(config.db, run_id)
     with pq.ParquetWriter(parquet_path + ".tmp", scorer.schema) as writer:
         for c in chunks:
-            writer.write_table(pq.read_table(os.path.join(parts_dir, f"part-{c:06d}.parquet"), schema=scorer.schema))
+            writer.write_table(pq.read_table(part_path(out_dir, c), schema=scorer.schema))
     os.replace(parquet_path + ".tmp", parquet_path)
-    n_read, n_scored, n_rejected, n_generated, n_cached, _tokens = (int(x) for x in totals)
 
     summaries = []
-    with connect(config.db) as con:
-        for pv in vectors:
-            t = pv.trait
-            mean_delta, mean_proj, mean_margin, n_flagged, n = con.execute(
-                "SELECT avg(delta), avg(proj_response), avg(margin), count(*) FILTER (WHERE flagged), count(*) FROM scores WHERE run_id = ? AND trait = ?",
-                [run_id, t],
-            ).fetchone()
-            order = scorer.score_col
-            top = con.execute(
-                f"SELECT sample_id, {order} FROM scores WHERE run_id = ? AND trait = ? AND {order} IS NOT NULL ORDER BY {order} DESC, sample_id LIMIT 5",
-                [run_id, t],
-            ).fetchall()
-            cal = pv.calibration or {}
-            cal_entry = cal.get("scores", {}).get(config.baseline, {}).get(scorer.score_col) if cal.get("layer") == pv.layer else None
-            if order == "margin":  # a clean pair's margin centres on zero (margin_threshold)
-                cal_entry = {"mean": 0.0} if margin_threshold(pv, 50.0) is not None else None
-            summaries.append(
-                TraitSummary(
-                    trait=t,
-                    layer=pv.layer,
-                    score=scorer.score_col,
-                    threshold=scorer.thresholds[t][0],
-                    threshold_source=scorer.thresholds[t][1],
-                    mean_delta=mean_delta,
-                    mean_proj_response=mean_proj,
-                    n_flagged=int(n_flagged or 0),
-                    n=int(n or 0),
-                    calibration_mean=cal_entry.get("mean") if cal_entry else None,
-                    top=[{"sample_id": sid, "score": s} for sid, s in top],
-                    mean_margin=mean_margin,
-                )
+    for pv in vectors:
+        cal_entry = scorer.meaning.calibration_entry(pv.calibration, pv.layer)
+        summaries.append(
+            TraitSummary(
+                trait=pv.trait,
+                layer=pv.layer,
+                score=scorer.meaning.column,
+                threshold=scorer.thresholds[pv.trait][0],
+                threshold_source=scorer.thresholds[pv.trait][1],
+                calibration_mean=cal_entry.get("mean") if cal_entry else None,
+                **trait_totals(config.db, run_id, pv.trait),
             )
+        )
     token_table = heat_map_tokens(config, run_id, lm.tokenizer, scorer, score_fn or local_score_fn(lm, config, scorer))
     timings["total"] = time.perf_counter() - started
-    with connect(config.db) as con:
-        con.execute("BEGIN TRANSACTION")
-        con.execute("DELETE FROM token_scores WHERE run_id = ?", [run_id])
-        from auditor.store.db import insert_arrow
-
-        insert_arrow(con, "token_scores", token_table)
-        con.execute(
-            "UPDATE runs SET status = 'complete', finished_at = ?, timings = ?, n_read = ?, n_scored = ?, n_rejected = ?, summary = ? WHERE run_id = ?",
-            [_dt.datetime.now(), json.dumps(timings), n_read, n_scored, n_rejected, json.dumps([asdict(s) for s in summaries]), run_id],
-        )
-        con.execute("COMMIT")
-        rejects = [
-            Rejected(s, ln, r)
-            for s, ln, r in con.execute("SELECT source, line, reason FROM rejects WHERE run_id = ? ORDER BY source, line", [run_id]).fetchall()
-        ]
-    # Only now: a crash before the commit above leaves the run resumable, and resuming reads the parts.
+    n_read, n_scored, n_rejected = totals["n_read"], totals["n_scored"], totals["n_rejected"]
+    fields = {
+        "timings": json.dumps(timings),
+        "n_read": n_read,
+        "n_scored": n_scored,
+        "n_rejected": n_rejected,
+        "summary": json.dumps([asdict(s) for s in summaries]),
+    }
+    rejects = [Rejected(src, ln, r) for src, ln, r in complete_run(config.db, run_id, token_table, fields)]
+    # Only now: a crash before the run is complete leaves it resumable, and resuming reads the parts.
     shutil.rmtree(parts_dir, ignore_errors=True)
     timings["write"] += time.perf_counter() - t0
     report_path = None
@@ -995,40 +816,22 @@ def heat_map_tokens(config: ScanConfig, run_id: str, tokenizer: Any, scorer: Chu
     """Each response token's projection for the report's top samples per trait (both answers of a pair).
 
     Computed once at the end (a small second forward over at most ``top_n`` samples per
-    trait) rather than kept during the scan, so it is the same for resumed runs.
+    trait) rather than kept during the scan, so it is the same for resumed runs. The
+    samples are the store's ranking (top_samples), the ones the report lists.
     """
     import pyarrow as pa
 
     from auditor.activations import encode_pair
-    from auditor.store.db import connect
+    from auditor.store.runs import heat_map_candidates
+    from auditor.store.schema import token_scores_schema
 
-    schema = pa.schema(
-        [
-            ("run_id", pa.string()),
-            ("sample_id", pa.string()),
-            ("trait", pa.string()),
-            ("tokens", pa.list_(pa.string())),
-            ("token_values", pa.list_(pa.float64())),
-            ("rejected_tokens", pa.list_(pa.string())),
-            ("rejected_token_values", pa.list_(pa.float64())),
-        ]
-    )
+    schema = token_scores_schema()
     rows: dict[str, list[Any]] = {name: [] for name in schema.names}
     if config.top_n <= 0:
         return pa.table(rows, schema=schema)
-    order = scorer.score_col
     tok = tokenizer
-    with connect(config.db) as con:
-        wanted = con.execute(
-            f"""SELECT s.trait, m.sample_id, m.context, m.response, m.rejected_response FROM (
-                    SELECT trait, sample_id, row_number() OVER (PARTITION BY trait ORDER BY {order} DESC NULLS LAST, sample_id) AS rank
-                    FROM scores WHERE run_id = ?) s
-                JOIN samples m ON m.run_id = ? AND m.sample_id = s.sample_id
-                WHERE s.rank <= ? ORDER BY s.trait, s.rank""",
-            [run_id, run_id, config.top_n],
-        ).fetchall()
     by_sample: dict[str, tuple[list[Any], list[str]]] = {}
-    for trait, sid, context, response, rejected in wanted:
+    for trait, sid, context, response, rejected in heat_map_candidates(config.db, run_id, config.top_n):
         if sid not in by_sample:
             prompt = tok.apply_chat_template(json.loads(context), tokenize=False, add_generation_prompt=True)
             answers = [response] + ([rejected] if rejected is not None else [])

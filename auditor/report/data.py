@@ -7,12 +7,12 @@ last bit and the page renders byte for byte the same.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from auditor.store.queries import RunInfo
+from auditor.score import ScoreMeaning
+from auditor.store.queries import RunInfo, decode_json
 
 # A metadata key gets a breakdown table when it has at most this many distinct values.
 MAX_METADATA_VALUES = 40
@@ -69,7 +69,7 @@ class Histogram:
 class TraitData:
     trait: str
     layer: int | None
-    score_col: str  # delta | proj_response | margin
+    meaning: ScoreMeaning  # what the score is: its column and labels
     threshold: float | None
     threshold_source: str
     vector_path: str | None
@@ -136,17 +136,6 @@ class ReportData:
     top_n: int
 
 
-def _json(value: Any, default: Any) -> Any:
-    if value is None:
-        return default
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return default
-    return value
-
-
 def excerpt_source(context: list[dict[str, Any]]) -> str:
     """The text a ranked table shows for a sample's prompt: its last user message."""
     for msg in reversed(context):
@@ -185,11 +174,6 @@ PAIR_COLUMNS = "m.rejected_response, t.proj_rejected, t.margin, ts.rejected_toke
 PAIR_NULLS = "NULL, NULL, NULL, NULL, NULL, NULL"
 
 
-def pick(col: str, delta: Any, proj_response: Any, margin: Any = None) -> Any:
-    """The run's score out of the three stored measures (or their aggregates)."""
-    return {"delta": delta, "proj_response": proj_response, "margin": margin}.get(col, delta)
-
-
 def _margin_sql(run: RunInfo, agg: str | None = None, alias: str = "") -> str:
     """``margin`` (or ``avg(margin)``) for a preference run; NULL otherwise, so older databases still answer."""
     col = f"{alias}margin" if run.pairs else "NULL::DOUBLE"
@@ -197,7 +181,8 @@ def _margin_sql(run: RunInfo, agg: str | None = None, alias: str = "") -> str:
 
 
 def _trait_data(con: Any, run: RunInfo, trait: str, top_n: int) -> TraitData:
-    col = run.score_column(trait)
+    meaning = run.score(trait)
+    col = meaning.column
     info = run.vectors.get(trait, {})
     n, n_with, n_flagged, mean_delta, mean_proj, mean_base, mean_margin, layer = con.execute(
         f"SELECT count(*), count({col}), count(*) FILTER (WHERE flagged), avg(delta), avg(proj_response), avg(proj_base), {_margin_sql(run, 'avg')}, min(layer) "
@@ -215,7 +200,7 @@ def _trait_data(con: Any, run: RunInfo, trait: str, top_n: int) -> TraitData:
     return TraitData(
         trait=trait,
         layer=info.get("layer", layer),
-        score_col=col,
+        meaning=meaning,
         threshold=threshold,
         threshold_source=str(info.get("threshold_source") or ""),
         vector_path=info.get("path"),
@@ -223,7 +208,7 @@ def _trait_data(con: Any, run: RunInfo, trait: str, top_n: int) -> TraitData:
         n=int(n),
         n_with_score=int(n_with),
         n_flagged=int(n_flagged),
-        mean_score=pick(col, mean_delta, mean_proj, mean_margin),
+        mean_score=meaning.pick(mean_delta, mean_proj, mean_margin),
         mean_delta=mean_delta,
         mean_proj_response=mean_proj,
         mean_proj_base=mean_base,
@@ -248,7 +233,7 @@ def _top_samples(con: Any, run: RunInfo, trait: str, top_n: int) -> list[TopSamp
            ORDER BY t.rank""",
         [run.run_id, trait, top_n],
     ).fetchall()
-    col = run.score_column(trait)
+    meaning = run.score(trait)
     out = []
     for row in rows:
         rank, sid, source, line, turn, delta, pr, pb, flagged, context, response, base, metadata, tokens, values, n_resp, n_base = row[:17]
@@ -260,15 +245,15 @@ def _top_samples(con: Any, run: RunInfo, trait: str, top_n: int) -> list[TopSamp
                 source=source or "",
                 line=line,
                 turn=int(turn or 0),
-                score=pick(col, delta, pr, margin),
+                score=meaning.pick(delta, pr, margin),
                 delta=delta,
                 proj_response=pr,
                 proj_base=pb,
                 flagged=bool(flagged),
-                context=_json(context, []),
+                context=decode_json(context, []),
                 response=response or "",
                 base_response=base,
-                metadata=_json(metadata, {}),
+                metadata=decode_json(metadata, {}),
                 tokens=list(tokens) if tokens is not None else None,
                 token_values=list(values) if values is not None else None,
                 n_response_tokens=n_resp,
@@ -294,7 +279,7 @@ def _attach_all_scores(con: Any, run: RunInfo, traits: list[TraitData]) -> None:
         f"SELECT sample_id, trait, delta, proj_response, {_margin_sql(run)}, flagged FROM scores WHERE run_id = ? AND sample_id IN (SELECT unnest(?)) ORDER BY sample_id, trait",
         [run.run_id, wanted],
     ).fetchall():
-        found.setdefault(sid, {})[trait] = (pick(run.score_column(trait), delta, pr, margin), bool(flagged))
+        found.setdefault(sid, {})[trait] = (run.score(trait).pick(delta, pr, margin), bool(flagged))
     for t in traits:
         for s in t.top:
             s.all_scores = found.get(s.sample_id, {})
@@ -314,7 +299,7 @@ def _cross(con: Any, run: RunInfo, trait_names: list[str], limit: int) -> tuple[
     if ids:
         wanted = [sid for sid, _ in ids]
         meta = {
-            sid: (source, line, _json(context, []))
+            sid: (source, line, decode_json(context, []))
             for sid, source, line, context in con.execute(
                 "SELECT sample_id, source, line, context FROM samples WHERE run_id = ? AND sample_id IN (SELECT unnest(?)) ORDER BY sample_id",
                 [run.run_id, wanted],
@@ -325,7 +310,7 @@ def _cross(con: Any, run: RunInfo, trait_names: list[str], limit: int) -> tuple[
             f"SELECT sample_id, trait, delta, proj_response, {_margin_sql(run)}, flagged FROM scores WHERE run_id = ? AND sample_id IN (SELECT unnest(?)) ORDER BY sample_id, trait",
             [run.run_id, wanted],
         ).fetchall():
-            scores.setdefault(sid, {})[trait] = (pick(run.score_column(trait), delta, pr, margin), bool(flagged))
+            scores.setdefault(sid, {})[trait] = (run.score(trait).pick(delta, pr, margin), bool(flagged))
         for sid, k in ids:
             source, line, context = meta.get(sid, ("", None, []))
             rows.append(CrossRow(sid, source or "", line, int(k), scores.get(sid, {}), excerpt_source(context)))
@@ -346,7 +331,7 @@ def _group_rows(con: Any, run: RunInfo, sql: str, params: list[Any], trait_names
     for key, trait, n, mean_delta, mean_proj, flagged, *margin in con.execute(sql, params).fetchall():
         key = "" if key is None else str(key)
         row = out.setdefault(key, GroupRow(key, int(n), {}))
-        row.per_trait[trait] = (pick(run.score_column(trait), mean_delta, mean_proj, margin[0] if margin else None), int(flagged))
+        row.per_trait[trait] = (run.score(trait).pick(mean_delta, mean_proj, margin[0] if margin else None), int(flagged))
     return out
 
 
@@ -417,8 +402,8 @@ def load_report_data(con: Any, run: RunInfo, top_n: int) -> ReportData:
         model_fingerprint=fingerprint,
         dtype=dtype,
         device=device,
-        timings=_json(timings, {}),
-        versions=_json(versions, {}),
+        timings=decode_json(timings, {}),
+        versions=decode_json(versions, {}),
         traits=traits,
         cross=cross,
         n_cross=n_cross,

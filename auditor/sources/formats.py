@@ -27,6 +27,7 @@ from typing import Any
 
 from auditor.errors import InputError
 from auditor.sources.mapping import FieldMap, suggest_mapping, suggest_role
+from auditor.sources.readers import file_type
 from auditor.sources.sample import Sample
 
 FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt-response", "preference")
@@ -43,7 +44,6 @@ _SHAREGPT_ROLES = {
     "system": "system",
 }
 _ROLES = ("system", "user", "assistant")
-_TABULAR = (".parquet", ".csv", ".csv.gz")
 # Fields consumed by a format; everything else is kept as metadata.
 _FORMAT_FIELDS = {
     "messages": {"messages"},
@@ -205,7 +205,7 @@ def _format_error(record: dict, source: str, line: int, fmt: str) -> InputError:
     names = sorted(map(str, record))
     keys = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "") if names else "none"
     # Tabular sources (Parquet, CSV, hub datasets) have columns: say so, it is what the user sees.
-    noun = "columns" if source.startswith("hf:") or source.lower().endswith(_TABULAR) else "fields"
+    noun = "columns" if source.startswith("hf:") or file_type(source) in ("parquet", "csv") else "fields"
     what = "unknown format" if fmt == "auto" else f"record lacks the fields of the {fmt} format"
     detected = detect_format(record)
     guess = suggest_mapping(record)
