@@ -222,7 +222,7 @@ def test_margin_threshold_is_the_clean_delta_centred_on_its_median(tiny_lm, tiny
     quantiles = [i / 10 for i in range(201)]  # percentile p -> p / 5
     pv.meta["calibration"] = {"layer": pv.layer, "scores": {"generate": {"delta": {"mean": 10.0, "percentiles": quantiles}}}}
     score, thresholds = resolve_thresholds(ScanConfig(source="x", pairs=True, baseline="none"), [pv])
-    assert score == "margin"
+    assert score.column == "margin" and score.kind == "margin"
     assert thresholds["evil"][0] == pytest.approx(95 / 5 - 50 / 5)
     assert "centred on its median" in thresholds["evil"][1]
     score, thresholds = resolve_thresholds(ScanConfig(source="x", pairs=True, flag_percentile=90), [pv])
