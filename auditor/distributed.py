@@ -99,7 +99,7 @@ def scan_run_ray(
 ):
     """Scan with ``workers`` Ray actors; returns the same ScanResult as the local engine."""
     from auditor.model.loading import LoadedModel, load_tokenizer
-    from auditor.pipeline import ChunkScorer, add_counts, commit_chunk, finalize_run, lookup_base, mark_run, open_run, pending_chunks
+    from auditor.pipeline import ChunkScorer, add_counts, commit_chunk, finalize_run, lookup_base, mark_run, open_run, pending_chunks, resolve_pairs
     from auditor.sources import expand_paths
     from auditor.vectors import load_vectors
     from auditor.vectors.persona import default_vectors_dir
@@ -107,6 +107,7 @@ def scan_run_ray(
     ray = _require_ray()
     config.validate()
     expand_paths(config.source)
+    resolve_pairs(config)  # before the actors get the config: they must score pairs too
     if workers < 1:
         raise AuditorError("--workers must be at least 1")
     started = time.perf_counter()

@@ -26,8 +26,26 @@ from typing import Any
 from auditor.errors import AuditorError, InputError, StoreError
 from auditor.store.queries import RunInfo, resolve_run, stream_batches
 
-# The columns a --where clause sees (one row per sample and trait of the run).
-WHERE_COLUMNS = ("sample_id", "source", "line", "turn", "trait", "layer", "delta", "proj_response", "proj_base", "flagged", "score", "response")
+# The columns a --where clause sees (one row per sample and trait of the run); margin and
+# proj_rejected are those of preference pairs (NULL for other runs).
+WHERE_COLUMNS = (
+    "sample_id",
+    "source",
+    "line",
+    "turn",
+    "trait",
+    "layer",
+    "delta",
+    "proj_response",
+    "proj_base",
+    "flagged",
+    "score",
+    "response",
+    "proj_rejected",
+    "margin",
+)
+# Inputs that cannot be copied byte for byte: read as records, written as JSONL or Parquet.
+RECORD_KINDS = ("json", "hf")
 
 
 class FilterError(AuditorError):
@@ -77,14 +95,14 @@ class FilterResult:
 
 
 def file_kind(path: str) -> str:
-    """The input's file type (one list of suffixes: auditor.sources.readers.FILE_TYPES); filter streams jsonl, csv and parquet."""
+    """The input's file type (one list of suffixes: auditor.sources.readers.FILE_TYPES); jsonl, csv and parquet are copied as they are, json read as records."""
     from auditor.sources.readers import file_type
 
     kind = file_type(path)
-    if kind == "json":
-        raise FilterError(f"{path}: a JSON array cannot be filtered as a stream; convert it to JSONL (one object per line), scan that and filter it")
     if kind is None:
-        raise FilterError(f"{path}: audit filter writes JSONL, Parquet or CSV files; this one is none of them")
+        raise FilterError(
+            f"{path}: audit filter reads and writes JSONL, Parquet or CSV files (and reads JSON arrays and hf: datasets); this one is none of them"
+        )
     return kind
 
 
@@ -142,6 +160,8 @@ def selection_query(run: RunInfo, stored_source: str, rule: FilterRule) -> tuple
     """SQL giving, per sample of the file in line order: line, turn, sample_id, content_hash, reasons (NULL: kept)."""
     traits = list(run.vectors) or []
     score = run.score().column
+    # A database older than preference pairs has no such columns: name them only for a pair run.
+    pair_columns = "s.proj_rejected, s.margin" if run.pairs else "NULL::DOUBLE AS proj_rejected, NULL::DOUBLE AS margin"
     params: dict[str, Any] = {"run_id": run.run_id, "source": stored_source, "score_name": score}
     thresholds = [(t, run.threshold(t)) for t in traits]
     if thresholds:
@@ -188,7 +208,7 @@ def selection_query(run: RunInfo, stored_source: str, rule: FilterRule) -> tuple
 WITH thresholds AS ({threshold_cte}),
 v AS (
     SELECT m.sample_id, m.source, m.line, m.turn, s.trait, s.layer, s.delta, s.proj_response, s.proj_base, s.flagged,
-           s.{score} AS score, m.response
+           s.{score} AS score, m.response, {pair_columns}
     FROM scores s JOIN samples m ON m.run_id = s.run_id AND m.sample_id = s.sample_id
     WHERE s.run_id = $run_id
 ),
@@ -293,6 +313,7 @@ def filter_dataset(
     db: str = os.path.join("reports", "audit.duckdb"),
     rejects: str | None = None,
     manifest: str | None = None,
+    split: str = "train",
 ) -> FilterResult:
     """Write ``source`` minus the records ``rule`` selects in run ``run``; see the module docstring.
 
@@ -304,16 +325,21 @@ def filter_dataset(
     from auditor.store.db import connect
 
     if source.startswith("hf:"):
-        raise FilterError(f"{source}: a Hugging Face dataset cannot be filtered in place; export the split to JSONL or Parquet, scan that and filter it")
-    paths = expand_paths(source)
-    if len(paths) != 1:
-        raise FilterError(f"{source}: names {len(paths)} files; filter one file at a time (the output is one file in the input's format)")
-    path = paths[0]
-    kind = file_kind(path)
-    out_kind = file_kind(out) if not out.lower().endswith((".json", ".json.gz")) else "json"
-    if out_kind != kind:
+        path, kind = source, "hf"
+    else:
+        paths = expand_paths(source)
+        if len(paths) != 1:
+            raise FilterError(f"{source}: names {len(paths)} files; filter one file at a time (the output is one file in the input's format)")
+        path = paths[0]
+        kind = file_kind(path)
+    out_kind = file_kind(out)
+    if kind in RECORD_KINDS:
+        if out_kind not in ("jsonl", "parquet"):
+            what = "an hf: dataset" if kind == "hf" else "a JSON array"
+            raise FilterError(f"--out {out}: {what} is written as JSONL or Parquet; name the output .jsonl or .parquet")
+    elif out_kind != kind:
         raise FilterError(f"--out {out}: the output keeps the input's format ({kind}); give it a {kind} name, e.g. {os.path.basename(path)}")
-    if os.path.exists(out) and _same_file(out, path):
+    if kind != "hf" and os.path.exists(out) and _same_file(out, path):
         raise FilterError(f"--out {out} is the input file; write the filtered dataset to a new file")
     default_rejects, default_manifest = default_side_paths(out)
     rejects = rejects or default_rejects
@@ -326,7 +352,9 @@ def filter_dataset(
     with connect(db, read_only=True) as con:
         # The database is read-only already; this also keeps a --where clause from reading or writing files.
         con.execute("SET enable_external_access = false")
-        info, stored_source = resolve_filter_run(con, run, path, db)
+        scanned = f"hf:{path[3:]}[{split}]" if kind == "hf" else path  # how the scan's reader names it
+        info, stored_source = resolve_filter_run(con, run, scanned, db)
+        _check_not_a_preview(info)
         sql, params = selection_query(info, stored_source, rule)
         _check_read_query(sql, rule.where)
         try:
@@ -346,10 +374,15 @@ def filter_dataset(
                 )
             )
         )
-        counts = _stream(path, kind, out, rejects, info, stored_source, selection, rejected_lines)
+        input_digest = hashlib.sha256() if kind == "hf" else None
+        counts = _stream(path, kind, out, rejects, info, stored_source, selection, rejected_lines, split=split, input_digest=input_digest, out_kind=out_kind)
 
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     out_sha = sha256_file(out)
+    if input_digest is not None:  # a dataset is not one file: the hash of its records as read (canonical JSON lines)
+        described = {"path": path, "split": split, "sha256": input_digest.hexdigest(), "sha256_of": "records", "bytes": None, "format": kind}
+    else:
+        described = {"path": path, "sha256": sha256_file(path), "bytes": os.path.getsize(path), "format": kind}
     body = {
         "tool": "persona-audit filter",
         "created_at": created,
@@ -357,7 +390,7 @@ def filter_dataset(
         "db": db,
         "model": info.model,
         "rule": rule.describe(),
-        "input": {"path": path, "sha256": sha256_file(path), "bytes": os.path.getsize(path), "format": kind},
+        "input": described,
         "output": {"path": out, "sha256": out_sha, "bytes": os.path.getsize(out)},
         "rejects": {"path": rejects, "sha256": sha256_file(rejects)},
         "counts": counts,
@@ -371,18 +404,41 @@ def filter_dataset(
     return FilterResult(info.run_id, path, out, rejects, manifest, counts, body)
 
 
-def _stream(path: str, kind: str, out: str, rejects: str, run: RunInfo, stored_source: str, selection: _Peek, rejected_lines: _Peek) -> dict[str, int]:
+def _check_not_a_preview(run: RunInfo) -> None:
+    """A --limit/--sample run scored part of the dataset: the rest has no score to keep or drop by."""
+    for option in ("limit", "sample"):
+        if run.config.get(option) is not None:
+            raise FilterError(
+                f"run {run.run_id} scanned a preview (--{option} {run.config[option]}); "
+                "the filter needs a score for every record: scan the whole dataset and filter with that run"
+            )
+
+
+def _stream(
+    path: str,
+    kind: str,
+    out: str,
+    rejects: str,
+    run: RunInfo,
+    stored_source: str,
+    selection: _Peek,
+    rejected_lines: _Peek,
+    split: str = "train",
+    input_digest: Any = None,
+    out_kind: str | None = None,
+) -> dict[str, int]:
     """Merge the file with the line-ordered selection; write kept records and the rejects file."""
-    from auditor.sources import record_to_samples
+    from auditor.sources import FieldMap, record_to_samples
     from auditor.sources.readers import raw_records
 
     fmt = run.config.get("format", "auto")
     all_turns = bool(run.config.get("score_all_turns", False))
+    mapping = FieldMap.parse(run.config.get("fields"), run.config.get("roles"))
     counts = {"read": 0, "kept": 0, "dropped": 0, "unscored_kept": 0, "samples_selected": 0}
     for target in (out, rejects):
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     tag = f".tmp-{os.getpid()}"
-    writer = _Writer(kind, out, out + tag)
+    writer = _Writer(out_kind or kind, out, out + tag)
     rejects_tmp = rejects + tag
 
     def changed(line: int, why: str) -> FilterError:
@@ -409,7 +465,7 @@ def _stream(path: str, kind: str, out: str, rejects: str, run: RunInfo, stored_s
             raise changed(line, f"the record no longer parses ({record.problem})")
         found: dict[int, str] = {}
         try:
-            for sample in record_to_samples(record, stored_source, line, fmt=fmt, score_all_turns=all_turns):
+            for sample in record_to_samples(record, stored_source, line, fmt=fmt, score_all_turns=all_turns, mapping=mapping):
                 found[sample.turn] = sample.content_hash
         except InputError:
             pass  # a later turn may fail as it did in the scan; the turns compared below decide
@@ -427,7 +483,9 @@ def _stream(path: str, kind: str, out: str, rejects: str, run: RunInfo, stored_s
 
     try:
         with open(rejects_tmp, "w", encoding="utf-8") as rejects_fh:
-            if kind == "parquet":
+            if kind in RECORD_KINDS:
+                _stream_records(path, split, run, writer, decide, counts, input_digest)
+            elif kind == "parquet":
                 _stream_parquet(path, writer, decide, counts)
             else:
                 writer.open()
@@ -484,6 +542,51 @@ def _stream_parquet(path: str, writer: _Writer, decide: Any, counts: dict[str, i
             counts["kept" if not dropped else "dropped"] += 1
         if any(keep):
             writer.pq_writer.write_batch(batch.filter(pa.array(keep)))
+
+
+def _stream_records(path: str, split: str, run: RunInfo, writer: _Writer, decide: Any, counts: dict[str, int], digest: Any, batch_size: int = 1024) -> None:
+    """JSON arrays and hf: datasets: the scan's own reader; kept records written as JSONL lines or Parquet rows."""
+    import pyarrow as pa
+
+    from auditor.sources import read_records
+
+    pending: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        if writer.pq_writer is None:
+            writer.schema = pa.Table.from_pylist(pending).schema
+            writer.open()
+        try:
+            writer.pq_writer.write_table(pa.Table.from_pylist(pending, schema=writer.schema))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise FilterError(f"{path}: the kept records do not share one Parquet schema ({e}); write the output as JSONL (--out NAME.jsonl)") from None
+        pending.clear()
+
+    if writer.kind == "jsonl":
+        writer.open()
+    for _source, line, record in read_records(path, split=split, config=run.config.get("hf_config")):
+        if isinstance(record, InputError):
+            raise FilterError(f"{record}; the filter cannot copy a record it cannot read")
+        if digest is not None:
+            digest.update(json.dumps(record, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8") + b"\n")
+        counts["read"] += 1
+        if decide(line, record) is not None:
+            counts["dropped"] += 1
+            continue
+        counts["kept"] += 1
+        if writer.kind == "jsonl":
+            writer.fh.write(json.dumps(record, ensure_ascii=False, default=str).encode("utf-8") + b"\n")
+        else:
+            pending.append(record)
+            if len(pending) >= batch_size:
+                flush()
+    if writer.kind == "parquet":
+        flush()
+        if writer.pq_writer is None:  # nothing kept: a Parquet file without rows or columns
+            writer.schema = pa.schema([])
+            writer.open()
 
 
 def rejects_of(path: str) -> Iterator[dict[str, Any]]:

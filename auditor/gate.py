@@ -170,8 +170,29 @@ def policy_table(path: str) -> dict[str, Any] | None:
         return table
     table = data.get("gate")
     if table is None:
-        table = data
+        table = {k: v for k, v in data.items() if k != "scan"}  # [scan] holds the scan's settings, not rules
     return table
+
+
+def scan_table(path: str) -> dict[str, Any] | None:
+    """The ``[scan]`` table of a policy file (``[tool.persona-audit.scan]`` in pyproject.toml), or None."""
+    data = _load_toml(path)
+    if os.path.basename(path) == "pyproject.toml":
+        data = data.get("tool", {}).get("persona-audit", {})
+    table = data.get("scan")
+    if table is not None and not isinstance(table, Mapping):
+        raise PolicyError(f"{path}: scan must be a table ([scan])")
+    return table
+
+
+def policy_mapping(policy_path: str | None = None, use_files: bool = True) -> Any:
+    """The field/role mapping of the policy file in force (the one the gate would use), as a FieldMap."""
+    from auditor.sources.mapping import FieldMap, mapping_from_policy
+
+    path = policy_path if policy_path and os.path.isfile(policy_path) else (find_policy_file() if use_files and not policy_path else None)
+    if not path:
+        return FieldMap()
+    return mapping_from_policy(scan_table(path), _display_path(path))
 
 
 def find_policy_file(start: str | None = None) -> str | None:
@@ -225,14 +246,15 @@ def _display_path(path: str) -> str:
 
 def trait_stats(con: Any, run: RunInfo) -> dict[str, dict[str, Any]]:
     """Per trait: n, mean delta and projection, flagged count and rate, the largest sample score."""
+    margin = "margin" if run.pairs else "NULL::DOUBLE"  # older databases have no margin column
     rows = con.execute(
-        """SELECT trait, any_value(layer), count(*), avg(delta), avg(proj_response), count(delta),
-                  sum(CASE WHEN flagged THEN 1 ELSE 0 END), max(delta), max(proj_response)
+        f"""SELECT trait, any_value(layer), count(*), avg(delta), avg(proj_response), count(delta),
+                  sum(CASE WHEN flagged THEN 1 ELSE 0 END), max(delta), max(proj_response), avg({margin}), max({margin})
            FROM scores WHERE run_id = ? GROUP BY trait ORDER BY trait""",
         [run.run_id],
     ).fetchall()
     out: dict[str, dict[str, Any]] = {}
-    for trait, layer, n, mean_delta, mean_proj, n_delta, n_flagged, max_delta, max_proj in rows:
+    for trait, layer, n, mean_delta, mean_proj, n_delta, n_flagged, max_delta, max_proj, mean_margin, max_margin in rows:
         meaning = run.score(trait)
         score = meaning.column
         out[trait] = {
@@ -242,10 +264,10 @@ def trait_stats(con: Any, run: RunInfo) -> dict[str, dict[str, Any]]:
             "mean_delta": mean_delta,
             "mean_proj_response": mean_proj,
             "n_with_delta": int(n_delta),
-            "mean_score": meaning.pick(mean_delta, mean_proj),
+            "mean_score": meaning.pick(mean_delta, mean_proj, mean_margin),
             "n_flagged": int(n_flagged or 0),
             "flag_rate": (n_flagged or 0) / n if n else None,
-            "max_score": meaning.pick(max_delta, max_proj),
+            "max_score": meaning.pick(max_delta, max_proj, max_margin),
             "threshold": run.threshold(trait),
             "calibration_mean": run.calibration_mean(trait),
         }

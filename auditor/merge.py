@@ -196,7 +196,7 @@ def _merged_parquet(parts: list[Part], out_dir: str) -> str:
 def _merged_summary(con: Any, run_id: str, first: Part, meanings: dict[str, ScoreMeaning]) -> list[dict[str, Any]]:
     previous = {s["trait"]: s for s in json.loads(first.row["summary"] or "[]")}
     out = []
-    for trait, layer, mean_delta, mean_proj, n_flagged, n in trait_score_stats(con, run_id):
+    for trait, layer, mean_delta, mean_proj, mean_margin, n_flagged, n in trait_score_stats(con, run_id):
         meaning = meanings.get(trait) or ScoreMeaning.of(first.row["baseline"])
         order = meaning.column
         top = top_scores(con, run_id, trait, meaning, 5)
@@ -210,6 +210,7 @@ def _merged_summary(con: Any, run_id: str, first: Part, meanings: dict[str, Scor
                 "threshold_source": prev.get("threshold_source", ""),
                 "mean_delta": mean_delta,
                 "mean_proj_response": mean_proj,
+                "mean_margin": mean_margin,
                 "n_flagged": n_flagged,
                 "n": n,
                 "calibration_mean": prev.get("calibration_mean"),

@@ -28,7 +28,7 @@ from typing import Any
 
 from auditor.errors import AuditorError, InputError
 from auditor.score import BASELINES, FLAG_ON, ScoreMeaning
-from auditor.sources import Rejected, Sample, iter_samples
+from auditor.sources import FORMATS, FieldMap, Rejected, Sample, check_preview, iter_samples
 from auditor.store.runs import WRITE_WAIT, commit_chunk, lookup_base  # noqa: F401 (WRITE_WAIT: part of this module's API)
 from auditor.store.schema import wide_schema
 
@@ -73,6 +73,15 @@ class ScanConfig:
     resume: bool = False
     num_shards: int = 1
     shard_index: int = 0
+    fields: dict[str, str] = field(default_factory=dict)  # --field OURS=THEIRS (auditor.sources.mapping)
+    roles: dict[str, str] = field(default_factory=dict)  # --role OURS=THEIRS
+    limit: int | None = None  # --limit N: the first N records
+    sample: int | None = None  # --sample N: N records by seeded hash (auditor.sources.preview)
+    seed: int = 0
+    pairs: bool | None = None  # preference pairs (a margin run); None: decided from the first record
+
+    def mapping(self) -> FieldMap:
+        return FieldMap.parse(self.fields, self.roles)
 
     def validate(self) -> None:
         if self.baseline not in BASELINES:
@@ -99,6 +108,10 @@ class ScanConfig:
             raise AuditorError(f"unknown --flag-on {self.flag_on!r}; use one of {', '.join(FLAG_ON)}")
         if not 0 <= self.shard_index < self.num_shards:
             raise AuditorError(f"--shard-index must be between 0 and {self.num_shards - 1} for --num-shards {self.num_shards}")
+        if self.format not in FORMATS:
+            raise AuditorError(f"unknown --format {self.format!r}; use one of {', '.join(FORMATS)}")
+        check_preview(self.limit, self.sample)
+        self.mapping()  # a malformed mapping fails before the model loads
 
     def result_key(self, model_fingerprint: str, vector_hashes: dict[str, str]) -> str:
         """Hash of everything that determines the scores: equal keys give equal results."""
@@ -112,7 +125,7 @@ class ScanConfig:
 class TraitSummary:
     trait: str
     layer: int
-    score: str  # the column flags are based on: delta or proj_response
+    score: str  # the column flags are based on: delta, proj_response or margin
     threshold: float | None
     threshold_source: str
     mean_delta: float | None
@@ -121,6 +134,12 @@ class TraitSummary:
     n: int
     calibration_mean: float | None = None
     top: list[dict[str, Any]] = field(default_factory=list)
+    mean_margin: float | None = None  # preference pairs
+
+    @property
+    def mean_score(self) -> float | None:
+        """The dataset-level mean of the score flags use."""
+        return {"delta": self.mean_delta, "proj_response": self.mean_proj_response, "margin": self.mean_margin}.get(self.score)
 
 
 @dataclass
@@ -162,6 +181,9 @@ class ScoredSample:
     n_base_tokens: int | None = None
     proj_response: dict[str, float] = field(default_factory=dict)
     proj_base: dict[str, float | None] = field(default_factory=dict)
+    # preference pairs: the rejected answer's encoded row and projections (proj_response is the chosen one's)
+    rejected_row: Any = None
+    proj_rejected: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -238,7 +260,7 @@ def build_prompt(tokenizer: Any, sample: Sample) -> str:
 
 def resolve_thresholds(config: ScanConfig, vectors: list[Any]) -> tuple[ScoreMeaning, dict[str, tuple[float | None, str]]]:
     """The score flags use, and per trait (threshold, where it came from)."""
-    meaning = ScoreMeaning.of(config.baseline, config.flag_on)
+    meaning = ScoreMeaning.of(config.baseline, config.flag_on, pairs=bool(config.pairs))
     out: dict[str, tuple[float | None, str]] = {}
     for pv in vectors:
         given = config.thresholds.get(pv.trait, config.thresholds.get("*"))
@@ -246,8 +268,9 @@ def resolve_thresholds(config: ScanConfig, vectors: list[Any]) -> tuple[ScoreMea
             out[pv.trait] = (float(given), "--threshold")
             continue
         t = meaning.threshold(pv.calibration, pv.layer, config.flag_percentile)
+        of = "the calibration set's delta (generate), centred on its median" if meaning.kind == "margin" else "the calibration set"
         src = (
-            f"p{config.flag_percentile:g} of the calibration set"
+            f"p{config.flag_percentile:g} of {of}"
             if t is not None
             else "none: the vector has no calibration for this baseline and layer; pass --threshold TRAIT=VALUE"
         )
@@ -295,7 +318,8 @@ class ChunkScorer:
         self.batch_tokens = config.batch_tokens or default_batch_tokens(lm)
         self.generation_batch_size = config.generation_batch_size or default_generation_batch_size(lm, config.max_new_tokens, config.max_prompt_tokens)
         self.max_len = lm.max_length
-        self.schema = wide_schema([pv.trait for pv in vectors])
+        self.pairs = bool(config.pairs)
+        self.schema = wide_schema([pv.trait for pv in vectors], self.pairs)
 
     def generation_lm(self) -> Any:
         """The model that generates base responses: the scoring model, or its copy in the generation dtype."""
@@ -332,16 +356,30 @@ class ChunkScorer:
                         f"{row.length} tokens (plus {cfg.max_new_tokens} to generate) is longer than the model's context ({self.max_len})",
                         "shorten the sample, lower --max-prompt-tokens or --max-new-tokens",
                     )
+                rejected_row = self._rejected_row(item, prompt) if self.pairs else None
             except InputError as e:
                 rejects.append(Rejected.of(e))
                 continue
-            ready.append((item, prompt, row))
+            ready.append((item, prompt, row, rejected_row))
         return ready, rejects
+
+    def _rejected_row(self, item: Sample, prompt: str) -> Any:
+        """The rejected answer of a pair, encoded after the same prompt as the chosen one."""
+        from auditor.activations import encode_pair
+
+        row = encode_pair(self.lm.tokenizer, prompt, item.rejected or "", self.config.max_prompt_tokens)
+        if row.end <= row.start:
+            raise InputError(item.source, item.line, "the rejected answer tokenizes to zero tokens", "give it a non-empty rejected answer")
+        if self.max_len and row.length > self.max_len:
+            raise InputError(
+                item.source, item.line, f"the rejected answer's {row.length} tokens are longer than the model's context ({self.max_len})", "shorten it"
+            )
+        return row
 
     def prompt_hashes(self, ready: list[tuple[Sample, str, Any]]) -> list[str]:
         from auditor.generation import prompt_hash
 
-        return sorted({prompt_hash(p) for _, p, _ in ready})
+        return sorted({prompt_hash(p) for _, p, *_ in ready})
 
     def score(self, index: int, items: list[Sample | Rejected], cached: dict[str, tuple[str, int]] | None = None, prepared: tuple | None = None) -> ChunkOutput:
         """The chunk step: prepare -> base responses -> one forward -> flags -> rows for the store."""
@@ -384,10 +422,10 @@ class ChunkScorer:
         new_base: dict[str, tuple[str, int]] = {}
         if cfg.baseline != "generate" or not ready:
             return base, new_base, 0, seconds
-        hashes = [prompt_hash(p) for _, p, _ in ready]
+        hashes = [prompt_hash(p) for _, p, *_ in ready]
         n_cached = sum(1 for h in hashes if h in base)
         missing: dict[str, str] = {}
-        for (_, p, _), h in zip(ready, hashes):
+        for (_, p, *_), h in zip(ready, hashes):
             if h not in base and h not in missing:
                 missing[h] = p
         if missing:
@@ -401,29 +439,32 @@ class ChunkScorer:
         return base, new_base, n_cached, seconds
 
     def forward(self, ready: list[tuple[Sample, str, Any]], base: dict[str, tuple[str, int]]) -> tuple[list[ScoredSample], int]:
-        """Step 2: one forward over the dataset responses and the base responses together; (scored samples, tokens)."""
+        """Step 2: one forward over the dataset responses (both answers of a pair) and the base responses together; (scored samples, tokens)."""
         from auditor.activations import encode_pair
         from auditor.generation import prompt_hash
         from auditor.scoring import score_rows
 
         cfg, lm, tok = self.config, self.lm, self.lm.tokenizer
-        rows = [row for _, _, row in ready]
+        rows = [row for _, _, row, _ in ready]
+        rejected_rows = [rrow for _, _, _, rrow in ready] if self.pairs else []
         base_rows: list[Any] = []
         base_at: list[int | None] = []
         if cfg.baseline == "generate":
-            for _, p, _ in ready:
+            for _, p, *_ in ready:
                 brow = encode_pair(tok, p, base[prompt_hash(p)][0], cfg.max_prompt_tokens)
                 if brow.end > brow.start:
-                    base_at.append(len(rows) + len(base_rows))
+                    base_at.append(len(rows) + len(rejected_rows) + len(base_rows))
                     base_rows.append(brow)
                 else:
                     base_at.append(None)  # the model answered nothing: no activation, so no delta
-        all_rows = rows + base_rows
+        all_rows = rows + rejected_rows + base_rows
         results = score_rows(lm.model, all_rows, self.directions, tok.pad_token_id, self.batch_tokens, None, cfg.layers_path) if ready else []
         scored = []
-        for i, (sample, p, row) in enumerate(ready):
+        for i, (sample, p, row, rrow) in enumerate(ready):
             res = results[i]
             item = ScoredSample(sample, row, proj_response=dict(res.proj))
+            if self.pairs:
+                item.rejected_row, item.proj_rejected = rrow, dict(results[len(rows) + i].proj)
             if cfg.baseline == "generate":
                 bi = base_at[i]
                 item.base_response = base[prompt_hash(p)][0]
@@ -455,9 +496,14 @@ class ChunkScorer:
                 "n_response_tokens": row.end - row.start,
                 "n_base_tokens": item.n_base_tokens,
             }
+            if self.pairs:
+                common["n_rejected_tokens"] = item.rejected_row.end - item.rejected_row.start
             for k, v in common.items():
                 wide[k].append(v)
                 samples[k].append(v)
+            if not self.pairs:
+                samples["n_rejected_tokens"].append(None)
+            samples["rejected_response"].append(sample.rejected)
             samples["run_id"].append(self.run_id)
             samples["context"].append(json.dumps(list(sample.context), ensure_ascii=False))
             samples["response"].append(sample.response)
@@ -467,10 +513,17 @@ class ChunkScorer:
                 t = pv.trait
                 pr, pb = item.proj_response[t], item.proj_base.get(t)
                 delta = pr - pb if pb is not None else None
-                flagged = self.meaning.flags(self.meaning.pick(delta, pr), self.thresholds[t][0])
+                prej = item.proj_rejected.get(t)
+                margin = pr - prej if prej is not None else None
+                flagged = self.meaning.flags(self.meaning.pick(delta, pr, margin), self.thresholds[t][0])
                 for col, val in (("proj_response", pr), ("proj_base", pb), ("delta", delta), ("flagged", flagged)):
                     wide[f"{t}_{col}"].append(val)
                     long[col].append(val)
+                if self.pairs:
+                    wide[f"{t}_proj_rejected"].append(prej)
+                    wide[f"{t}_margin"].append(margin)
+                long["proj_rejected"].append(prej)
+                long["margin"].append(margin)
                 long["run_id"].append(self.run_id)
                 long["sample_id"].append(sample.id)
                 long["trait"].append(t)
@@ -551,7 +604,18 @@ def pending_chunks(config: ScanConfig, run_id: str, done: dict[int, str]) -> Ite
     """
     from auditor.sources import no_records_error
 
-    stream = iter_samples(config.source, fmt=config.format, score_all_turns=config.score_all_turns, split=config.split, config=config.hf_config)
+    stream = iter_samples(
+        config.source,
+        fmt=config.format,
+        score_all_turns=config.score_all_turns,
+        split=config.split,
+        config=config.hf_config,
+        mapping=config.mapping(),
+        limit=config.limit,
+        sample=config.sample,
+        seed=config.seed,
+        pairs=bool(config.pairs),
+    )
     last = -1
     for index, items in enumerate(chunked(stream, config.chunk_size)):
         last = index
@@ -616,6 +680,7 @@ def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, A
     config.validate()
     expand_paths(config.source)  # a missing file fails now, not after the model has loaded
     check_not_empty(config.source)  # so does an empty one
+    resolve_pairs(config)
     started = time.perf_counter()
     timings: dict[str, float] = {"load_model": 0.0, "generate": 0.0, "forward": 0.0, "write": 0.0}
     if lm is None:
@@ -651,6 +716,14 @@ def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, A
         mark_run(config, run_id, exc)
         raise
     return finalize_run(config, run_id, out_dir, lm=lm, vectors=vectors, scorer=scorer, started=started, timings=timings, counts=counts, resumed=len(done))
+
+
+def resolve_pairs(config: ScanConfig) -> None:
+    """Decide once whether the run scores preference pairs (forced, or the first record is one)."""
+    from auditor.sources import dataset_holds_pairs
+
+    if config.pairs is None:
+        config.pairs = dataset_holds_pairs(config.source, config.format, config.split, config.hf_config, config.mapping())
 
 
 def local_score_fn(lm: Any, config: ScanConfig, scorer: ChunkScorer) -> Callable[[list[Any]], list[Any]]:
@@ -744,7 +817,7 @@ def finalize_run(
 
 
 def heat_map_tokens(config: ScanConfig, run_id: str, tokenizer: Any, scorer: ChunkScorer, score_fn: Callable[[list[Any]], list[Any]]):
-    """Each response token's projection for the report's top samples per trait.
+    """Each response token's projection for the report's top samples per trait (both answers of a pair).
 
     Computed once at the end (a small second forward over at most ``top_n`` samples per
     trait) rather than kept during the scan, so it is the same for resumed runs. The
@@ -761,23 +834,28 @@ def heat_map_tokens(config: ScanConfig, run_id: str, tokenizer: Any, scorer: Chu
     if config.top_n <= 0:
         return pa.table(rows, schema=schema)
     tok = tokenizer
-    by_sample: dict[str, tuple[Any, list[str]]] = {}
-    for trait, sid, context, response in heat_map_candidates(config.db, run_id, config.top_n):
+    by_sample: dict[str, tuple[list[Any], list[str]]] = {}
+    for trait, sid, context, response, rejected in heat_map_candidates(config.db, run_id, config.top_n):
         if sid not in by_sample:
             prompt = tok.apply_chat_template(json.loads(context), tokenize=False, add_generation_prompt=True)
-            by_sample[sid] = (encode_pair(tok, prompt, response, config.max_prompt_tokens), [])
+            answers = [response] + ([rejected] if rejected is not None else [])
+            by_sample[sid] = ([encode_pair(tok, prompt, text, config.max_prompt_tokens) for text in answers], [])
         by_sample[sid][1].append(trait)
     ids = list(by_sample)
-    encoded = [by_sample[s][0] for s in ids]
-    results = score_fn(encoded) if encoded else []
-    for sid, row, res in zip(ids, encoded, results):
-        pieces = [tok.decode([i]) for i in row.ids[row.start : row.end]]
-        for trait in sorted(by_sample[sid][1]):
+    encoded = [row for s in ids for row in by_sample[s][0]]
+    results = iter(score_fn(encoded) if encoded else [])
+    for sid in ids:
+        answer_rows, traits = by_sample[sid]
+        scored = [(row, next(results)) for row in answer_rows]
+        pieces = [[tok.decode([i]) for i in row.ids[row.start : row.end]] for row, _ in scored]
+        for trait in sorted(traits):
             rows["run_id"].append(run_id)
             rows["sample_id"].append(sid)
             rows["trait"].append(trait)
-            rows["tokens"].append(pieces)
-            rows["token_values"].append(res.token_values[trait])
+            rows["tokens"].append(pieces[0])
+            rows["token_values"].append(scored[0][1].token_values[trait])
+            rows["rejected_tokens"].append(pieces[1] if len(scored) > 1 else None)
+            rows["rejected_token_values"].append(scored[1][1].token_values[trait] if len(scored) > 1 else None)
     return pa.table(rows, schema=schema)
 
 

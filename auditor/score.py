@@ -21,21 +21,27 @@ BASELINES = ("generate", "prompt-last", "none")
 FLAG_ON = ("delta", "projection")
 
 # kind -> the store column that holds it
-KINDS: dict[str, str] = {"delta": "delta", "projection": "proj_response"}
+KINDS: dict[str, str] = {"delta": "delta", "projection": "proj_response", "margin": "margin"}
 COLUMNS = tuple(KINDS.values())
 
 
 @dataclass(frozen=True)
 class ScoreMeaning:
-    """The score flags and rankings use: ``kind`` (delta | projection) over ``baseline``."""
+    """The score flags and rankings use: ``kind`` (delta | projection | margin) over ``baseline``.
+
+    ``margin`` is a preference pair's score, proj(chosen) - proj(rejected); its calibration is
+    the clean generate-baseline delta centred on its median (:meth:`calibration_entry`).
+    """
 
     baseline: str
     kind: str = "delta"
 
     @classmethod
-    def of(cls, baseline: str | None, flag_on: str = "delta") -> ScoreMeaning:
-        """The meaning a scan gives its score: baseline none has no delta, so it flags on the projection."""
+    def of(cls, baseline: str | None, flag_on: str = "delta", pairs: bool = False) -> ScoreMeaning:
+        """The meaning a scan gives its score: pairs flag on their margin; baseline none has no delta, so it flags on the projection."""
         baseline = baseline or "generate"
+        if pairs:
+            return cls(baseline, "margin")
         return cls(baseline, "projection" if baseline == "none" or flag_on == "projection" else "delta")
 
     @classmethod
@@ -60,11 +66,15 @@ class ScoreMeaning:
         """How the report and the CLI name the score."""
         if self.kind == "projection":
             return "proj response"
+        if self.kind == "margin":
+            return "margin"
         return "delta (prompt-last)" if self.baseline == "prompt-last" else "delta"
 
     @property
     def base_label(self) -> str | None:
         """How the report names the base projection, or None when the score does not use one."""
+        if self.kind == "margin":
+            return "proj rejected"
         if self.kind != "delta":
             return None
         return "proj last prompt token" if self.baseline == "prompt-last" else "proj base"
@@ -72,7 +82,7 @@ class ScoreMeaning:
     @property
     def mean_label(self) -> str:
         """The CLI's heading for the dataset-level mean of the score."""
-        return "dataset \u0394" if self.is_delta else "mean proj"
+        return "dataset \u0394" if self.is_delta else "mean margin" if self.kind == "margin" else "mean proj"
 
     @property
     def measure(self) -> str:
@@ -83,9 +93,9 @@ class ScoreMeaning:
         """The score in a row holding ``delta``/``proj_response`` (or ``<prefix>delta`` ...)."""
         return row.get(prefix + self.column)
 
-    def pick(self, delta: Any, proj_response: Any) -> Any:
-        """The score out of a (delta, projection) pair of values, e.g. two aggregates."""
-        return delta if self.is_delta else proj_response
+    def pick(self, delta: Any, proj_response: Any, margin: Any = None) -> Any:
+        """The score out of the (delta, projection, margin) values, e.g. their aggregates."""
+        return {"delta": delta, "projection": proj_response, "margin": margin}[self.kind]
 
     def order_by(self, alias: str = "") -> str:
         """SQL ranking, best first: the score descending, samples without one last, then by id."""
@@ -97,6 +107,8 @@ class ScoreMeaning:
         cal = calibration or {}
         if cal.get("layer") != layer:
             return None
+        if self.kind == "margin":
+            return centred_delta(cal.get("scores", {}).get("generate", {}).get("delta"))
         return cal.get("scores", {}).get(self.baseline, {}).get(self.column)
 
     def threshold(self, calibration: Mapping[str, Any] | None, layer: int, percentile: float) -> float | None:
@@ -114,6 +126,21 @@ class ScoreMeaning:
     def flags(self, value: float | None, threshold: float | None) -> bool:
         """Whether a sample with this score is flagged (no score or no threshold: never)."""
         return bool(threshold is not None and value is not None and value > threshold)
+
+
+def centred_delta(entry: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A margin's clean reference: the clean delta (generate baseline) minus its median.
+
+    A clean pair's margin is the difference between two acceptable answers to one prompt,
+    as the calibration's delta is (a clean answer minus the model's own). Only the delta's
+    shift (the reference answers' style against the model's) does not carry over: the two
+    sides of a pair are exchangeable, so their margin centres on zero. docs/formats.md.
+    """
+    if not entry or not entry.get("percentiles"):
+        return None
+    quantiles = entry["percentiles"]
+    median = quantiles[len(quantiles) // 2]  # 201 values, 0..100 by 0.5: index 100 is p50
+    return {"mean": 0.0, "percentiles": [q - median for q in quantiles]}
 
 
 def calibrated_columns(baseline: str) -> tuple[str, ...]:

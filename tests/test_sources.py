@@ -48,7 +48,10 @@ def test_formats_detected(tmp_path, record, user, response):
 def test_forced_format_mismatch_is_an_error(tmp_path):
     path = write_jsonl(tmp_path / "a.jsonl", [{"prompt": "p", "response": "r"}])
     _, (r,) = samples(path, fmt="messages")
-    assert r.reason.startswith(f"{path}:1: record lacks the fields of the messages format; use --format")
+    assert r.reason == (
+        f"{path}:1: record lacks the fields of the messages format (fields: prompt, response); "
+        "it is in the prompt-response format: use --format prompt-response, or --format auto to read each record in its own format"
+    )
 
 
 def test_multi_turn_scores_final_turn_with_full_context(tmp_path):

@@ -18,14 +18,26 @@ from auditor.store.db import DEFAULT_DB
     metavar="RUN_ID|latest",
     help="The run whose scores decide (latest: the newest complete run that scanned SOURCE).",
 )
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Filtered dataset, in SOURCE's format (JSONL, Parquet or CSV).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Filtered dataset, in SOURCE's format (JSONL, Parquet or CSV); for a JSON array or an hf: dataset, .jsonl or .parquet.",
+)
 @click.option(
     "--where",
     default=None,
     metavar="SQL",
-    help="Drop records with a sample for which this SQL boolean holds, over columns sample_id, source, line, turn, trait, layer, delta, proj_response, proj_base, flagged, score, response.",
+    help="Drop records with a sample for which this SQL boolean holds, over columns sample_id, source, line, turn, trait, layer, delta, proj_response, "
+    "proj_base, flagged, score, response, proj_rejected, margin (the last two: preference pairs).",
 )
-@click.option("--drop-top", default=None, metavar="P%|N", help="Drop the top P percent (rounded up) or top N samples of each trait by delta.")
+@click.option(
+    "--drop-top",
+    default=None,
+    metavar="P%|N",
+    help="Drop the top P percent (rounded up) or top N samples of each trait by the run's score (delta, projection or margin).",
+)
+@click.option("--split", default="train", show_default=True, help="Split, for hf: datasets (as scanned).")
 @click.option("--drop-flagged", is_flag=True, help="Drop records with a sample flagged for any trait.")
 @click.option("--traits", default=None, help="Comma-separated traits the rules look at (default: every trait of the run).")
 @click.option(
@@ -50,27 +62,32 @@ def filter_(
     rejects: str | None,
     manifest: str | None,
     db: str,
+    split: str,
 ) -> None:
     """Write SOURCE without the records a rule selects; every kept record is unchanged.
 
     The rules read the scores a scan stored (audit scan SOURCE first); a record goes when
     any rule selects any of its samples (with --score-all-turns, any of its turns). Kept
-    JSONL and CSV records are their input bytes; Parquet rows keep the file's schema. The
-    file is streamed, so it may be larger than memory. A record that changed since the scan
-    stops the filter (scan again).
+    JSONL and CSV records are their input bytes; Parquet rows keep the file's schema. JSON
+    arrays and hf: datasets (hf:/path/to/local/copy) are read record by record and written
+    as JSONL or Parquet (--out's suffix). The input is streamed, so it may be larger than
+    memory. A record that changed since the scan stops the filter (scan again). A preference
+    pair is one record: the rules drop whole pairs.
 
     \b
     Examples:
       audit filter data.jsonl --out clean.jsonl --drop-flagged
       audit filter data.jsonl --out clean.jsonl --drop-top 5%
       audit filter data.parquet --out clean.parquet --where "trait = 'sycophancy' and delta > 3.1"
+      audit filter hf:/data/copy --split train --out clean.parquet --drop-flagged
+      audit filter prefs.jsonl --out clean.jsonl --where "trait = 'sycophancy' and margin > 2"
     """
     from auditor.filter import FilterRule, filter_dataset
 
     if not (where or drop_top or drop_flagged):
         raise click.UsageError("give a rule: --where SQL, --drop-top P%|N or --drop-flagged")
     rule = FilterRule(where=where, drop_top=drop_top, drop_flagged=drop_flagged, traits=split_list(traits))
-    result = filter_dataset(source, out, rule, run=run_spec, db=db, rejects=rejects, manifest=manifest)
+    result = filter_dataset(source, out, rule, run=run_spec, db=db, rejects=rejects, manifest=manifest, split=split)
     c = result.counts
     click.echo(
         f"run {result.run_id}: read {c['read']} records, kept {c['kept']}, dropped {c['dropped']}"

@@ -31,11 +31,24 @@ def scan_options(fn):
         click.option(
             "--format",
             "fmt",
-            type=click.Choice(["auto", "messages", "sharegpt", "alpaca", "prompt-response"]),
+            type=click.Choice(["auto", "messages", "sharegpt", "alpaca", "prompt-response", "preference"]),
             default="auto",
             show_default=True,
-            help="Record format.",
+            help="Record format (docs/formats.md); preference: prompt/chosen/rejected pairs, scored by their margin.",
         ),
+        click.option(
+            "--field",
+            "fields",
+            multiple=True,
+            metavar="OURS=THEIRS",
+            help="Read one of our fields from the dataset's: prompt=question, response=best_answer, messages=conversation, role=speaker ... Repeatable.",
+        ),
+        click.option(
+            "--role", "roles", multiple=True, metavar="OURS=THEIRS", help="Read a role under the dataset's name: user=human, assistant=bot. Repeatable."
+        ),
+        click.option("--limit", default=None, type=int, help="Scan only the first N records (a preview)."),
+        click.option("--sample", default=None, type=int, help="Scan N records spread over the whole dataset, chosen by --seed (streamed; a preview)."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Seed of --sample: the same seed gives the same records."),
         click.option("--split", default="train", show_default=True, help="Split, for hf: datasets."),
         click.option("--config", "hf_config", default=None, help="Config name, for hf: datasets."),
         click.option("--score-all-turns", is_flag=True, help="Score every assistant turn of multi-turn conversations as its own row."),
@@ -125,11 +138,18 @@ def scan_options(fn):
 ENGINE_OPTIONS = ("engine", "workers", "num_gpus_per_worker", "ray_address")
 
 
-def config_from_options(source: str, **kw):
+def config_from_options(source: str, policy_path: str | None = None, use_policy: bool = True, **kw):
+    """A ScanConfig from the options; --field/--role override the policy file's [scan] mapping name by name."""
+    from auditor.gate import policy_mapping
     from auditor.pipeline import ScanConfig
+    from auditor.sources import FieldMap
 
     for name in ENGINE_OPTIONS:
         kw.pop(name, None)
+    mapping = policy_mapping(policy_path, use_policy).merged(FieldMap.parse(kw.pop("fields", ()), kw.pop("roles", ())))
+    kw.update(fields=dict(mapping.fields), roles=dict(mapping.roles))
+    if kw.get("sample") is None and kw.get("seed"):
+        raise click.BadParameter("--seed only applies to --sample; add --sample N", param_hint="--seed")
     layers = {k: int(v) for k, v in parse_pairs(kw.pop("layers"), "--layer", int).items()}
     thresholds = parse_pairs(kw.pop("thresholds"), "--threshold", float)
     max_prompt = kw.pop("max_prompt_tokens")
@@ -158,6 +178,8 @@ def run_with_progress(config, quiet: bool = False, engine: dict | None = None):
 
     console = Console(stderr=True)
     total = estimate_records(config.source) if not config.score_all_turns else None
+    if total is not None and (config.limit or config.sample):
+        total = min(total, config.limit or config.sample)
     started = time.perf_counter()
     columns = [
         TextColumn("[bold]scanning[/]"),
@@ -259,7 +281,10 @@ def print_summary(result, console=None) -> None:
     table = Table(title=f"persona-audit: {result.n_scored} samples scored with {result.model_name}", title_justify="left")
     table.add_column("trait")
     table.add_column("layer", justify="right")
-    table.add_column("dataset Δ" if result.summaries and result.summaries[0].score == "delta" else "mean proj", justify="right")
+    from auditor.score import ScoreMeaning
+
+    score = result.summaries[0].score if result.summaries else "delta"
+    table.add_column(ScoreMeaning.from_column(None, score).mean_label, justify="right")
     table.add_column("clean ref", justify="right")
     table.add_column("flagged", justify="right")
     table.add_column("threshold", justify="right")
@@ -268,7 +293,7 @@ def print_summary(result, console=None) -> None:
     ordered = sorted(result.summaries, key=lambda s: -(s.n_flagged / s.n if s.n else 0))
     tops = {s.trait: "\n".join(f"{t['sample_id']} ({t['score']:+.2f})" for t in s.top[:2]) for s in ordered}  # one sample per line
     for s in ordered:
-        level = s.mean_delta if s.score == "delta" else s.mean_proj_response
+        level = s.mean_score
         rate = f"{s.n_flagged} ({100 * s.n_flagged / s.n:.1f}%)" if s.n else "0"
         cells = [
             s.trait,
@@ -388,7 +413,9 @@ def scan(source: str, out_dir, no_report: bool, top_n: int, quiet: bool, as_json
     glob, or hf:owner/name for a Hugging Face dataset. Per sample and trait it computes
     the projection of the response on the persona vector, the same for the base model's
     own response to the same prompt, and their difference (delta): a large positive delta
-    means training on the sample pushes the model toward the trait.
+    means training on the sample pushes the model toward the trait. Preference pairs
+    (prompt/chosen/rejected) are scored by their margin, proj(chosen) - proj(rejected).
+    Formats, --field/--role mapping and --limit/--sample previews: docs/formats.md.
     """
     engine = {name: kw.get(name) for name in ENGINE_OPTIONS}
     config = config_from_options(source, out_dir=out_dir, report=not no_report, top_n=top_n, **kw)

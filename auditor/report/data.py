@@ -45,6 +45,13 @@ class TopSample:
     n_base_tokens: int | None
     # trait -> (score, flagged) for every trait of the run
     all_scores: dict[str, tuple[float | None, bool]] = field(default_factory=dict)
+    # preference pairs: the rejected answer, its projection and heat map; margin = proj_response - proj_rejected
+    rejected_response: str | None = None
+    proj_rejected: float | None = None
+    margin: float | None = None
+    rejected_tokens: list[str] | None = None
+    rejected_token_values: list[float] | None = None
+    n_rejected_tokens: int | None = None
 
 
 @dataclass
@@ -162,12 +169,23 @@ def _histogram(con: Any, run_id: str, trait: str, col: str, lo: float, hi: float
     return Histogram(lo, hi, counts)
 
 
+# A preference run's extra columns for the ranked table; NULLs for other runs (whose database may predate them).
+PAIR_COLUMNS = "m.rejected_response, t.proj_rejected, t.margin, ts.rejected_tokens, ts.rejected_token_values, m.n_rejected_tokens"
+PAIR_NULLS = "NULL, NULL, NULL, NULL, NULL, NULL"
+
+
+def _margin_sql(run: RunInfo, agg: str | None = None, alias: str = "") -> str:
+    """``margin`` (or ``avg(margin)``) for a preference run; NULL otherwise, so older databases still answer."""
+    col = f"{alias}margin" if run.pairs else "NULL::DOUBLE"
+    return f"{agg}({col})" if agg else col
+
+
 def _trait_data(con: Any, run: RunInfo, trait: str, top_n: int) -> TraitData:
     meaning = run.score(trait)
     col = meaning.column
     info = run.vectors.get(trait, {})
-    n, n_with, n_flagged, mean_delta, mean_proj, mean_base, layer = con.execute(
-        f"SELECT count(*), count({col}), count(*) FILTER (WHERE flagged), avg(delta), avg(proj_response), avg(proj_base), min(layer) "
+    n, n_with, n_flagged, mean_delta, mean_proj, mean_base, mean_margin, layer = con.execute(
+        f"SELECT count(*), count({col}), count(*) FILTER (WHERE flagged), avg(delta), avg(proj_response), avg(proj_base), {_margin_sql(run, 'avg')}, min(layer) "
         "FROM scores WHERE run_id = ? AND trait = ?",
         [run.run_id, trait],
     ).fetchone()
@@ -190,7 +208,7 @@ def _trait_data(con: Any, run: RunInfo, trait: str, top_n: int) -> TraitData:
         n=int(n),
         n_with_score=int(n_with),
         n_flagged=int(n_flagged),
-        mean_score=meaning.pick(mean_delta, mean_proj),
+        mean_score=meaning.pick(mean_delta, mean_proj, mean_margin),
         mean_delta=mean_delta,
         mean_proj_response=mean_proj,
         mean_proj_base=mean_base,
@@ -205,9 +223,9 @@ def _trait_data(con: Any, run: RunInfo, trait: str, top_n: int) -> TraitData:
 def _top_samples(con: Any, run: RunInfo, trait: str, top_n: int) -> list[TopSample]:
     # The ranking is the store's top_samples view: the run's flag score, NULLs last, then id.
     rows = con.execute(
-        """SELECT t.rank, t.sample_id, m.source, m.line, m.turn, t.delta, t.proj_response, t.proj_base, t.flagged,
+        f"""SELECT t.rank, t.sample_id, m.source, m.line, m.turn, t.delta, t.proj_response, t.proj_base, t.flagged,
                   m.context, m.response, m.base_response, m.metadata, ts.tokens, ts.token_values,
-                  m.n_response_tokens, m.n_base_tokens
+                  m.n_response_tokens, m.n_base_tokens, {PAIR_COLUMNS if run.pairs else PAIR_NULLS}
            FROM top_samples t
            JOIN samples m ON m.run_id = t.run_id AND m.sample_id = t.sample_id
            LEFT JOIN token_scores ts ON ts.run_id = t.run_id AND ts.sample_id = t.sample_id AND ts.trait = t.trait
@@ -217,7 +235,9 @@ def _top_samples(con: Any, run: RunInfo, trait: str, top_n: int) -> list[TopSamp
     ).fetchall()
     meaning = run.score(trait)
     out = []
-    for rank, sid, source, line, turn, delta, pr, pb, flagged, context, response, base, metadata, tokens, values, n_resp, n_base in rows:
+    for row in rows:
+        rank, sid, source, line, turn, delta, pr, pb, flagged, context, response, base, metadata, tokens, values, n_resp, n_base = row[:17]
+        rejected, prej, margin, rtokens, rvalues, n_rej = row[17:]
         out.append(
             TopSample(
                 rank=int(rank),
@@ -225,7 +245,7 @@ def _top_samples(con: Any, run: RunInfo, trait: str, top_n: int) -> list[TopSamp
                 source=source or "",
                 line=line,
                 turn=int(turn or 0),
-                score=meaning.pick(delta, pr),
+                score=meaning.pick(delta, pr, margin),
                 delta=delta,
                 proj_response=pr,
                 proj_base=pb,
@@ -238,6 +258,12 @@ def _top_samples(con: Any, run: RunInfo, trait: str, top_n: int) -> list[TopSamp
                 token_values=list(values) if values is not None else None,
                 n_response_tokens=n_resp,
                 n_base_tokens=n_base,
+                rejected_response=rejected,
+                proj_rejected=prej,
+                margin=margin,
+                rejected_tokens=list(rtokens) if rtokens is not None else None,
+                rejected_token_values=list(rvalues) if rvalues is not None else None,
+                n_rejected_tokens=n_rej,
             )
         )
     return out
@@ -249,12 +275,11 @@ def _attach_all_scores(con: Any, run: RunInfo, traits: list[TraitData]) -> None:
     if not wanted:
         return
     found: dict[str, dict[str, tuple[float | None, bool]]] = {}
-    for sid, trait, delta, pr, flagged in con.execute(
-        "SELECT sample_id, trait, delta, proj_response, flagged FROM scores WHERE run_id = ? AND sample_id IN (SELECT unnest(?)) ORDER BY sample_id, trait",
+    for sid, trait, delta, pr, margin, flagged in con.execute(
+        f"SELECT sample_id, trait, delta, proj_response, {_margin_sql(run)}, flagged FROM scores WHERE run_id = ? AND sample_id IN (SELECT unnest(?)) ORDER BY sample_id, trait",
         [run.run_id, wanted],
     ).fetchall():
-        score = run.score(trait).pick(delta, pr)
-        found.setdefault(sid, {})[trait] = (score, bool(flagged))
+        found.setdefault(sid, {})[trait] = (run.score(trait).pick(delta, pr, margin), bool(flagged))
     for t in traits:
         for s in t.top:
             s.all_scores = found.get(s.sample_id, {})
@@ -281,11 +306,11 @@ def _cross(con: Any, run: RunInfo, trait_names: list[str], limit: int) -> tuple[
             ).fetchall()
         }
         scores: dict[str, dict[str, tuple[float | None, bool]]] = {}
-        for sid, trait, delta, pr, flagged in con.execute(
-            "SELECT sample_id, trait, delta, proj_response, flagged FROM scores WHERE run_id = ? AND sample_id IN (SELECT unnest(?)) ORDER BY sample_id, trait",
+        for sid, trait, delta, pr, margin, flagged in con.execute(
+            f"SELECT sample_id, trait, delta, proj_response, {_margin_sql(run)}, flagged FROM scores WHERE run_id = ? AND sample_id IN (SELECT unnest(?)) ORDER BY sample_id, trait",
             [run.run_id, wanted],
         ).fetchall():
-            scores.setdefault(sid, {})[trait] = (run.score(trait).pick(delta, pr), bool(flagged))
+            scores.setdefault(sid, {})[trait] = (run.score(trait).pick(delta, pr, margin), bool(flagged))
         for sid, k in ids:
             source, line, context = meta.get(sid, ("", None, []))
             rows.append(CrossRow(sid, source or "", line, int(k), scores.get(sid, {}), excerpt_source(context)))
@@ -301,12 +326,12 @@ def _cross(con: Any, run: RunInfo, trait_names: list[str], limit: int) -> tuple[
 
 
 def _group_rows(con: Any, run: RunInfo, sql: str, params: list[Any], trait_names: list[str]) -> dict[str, GroupRow]:
-    """Rows (key, trait, n, avg delta, avg proj_response, flagged) folded into one GroupRow per key."""
+    """Rows (key, trait, n, avg delta, avg proj_response, flagged[, avg margin]) folded into one GroupRow per key."""
     out: dict[str, GroupRow] = {}
-    for key, trait, n, mean_delta, mean_proj, flagged in con.execute(sql, params).fetchall():
+    for key, trait, n, mean_delta, mean_proj, flagged, *margin in con.execute(sql, params).fetchall():
         key = "" if key is None else str(key)
         row = out.setdefault(key, GroupRow(key, int(n), {}))
-        row.per_trait[trait] = (run.score(trait).pick(mean_delta, mean_proj), int(flagged))
+        row.per_trait[trait] = (run.score(trait).pick(mean_delta, mean_proj, margin[0] if margin else None), int(flagged))
     return out
 
 
@@ -314,7 +339,7 @@ def _by_source(con: Any, run: RunInfo, trait_names: list[str]) -> Breakdown:
     rows = _group_rows(
         con,
         run,
-        """SELECT m.source, s.trait, count(*), avg(s.delta), avg(s.proj_response), count(*) FILTER (WHERE s.flagged)
+        f"""SELECT m.source, s.trait, count(*), avg(s.delta), avg(s.proj_response), count(*) FILTER (WHERE s.flagged), {_margin_sql(run, "avg", "s.")}
            FROM scores s JOIN samples m ON m.run_id = s.run_id AND m.sample_id = s.sample_id
            WHERE s.run_id = ? GROUP BY m.source, s.trait ORDER BY m.source, s.trait""",
         [run.run_id],
@@ -337,10 +362,10 @@ def _by_metadata(con: Any, run: RunInfo, trait_names: list[str]) -> list[Breakdo
         rows = _group_rows(
             con,
             run,
-            """WITH v AS (
+            f"""WITH v AS (
                    SELECT m.sample_id, j.value ->> '$' AS value FROM samples m, json_each(m.metadata) j
                    WHERE m.run_id = ? AND j.key = ? AND j.type IN ('VARCHAR', 'BIGINT', 'UBIGINT', 'BOOLEAN'))
-               SELECT v.value, s.trait, count(*), avg(s.delta), avg(s.proj_response), count(*) FILTER (WHERE s.flagged)
+               SELECT v.value, s.trait, count(*), avg(s.delta), avg(s.proj_response), count(*) FILTER (WHERE s.flagged), {_margin_sql(run, "avg", "s.")}
                FROM scores s JOIN v ON v.sample_id = s.sample_id
                WHERE s.run_id = ? GROUP BY v.value, s.trait ORDER BY v.value, s.trait""",
             [run.run_id, key, run.run_id],

@@ -200,6 +200,7 @@ class Page:
 
     # ---- overview -----------------------------------------------------------------
     def overview(self) -> Markup:
+        pairs = any(t.meaning.kind == "margin" for t in self.d.traits)
         heads = [
             ("trait", "text"),
             ("layer", "num"),
@@ -233,7 +234,11 @@ class Page:
         explain = el(
             "p",
             {"class": "muted small"},
-            "The score is the projection difference \u0394: how far the dataset response sits along the trait direction "
+            "The score of a preference pair is its margin: the chosen answer's projection onto the trait direction minus the "
+            "rejected answer's, what preference training on the pair rewards. A clean pair's margin centres on zero; the threshold "
+            "is the vector's clean delta distribution centred on its median (docs/formats.md)."
+            if pairs
+            else "The score is the projection difference \u0394: how far the dataset response sits along the trait direction "
             "beyond the model's own answer to the same prompt. A positive dataset-level \u0394 means training on the data is "
             "expected to move the model toward the trait; compare it with the vector's clean calibration set."
             if self.meaning.is_delta
@@ -260,7 +265,13 @@ class Page:
             chart = el("div", {"class": "chart"}, histogram_svg(t.histogram, score_name, t.threshold, t.calibration_mean, t.mean_score, title))
         else:
             chart = el("p", {"class": "empty"}, "No sample of this run has a score for this trait.")
-        heads = [("#", "num"), ("id", "text"), ("source:line", "text"), (score_name, "num"), ("proj response", "num")]
+        heads = [
+            ("#", "num"),
+            ("id", "text"),
+            ("source:line", "text"),
+            (score_name, "num"),
+            ("proj chosen" if t.meaning.kind == "margin" else "proj response", "num"),
+        ]
         if base_name:
             heads.append((base_name, "num"))
         heads += [("flag", "text"), ("prompt", "text")]
@@ -293,7 +304,10 @@ class Page:
             el(
                 "p",
                 {"class": "muted small"},
-                "Each sample's conversation, its response beside the base model's own, and a token heat map "
+                "Each pair's conversation and its chosen answer beside the rejected one, each as a token heat map: "
+                "colour shows each token's projection onto the trait direction."
+                if t.meaning.kind == "margin"
+                else "Each sample's conversation, its response beside the base model's own, and a token heat map "
                 "of the response: colour shows each token's projection onto the trait direction.",
             ),
             [self.sample_detail(t, s) for s in t.top],
@@ -378,7 +392,8 @@ class Page:
             el("td", {"class": "num", "data-v": sort_value(s.proj_response)}, fmt(s.proj_response, signed=True)),
         ]
         if with_base:
-            cells.append(el("td", {"class": "num", "data-v": sort_value(s.proj_base)}, fmt(s.proj_base, signed=True)))
+            base = s.proj_rejected if t.meaning.kind == "margin" else s.proj_base
+            cells.append(el("td", {"class": "num", "data-v": sort_value(base)}, fmt(base, signed=True)))
         cells.append(el("td", {"data-v": "1" if s.flagged else "0"}, el("span", {"class": "pill flag"}, "flagged") if s.flagged else ""))
         cells.append(el("td", {"class": "excerpt"}, el("bdi", None, one_line(excerpt_source(s.context), EXCERPT_CHARS))))
         return el("tr", {"data-flagged": "1" if s.flagged else "0", "class": "isflagged" if s.flagged else None}, cells)
@@ -407,7 +422,9 @@ class Page:
         facts = [f"id {s.sample_id}", f" \u00b7 {s.source}:{s.line}"]
         if s.turn:
             facts.append(f" \u00b7 assistant turn {s.turn}")
-        facts.append(f" \u00b7 {s.n_response_tokens} response tokens")
+        facts.append(f" \u00b7 {s.n_response_tokens} {'chosen' if s.rejected_response is not None else 'response'} tokens")
+        if s.n_rejected_tokens is not None:
+            facts.append(f" \u00b7 {s.n_rejected_tokens} rejected tokens")
         if s.n_base_tokens is not None:
             facts.append(f" \u00b7 {s.n_base_tokens} base tokens")
         meta_items = [el("span", {"class": "chip"}, f"{k}: {self.meta_value(v)}") for k, v in sorted(s.metadata.items())]
@@ -420,8 +437,13 @@ class Page:
             )
             for m in s.context
         ]
-        left = el("div", {"class": "panel"}, el("h4", None, "dataset response \u00b7 token heat map" if s.tokens else "dataset response"), self.heat_map(t, s))
-        right = el("div", {"class": "panel base"}, el("h4", None, "base model's own response"), self.base_panel(s))
+        if s.rejected_response is not None:
+            left, right = self.pair_panels(t, s)
+        else:
+            left = el(
+                "div", {"class": "panel"}, el("h4", None, "dataset response \u00b7 token heat map" if s.tokens else "dataset response"), self.heat_map(t, s)
+            )
+            right = el("div", {"class": "panel base"}, el("h4", None, "base model's own response"), self.base_panel(s))
         body = el(
             "div",
             {"class": "detail"},
@@ -462,23 +484,47 @@ class Page:
             )
         return el("p", {"class": "empty"}, "baseline none: the raw projection, no base response")
 
+    def pair_panels(self, t: TraitData, s: TopSample) -> tuple[Markup, Markup]:
+        """A pair's chosen and rejected answers, each as a heat map around the pair's mean projection."""
+        both = [v for v in (s.proj_response, s.proj_rejected) if v is not None]
+        centre = sum(both) / len(both) if both else 0.0
+        centre_text = f"the pair's mean projection ({fmt(centre, signed=True)})"
+        note = ". The two answers' means differ by this pair's margin."
+        panels = []
+        for side, text, tokens, values, proj in (
+            ("chosen", s.response, s.tokens, s.token_values, s.proj_response),
+            ("rejected", s.rejected_response or "", s.rejected_tokens, s.rejected_token_values, s.proj_rejected),
+        ):
+            title = f"{side} answer \u00b7 token heat map" if tokens else f"{side} answer"
+            body = self.token_map(t, text, tokens, values, centre, centre_text, note)
+            facts = el("p", {"class": "muted small"}, f"proj {side} {fmt(proj, signed=True)}")
+            panels.append(el("div", {"class": "panel" if side == "chosen" else "panel base"}, el("h4", None, title), body, facts))
+        return panels[0], panels[1]
+
     def heat_map(self, t: TraitData, s: TopSample) -> Markup:
         """The response, token by token, coloured by (token projection - centre).
 
         The centre is the base projection, so the mean of the tokens' values is the sample's
         delta; with baseline none it is the dataset's mean projection."""
-        plain = el("div", {"class": "txt", "dir": "auto"}, s.response)
-        if not s.tokens or not s.token_values or len(s.tokens) != len(s.token_values):
-            return Markup(plain + el("p", {"class": "muted small"}, "no token scores stored for this sample (only the top samples of each trait get them)"))
         if s.proj_base is not None:
             centre, centre_text = s.proj_base, f"the base projection ({fmt(s.proj_base, signed=True)})"
         else:
             centre = t.mean_proj_response or 0.0
             centre_text = f"the dataset's mean projection ({fmt(centre, signed=True)})"
-        pieces = align_tokens(s.response, s.tokens, s.token_values)
+        note = ". Their mean is this sample's \u0394 (up to rounding)." if s.proj_base is not None and self.baseline != "none" else "."
+        return self.token_map(t, s.response, s.tokens, s.token_values, centre, centre_text, note)
+
+    def token_map(
+        self, t: TraitData, text: str, tokens: list[str] | None, values: list[float] | None, centre: float, centre_text: str, mean_note: str
+    ) -> Markup:
+        """``text`` token by token, coloured by (token projection - ``centre``), with its legend."""
+        plain = el("div", {"class": "txt", "dir": "auto"}, text)
+        if not tokens or not values or len(tokens) != len(values):
+            return Markup(plain + el("p", {"class": "muted small"}, "no token scores stored for this sample (only the top samples of each trait get them)"))
+        pieces = align_tokens(text, tokens, values)
         exact_text = pieces is not None
         if pieces is None:  # the stored pieces do not spell the response: show them as they are
-            pieces = [(p, v, 1) for p, v in zip(s.tokens, s.token_values)]
+            pieces = [(p, v, 1) for p, v in zip(tokens, values)]
         devs = [v - centre for _, v, _ in pieces]
         mags = sorted(abs(d) for d in devs)
         # Saturate at the 95th percentile so one extreme token does not wash out the rest.
@@ -497,14 +543,13 @@ class Page:
                 parts.append(chunk)
             tip = fmt(d, signed=True) + (f" (mean of {n} tokens)" if n > 1 else "")
             spans.append(el("span", {"class": cls, "data-v": tip}, parts))
-        hm = el("div", {"class": "hm", "dir": "auto", "data-tokens": str(len(s.tokens))}, spans)
+        hm = el("div", {"class": "hm", "dir": "auto", "data-tokens": str(len(tokens))}, spans)
         scale_boxes = (
             [el("span", {"class": f"n{k}"}) for k in range(HEAT_LEVELS, 0, -1)]
             + [el("span", None)]
             + [el("span", {"class": f"p{k}"}) for k in range(1, HEAT_LEVELS + 1)]
         )
-        note = f"Each token's projection minus {centre_text}; hover a token for its value"
-        note += ". Their mean is this sample's \u0394 (up to rounding)." if s.proj_base is not None and self.baseline != "none" else "."
+        note = f"Each token's projection minus {centre_text}; hover a token for its value" + mean_note
         if not exact_text:
             note += " The stored token pieces do not spell the response exactly (see the exact text below)."
         legend = el(

@@ -7,6 +7,13 @@ Recognised automatically, or forced with ``--format``:
 - ``alpaca``: ``{"instruction", "input"?, "output"}``
 - ``prompt-response``: ``prompt``/``response``, ``prompt``/``completion``,
   ``question``/``answer`` (optional ``system``)
+- ``preference``: ``prompt``/``chosen``/``rejected`` (optional ``system``), the TRL
+  conventions: strings, or message lists (``prompt`` the conversation so far, ``chosen``
+  and ``rejected`` its two continuations); without ``prompt``, ``chosen`` and
+  ``rejected`` are whole conversations that share everything but the final answer.
+
+Records whose fields or roles have other names are read through a
+:class:`~auditor.sources.mapping.FieldMap` (``--field``/``--role``), applied first.
 
 With ``auto`` each record is recognised on its own, so one file may mix formats (a
 concatenation of datasets is common and every record says what it is). A forced
@@ -19,10 +26,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from auditor.errors import InputError
+from auditor.sources.mapping import FieldMap, suggest_mapping, suggest_role
 from auditor.sources.readers import file_type
 from auditor.sources.sample import Sample
 
-FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt-response")
+FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt-response", "preference")
 
 _PAIR_KEYS = (("prompt", "response"), ("prompt", "completion"), ("question", "answer"))
 _SHAREGPT_ROLES = {
@@ -42,14 +50,18 @@ _FORMAT_FIELDS = {
     "sharegpt": {"conversations"},
     "alpaca": {"instruction", "input", "output", "system"},
     "prompt-response": {"prompt", "response", "completion", "question", "answer", "system"},
+    "preference": {"prompt", "chosen", "rejected", "system"},
 }
 FORMAT_HELP = (
-    "use --format messages|sharegpt|alpaca|prompt-response, or give each record 'messages', 'conversations', 'instruction'/'output' or 'prompt'/'response'"
+    "use --format messages|sharegpt|alpaca|prompt-response|preference, or give each record 'messages', 'conversations', "
+    "'instruction'/'output', 'prompt'/'response' or 'prompt'/'chosen'/'rejected'; or map your names to ours with --field OURS=THEIRS"
 )
 
 
 def detect_format(record: dict[str, Any]) -> str | None:
     """Name of the format a record is in, or None."""
+    if "chosen" in record and "rejected" in record:
+        return "preference"
     if "messages" in record:
         return "messages"
     if "conversations" in record:
@@ -84,7 +96,10 @@ def _messages(record: dict, fmt: str, source: str, line: int) -> list[dict[str, 
                 raise InputError(source, line, f"message {i} {_lacks(m, ('role', 'content'))}", 'write each message as {"role": ..., "content": ...}')
             role = m["role"]
             if role not in _ROLES:
-                raise InputError(source, line, f"message {i} has role {role!r}", "use one of system, user, assistant")
+                hint = suggest_role(role)
+                raise InputError(
+                    source, line, f"message {i} has role {role!r}", "use one of system, user, assistant" + (f", or map it: {hint}" if hint else "")
+                )
             out.append({"role": role, "content": _text(m["content"], source, line, f"message {i} content")})
         return out
     if fmt == "sharegpt":
@@ -124,22 +139,25 @@ def record_to_samples(
     line: int,
     fmt: str = "auto",
     score_all_turns: bool = False,
+    mapping: FieldMap | None = None,
 ) -> Iterator[Sample]:
     """Samples of one record: the final assistant message, or every assistant turn.
 
-    Raises InputError naming ``source:line`` for anything unusable.
+    A preference record gives one Sample holding both answers (``--score-all-turns`` does
+    not apply to it: the pair is its final answers). ``mapping`` renames the record's
+    fields and roles to ours first. Raises InputError naming ``source:line`` for anything
+    unusable.
     """
     if not isinstance(record, dict):
         raise InputError(source, line, f"record is a {type(record).__name__}, not an object", "write one JSON object per line")
+    if mapping:
+        record = mapping.apply(record, source, line)
     use = detect_format(record) if fmt == "auto" else fmt
-    if use is None:
-        names = sorted(map(str, record))
-        keys = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "") if names else "none"
-        # Tabular sources (Parquet, CSV, hub datasets) have columns: say so, it is what the user sees.
-        noun = "columns" if source.startswith("hf:") or file_type(source) in ("parquet", "csv") else "fields"
-        raise InputError(source, line, f"unknown format ({noun}: {keys})", FORMAT_HELP)
-    if fmt != "auto" and not _has_fields(record, fmt):
-        raise InputError(source, line, f"record lacks the fields of the {fmt} format", FORMAT_HELP)
+    if use is None or (fmt != "auto" and not _has_fields(record, fmt)):
+        raise _format_error(record, source, line, fmt)
+    if use == "preference":
+        yield _pair_sample(record, source, line)
+        return
     msgs = _messages(record, use, source, line)
     assistant_at = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
     if not assistant_at:
@@ -148,9 +166,8 @@ def record_to_samples(
         raise InputError(
             source, line, f"the last message is from {msgs[-1]['role']!r}, not the assistant", "end each conversation with the assistant reply to score"
         )
-    record_id = record.get("id")
-    base_id = str(record_id) if isinstance(record_id, (str, int)) and not isinstance(record_id, bool) else f"{_short(source)}:{line}"
-    metadata = {k: v for k, v in record.items() if k not in _FORMAT_FIELDS[use] and k != "id" and _scalar(v)}
+    base_id = _record_id(record, source, line)
+    metadata = _metadata(record, use)
     targets = assistant_at if score_all_turns else assistant_at[-1:]
     for turn_index, pos in enumerate(assistant_at):
         if pos not in targets:
@@ -174,6 +191,91 @@ def record_to_samples(
         )
 
 
+def _record_id(record: dict, source: str, line: int) -> str:
+    record_id = record.get("id")
+    return str(record_id) if isinstance(record_id, (str, int)) and not isinstance(record_id, bool) else f"{_short(source)}:{line}"
+
+
+def _metadata(record: dict, fmt: str) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in _FORMAT_FIELDS[fmt] and k != "id" and _scalar(v)}
+
+
+def _format_error(record: dict, source: str, line: int, fmt: str) -> InputError:
+    """Unknown format, or not the forced one: name the record's own keys and guess a mapping."""
+    names = sorted(map(str, record))
+    keys = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "") if names else "none"
+    # Tabular sources (Parquet, CSV, hub datasets) have columns: say so, it is what the user sees.
+    noun = "columns" if source.startswith("hf:") or file_type(source) in ("parquet", "csv") else "fields"
+    what = "unknown format" if fmt == "auto" else f"record lacks the fields of the {fmt} format"
+    detected = detect_format(record)
+    guess = suggest_mapping(record)
+    if fmt != "auto" and detected is not None:
+        fix = f"it is in the {detected} format: use --format {detected}, or --format auto to read each record in its own format"
+    else:
+        fix = f"map your names to ours: {guess}" if guess else FORMAT_HELP
+    return InputError(source, line, f"{what} ({noun}: {keys})", fix)
+
+
+def _pair_side(value: Any, source: str, line: int, side: str) -> list[dict[str, str]]:
+    """One side of a pair (or the prompt) as messages: a string is one message, a dict one, a list many."""
+    if isinstance(value, str):
+        return [{"role": "user" if side == "prompt" else "assistant", "content": value}]
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise InputError(source, line, f"'{side}' is {type(value).__name__}", "give text or a list of {role, content} messages")
+    return _messages({"messages": value}, "messages", source, line) if value else []
+
+
+def _pair_sample(record: dict, source: str, line: int) -> Sample:
+    """A preference record -> one Sample: the shared context, the chosen and the rejected answer."""
+    chosen = _pair_side(record["chosen"], source, line, "chosen")
+    rejected = _pair_side(record["rejected"], source, line, "rejected")
+    if "prompt" in record:
+        context = _pair_side(record["prompt"], source, line, "prompt")
+    elif isinstance(record["chosen"], str) or isinstance(record["rejected"], str):
+        raise InputError(source, line, "no 'prompt' for text answers", "give the prompt as its own field ('prompt', or --field prompt=NAME)")
+    else:  # implicit prompt: everything the two conversations share
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+            shared += 1
+        context, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    for side, msgs in (("chosen", chosen), ("rejected", rejected)):
+        if not msgs or msgs[-1]["role"] != "assistant":
+            raise InputError(source, line, f"'{side}' does not end with an assistant message", f"end '{side}' with the answer to score")
+    if chosen[:-1] != rejected[:-1]:
+        raise InputError(
+            source, line, "'chosen' and 'rejected' differ before their final answers", "give both the same conversation; only the final answers may differ"
+        )
+    context = context + chosen[:-1]
+    if record.get("system"):
+        system = _text(record["system"], source, line, "'system'")
+        if context and context[0]["role"] == "system":
+            if context[0]["content"] != system:
+                raise InputError(source, line, "both 'system' and a different system message", "keep one of them")
+        else:
+            context = [{"role": "system", "content": system}] + context
+    if not any(m["role"] == "user" for m in context):
+        raise InputError(
+            source, line, "the pair has no prompt (no user message before the answers)", "give 'prompt' or start both conversations with the user's message"
+        )
+    answers = []
+    for side, msgs in (("chosen", chosen), ("rejected", rejected)):
+        text = msgs[-1]["content"]
+        if not text.strip():
+            raise InputError(source, line, f"the {side} answer is {'empty' if not text else 'only whitespace'}", "remove the pair or give it both answers")
+        answers.append(text)
+    return Sample(
+        id=_record_id(record, source, line),
+        context=tuple(context),
+        response=answers[0],
+        rejected=answers[1],
+        source=source,
+        line=line,
+        metadata=_metadata(record, "preference"),
+    )
+
+
 def _lacks(item: Any, keys: tuple[str, str]) -> str:
     """``has no 'role'`` / ``has no 'role' and no 'content'`` / ``is a str, not an object``."""
     if not isinstance(item, dict):
@@ -190,6 +292,8 @@ def _has_fields(record: dict, fmt: str) -> bool:
         return "instruction" in record and "output" in record
     if fmt == "prompt-response":
         return any(p in record and r in record for p, r in _PAIR_KEYS)
+    if fmt == "preference":
+        return "chosen" in record and "rejected" in record
     return False
 
 

@@ -20,6 +20,10 @@ class Sample:
     (file path and 1-based line, or row for tabular files); ``turn`` is the
     index of the scored assistant message among the conversation's assistant
     messages (0 unless ``--score-all-turns``).
+
+    A preference pair (``--format preference``) is one Sample: ``response`` is the chosen
+    answer and ``rejected`` the rejected one, both after the same ``context``; ``rejected``
+    is None for every other format.
     """
 
     id: str
@@ -29,11 +33,17 @@ class Sample:
     line: int
     turn: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
+    rejected: str | None = None
+
+    @property
+    def is_pair(self) -> bool:
+        return self.rejected is not None
 
     @property
     def content_hash(self) -> str:
-        """sha256 of the context and response: equal text gives an equal hash."""
-        payload = json.dumps([list(self.context), self.response], ensure_ascii=False, sort_keys=True)
+        """sha256 of the context and response (and rejected response): equal text gives an equal hash."""
+        texts = [list(self.context), self.response] + ([self.rejected] if self.rejected is not None else [])
+        payload = json.dumps(texts, ensure_ascii=False, sort_keys=True)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
     @property

@@ -20,7 +20,7 @@ from auditor.store.schema import TABLES
 
 DEFAULT_DB = os.path.join("reports", "audit.duckdb")
 NOTE_AFTER = 3.0  # seconds of waiting for a busy database before saying so on stderr
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: preference pairs (rejected answer, proj_rejected, margin)
 
 
 def _is_lock_error(e: Exception) -> bool:
@@ -100,13 +100,15 @@ def _has_current_schema(con: Any) -> bool:
 def ensure_schema(con: Any) -> None:
     """Create the tables and views, or refuse a database written by a newer version."""
     with transaction(con):
+        row = _schema_version(con)
+        if row is not None and row > SCHEMA_VERSION:
+            raise StoreError(f"the database was written by a newer persona-audit (schema {row}, this one knows {SCHEMA_VERSION}); upgrade persona-audit")
+        if row is not None and row < 2:
+            con.execute(MIGRATE_TO_2)  # before the views, which name the new columns
         con.execute(TABLES)
-        row = con.execute("SELECT max(version) FROM schema_info").fetchone()
-        version = row[0] if row else None
-        if version is None:
+        version = _schema_version(con)
+        if version is None or version < SCHEMA_VERSION:
             con.execute("INSERT INTO schema_info VALUES (?)", [SCHEMA_VERSION])
-        elif version > SCHEMA_VERSION:
-            raise StoreError(f"the database was written by a newer persona-audit (schema {version}, this one knows {SCHEMA_VERSION}); upgrade persona-audit")
 
 
 @contextmanager
@@ -119,6 +121,25 @@ def transaction(con: Any) -> Iterator[Any]:
         con.execute("ROLLBACK")
         raise
     con.execute("COMMIT")
+
+
+# Schema 1 -> 2: the preference-pair columns (NULL for every earlier run).
+MIGRATE_TO_2 = """
+ALTER TABLE samples ADD COLUMN IF NOT EXISTS rejected_response VARCHAR;
+ALTER TABLE samples ADD COLUMN IF NOT EXISTS n_rejected_tokens INTEGER;
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS proj_rejected DOUBLE;
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS margin DOUBLE;
+ALTER TABLE token_scores ADD COLUMN IF NOT EXISTS rejected_tokens VARCHAR[];
+ALTER TABLE token_scores ADD COLUMN IF NOT EXISTS rejected_token_values DOUBLE[];
+"""
+
+
+def _schema_version(con: Any) -> int | None:
+    """The file's schema version; None for a new file (asked without an error, which would end the transaction)."""
+    if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_info' AND table_schema = 'main'").fetchone()[0]:
+        return None
+    row = con.execute("SELECT max(version) FROM schema_info").fetchone()
+    return row[0] if row else None
 
 
 def insert_arrow(con: Any, table: str, data: Any) -> None:

@@ -42,6 +42,11 @@ class RunInfo:
         """The column flags were based on for ``trait``: ``delta`` or ``proj_response``."""
         return self.score(trait).column
 
+    @property
+    def pairs(self) -> bool:
+        """A run of preference pairs: its score is the margin."""
+        return any(v.get("score") == "margin" for v in self.vectors.values())
+
     def threshold(self, trait: str) -> float | None:
         value = self.vectors.get(trait, {}).get("threshold")
         return None if value is None else float(value)
@@ -183,14 +188,15 @@ def has_run_id(con: Any, run_id: str) -> bool:
     return con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()[0] > 0
 
 
-def trait_score_stats(con: Any, run_id: str) -> list[tuple[str, int, float | None, float | None, int, int]]:
-    """Per trait of a run, by name: (trait, layer, mean delta, mean proj_response, flagged samples, samples)."""
+def trait_score_stats(con: Any, run_id: str) -> list[tuple[str, int, float | None, float | None, float | None, int, int]]:
+    """Per trait of a run, by name: (trait, layer, mean delta, mean proj_response, mean margin, flagged samples, samples)."""
     out = []
     for trait, layer in con.execute("SELECT trait, any_value(layer) FROM scores WHERE run_id = ? GROUP BY trait ORDER BY trait", [run_id]).fetchall():
-        mean_delta, mean_proj, n_flagged, n = con.execute(
-            "SELECT avg(delta), avg(proj_response), count(*) FILTER (WHERE flagged), count(*) FROM scores WHERE run_id = ? AND trait = ?", [run_id, trait]
+        mean_delta, mean_proj, mean_margin, n_flagged, n = con.execute(
+            "SELECT avg(delta), avg(proj_response), avg(margin), count(*) FILTER (WHERE flagged), count(*) FROM scores WHERE run_id = ? AND trait = ?",
+            [run_id, trait],
         ).fetchone()
-        out.append((trait, layer, mean_delta, mean_proj, int(n_flagged or 0), int(n or 0)))
+        out.append((trait, layer, mean_delta, mean_proj, mean_margin, int(n_flagged or 0), int(n or 0)))
     return out
 
 

@@ -134,8 +134,9 @@ def committed_chunks(db: str, run_id: str) -> tuple[list[int], dict[str, int]]:
 def trait_totals(db: str, run_id: str, trait: str, top: int = 5) -> dict[str, Any]:
     """A trait's summary numbers, and its ``top`` samples by the run's flag score (the top_samples view)."""
     with connect(db) as con:
-        mean_delta, mean_proj, n_flagged, n = con.execute(
-            "SELECT avg(delta), avg(proj_response), count(*) FILTER (WHERE flagged), count(*) FROM scores WHERE run_id = ? AND trait = ?", [run_id, trait]
+        mean_delta, mean_proj, mean_margin, n_flagged, n = con.execute(
+            "SELECT avg(delta), avg(proj_response), avg(margin), count(*) FILTER (WHERE flagged), count(*) FROM scores WHERE run_id = ? AND trait = ?",
+            [run_id, trait],
         ).fetchone()
         ranked = con.execute(
             "SELECT sample_id, score FROM top_samples WHERE run_id = ? AND trait = ? AND score IS NOT NULL ORDER BY rank LIMIT ?", [run_id, trait, top]
@@ -143,17 +144,18 @@ def trait_totals(db: str, run_id: str, trait: str, top: int = 5) -> dict[str, An
     return {
         "mean_delta": mean_delta,
         "mean_proj_response": mean_proj,
+        "mean_margin": mean_margin,
         "n_flagged": int(n_flagged or 0),
         "n": int(n or 0),
         "top": [{"sample_id": sid, "score": s} for sid, s in ranked],
     }
 
 
-def heat_map_candidates(db: str, run_id: str, top_n: int) -> list[tuple[str, str, str, str]]:
-    """(trait, sample_id, context JSON, response) of each trait's ``top_n`` samples, as the report ranks them."""
+def heat_map_candidates(db: str, run_id: str, top_n: int) -> list[tuple[str, str, str, str, str | None]]:
+    """(trait, sample_id, context JSON, response, rejected response) of each trait's ``top_n`` samples, as the report ranks them."""
     with connect(db) as con:
         return con.execute(
-            """SELECT s.trait, m.sample_id, m.context, m.response FROM top_samples s
+            """SELECT s.trait, m.sample_id, m.context, m.response, m.rejected_response FROM top_samples s
                JOIN samples m ON m.run_id = s.run_id AND m.sample_id = s.sample_id
                WHERE s.run_id = ? AND s.rank <= ? ORDER BY s.trait, s.rank""",
             [run_id, top_n],

@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS samples (
     n_response_tokens INTEGER,
     n_base_tokens INTEGER,
     metadata JSON,
+    rejected_response VARCHAR,          -- preference pairs: the rejected answer (response is the chosen one)
+    n_rejected_tokens INTEGER,
     PRIMARY KEY (run_id, sample_id)
 );
 CREATE TABLE IF NOT EXISTS scores (
@@ -61,6 +63,8 @@ CREATE TABLE IF NOT EXISTS scores (
     proj_base DOUBLE,
     delta DOUBLE,
     flagged BOOLEAN,
+    proj_rejected DOUBLE,               -- preference pairs: proj(rejected); proj_response is proj(chosen)
+    margin DOUBLE,                      -- preference pairs: proj_response - proj_rejected, their flag score
     PRIMARY KEY (run_id, sample_id, trait)
 );
 CREATE TABLE IF NOT EXISTS base_responses (
@@ -96,31 +100,34 @@ CREATE TABLE IF NOT EXISTS token_scores (
     trait VARCHAR NOT NULL,
     tokens VARCHAR[],
     token_values DOUBLE[],
+    rejected_tokens VARCHAR[],          -- preference pairs: the rejected answer's heat map
+    rejected_token_values DOUBLE[],
     PRIMARY KEY (run_id, sample_id, trait)
 );
 CREATE OR REPLACE VIEW flagged AS
     SELECT s.run_id, s.sample_id, s.trait, s.layer, s.delta, s.proj_response, s.proj_base,
-           m.source, m.line, m.response, m.base_response, m.context
+           m.source, m.line, m.response, m.base_response, m.context, s.proj_rejected, s.margin, m.rejected_response
     FROM scores s JOIN samples m USING (run_id, sample_id)
     WHERE s.flagged;
 CREATE OR REPLACE VIEW run_scores AS
     -- each score row with the run's flag score (auditor.score.ScoreMeaning): delta, or the
     -- raw projection for --flag-on projection and --baseline none
-    SELECT s.*, CASE WHEN {SQL_RUN_SCORE_COLUMN} = 'proj_response' THEN s.proj_response ELSE s.delta END AS score,
+    SELECT s.*, CASE {SQL_RUN_SCORE_COLUMN} WHEN 'proj_response' THEN s.proj_response WHEN 'margin' THEN s.margin ELSE s.delta END AS score,
            {SQL_RUN_SCORE_COLUMN} AS score_column
     FROM scores s JOIN runs r USING (run_id);
 CREATE OR REPLACE VIEW top_samples AS
     -- ranked by the score the run flags on, samples without one last, then by id
     SELECT s.run_id, s.trait, s.sample_id,
            row_number() OVER (PARTITION BY s.run_id, s.trait ORDER BY s.score DESC NULLS LAST, s.sample_id) AS rank,
-           s.score, s.delta, s.proj_response, s.proj_base, s.flagged, m.source, m.line, m.response
+           s.score, s.delta, s.proj_response, s.proj_base, s.flagged, m.source, m.line, m.response,
+           s.proj_rejected, s.margin, m.rejected_response
     FROM run_scores s JOIN samples m USING (run_id, sample_id);
 CREATE OR REPLACE VIEW dataset_summary AS
     SELECT s.run_id, r.dataset, s.trait, any_value(s.layer) AS layer, count(*) AS n,
            avg(s.delta) AS mean_delta, avg(s.proj_response) AS mean_proj_response,
            sum(CASE WHEN s.flagged THEN 1 ELSE 0 END) AS n_flagged,
            avg(CASE WHEN s.flagged THEN 1.0 ELSE 0.0 END) AS flag_rate,
-           max(s.delta) AS max_delta
+           max(s.delta) AS max_delta, avg(s.margin) AS mean_margin, max(s.margin) AS max_margin
     FROM scores s JOIN runs r USING (run_id)
     GROUP BY s.run_id, r.dataset, s.trait;
 """
@@ -140,15 +147,18 @@ SAMPLE_COLUMNS = (
     "n_response_tokens",
     "n_base_tokens",
     "metadata",
+    "rejected_response",
+    "n_rejected_tokens",
 )
-SCORE_COLUMNS = ("run_id", "sample_id", "trait", "layer", "proj_response", "proj_base", "delta", "flagged")
-# Per trait in scores.parquet: <trait>_<column>.
+SCORE_COLUMNS = ("run_id", "sample_id", "trait", "layer", "proj_response", "proj_base", "delta", "flagged", "proj_rejected", "margin")
+# Per trait in scores.parquet: <trait>_<column> (a preference run adds PAIR_SCORE_COLUMNS).
 WIDE_SCORE_COLUMNS = ("proj_response", "proj_base", "delta", "flagged")
-_INT32 = ("turn", "n_prompt_tokens", "n_response_tokens", "n_base_tokens")
+PAIR_SCORE_COLUMNS = ("proj_rejected", "margin")
+_INT32 = ("turn", "n_prompt_tokens", "n_response_tokens", "n_base_tokens", "n_rejected_tokens")
 
 
-def wide_schema(traits: list[str]) -> Any:
-    """scores.parquet: one row per sample, four columns per trait."""
+def wide_schema(traits: list[str], pairs: bool = False) -> Any:
+    """scores.parquet: one row per sample, four columns per trait (six for preference pairs)."""
     import pyarrow as pa
 
     fields = [
@@ -163,6 +173,10 @@ def wide_schema(traits: list[str]) -> Any:
     ]
     for t in traits:
         fields += [(f"{t}_proj_response", pa.float64()), (f"{t}_proj_base", pa.float64()), (f"{t}_delta", pa.float64()), (f"{t}_flagged", pa.bool_())]
+        if pairs:
+            fields += [(f"{t}_proj_rejected", pa.float64()), (f"{t}_margin", pa.float64())]
+    if pairs:
+        fields.insert(fields.index(("n_base_tokens", pa.int32())) + 1, ("n_rejected_tokens", pa.int32()))
     return pa.schema(fields)
 
 
@@ -177,7 +191,7 @@ def samples_schema() -> Any:
 def scores_schema() -> Any:
     import pyarrow as pa
 
-    kinds = {"layer": pa.int32(), "proj_response": pa.float64(), "proj_base": pa.float64(), "delta": pa.float64(), "flagged": pa.bool_()}
+    kinds = {"layer": pa.int32(), "flagged": pa.bool_(), **{k: pa.float64() for k in ("proj_response", "proj_base", "delta", "proj_rejected", "margin")}}
     return pa.schema([(k, kinds.get(k, pa.string())) for k in SCORE_COLUMNS])
 
 
@@ -208,5 +222,7 @@ def token_scores_schema() -> Any:
             ("trait", pa.string()),
             ("tokens", pa.list_(pa.string())),
             ("token_values", pa.list_(pa.float64())),
+            ("rejected_tokens", pa.list_(pa.string())),
+            ("rejected_token_values", pa.list_(pa.float64())),
         ]
     )

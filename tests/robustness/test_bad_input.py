@@ -20,7 +20,8 @@ from auditor.pipeline import ScanConfig, scan_run
 
 GOOD = [chat("What is 2 plus 2?", "2 plus 2 is 4.", id="g1"), chat("Name a colour.", "Blue.", id="g2"), chat("Say hi.", "Hi there!", id="g3")]
 FORMAT_HELP = (
-    "use --format messages|sharegpt|alpaca|prompt-response, or give each record 'messages', 'conversations', 'instruction'/'output' or 'prompt'/'response'"
+    "use --format messages|sharegpt|alpaca|prompt-response|preference, or give each record 'messages', 'conversations', "
+    "'instruction'/'output', 'prompt'/'response' or 'prompt'/'chosen'/'rejected'; or map your names to ours with --field OURS=THEIRS"
 )
 NO_RECORDS = "holds no records; a dataset needs at least one record: check the path, or that the file was written completely"
 
@@ -51,7 +52,11 @@ CASES = [
         json.dumps({"messages": [{"role": "user", "content": "q"}, {"text": "a"}]}),
         "message 1 has no 'role' and no 'content'; write each message as {\"role\": ..., \"content\": ...}",
     ),
-    ("wrong-role", json.dumps(msgs(("bot", "q"), ("assistant", "a"))), "message 0 has role 'bot'; use one of system, user, assistant"),
+    (
+        "wrong-role",
+        json.dumps(msgs(("bot", "q"), ("assistant", "a"))),
+        "message 0 has role 'bot'; use one of system, user, assistant, or map it: --role assistant=bot",
+    ),
     (
         "wrong-sharegpt-speaker",
         json.dumps({"conversations": [{"from": "human", "value": "q"}, {"from": "robot", "value": "a"}]}),
@@ -178,13 +183,20 @@ def test_mixed_formats_are_read_per_record_in_auto_mode(tmp_path, tiny_lm, vecto
 
 def test_a_forced_format_rejects_the_records_of_other_formats(tmp_path, tiny_lm, vectors):
     path = write_jsonl(tmp_path / "mixed.jsonl", MIXED)
-    reason = f"record lacks the fields of the messages format; {FORMAT_HELP}"
+
+    def reason(fields, fmt):
+        return (
+            f"record lacks the fields of the messages format (fields: {fields}); "
+            f"it is in the {fmt} format: use --format {fmt}, or --format auto to read each record in its own format"
+        )
+
+    reasons = {2: reason("conversations, id", "sharegpt"), 3: reason("id, instruction, output", "alpaca"), 4: reason("id, prompt, response", "prompt-response")}
     with pytest.raises(InputError) as err:
         scan(tmp_path, tiny_lm, vectors, path, format="messages")
-    assert str(err.value) == f"{path}:2: {reason}"
+    assert str(err.value) == f"{path}:2: {reasons[2]}"
     result = scan(tmp_path, tiny_lm, vectors, path, format="messages", on_error="skip")
     assert_counts(result, n_read=4, n_scored=1, n_rejected=3)
-    assert stored_rejects(result.db_path, result.run_id) == [(path, n, f"{path}:{n}: {reason}") for n in (2, 3, 4)]
+    assert stored_rejects(result.db_path, result.run_id) == [(path, n, f"{path}:{n}: {reasons[n]}") for n in (2, 3, 4)]
 
 
 def _empty_files(tmp_path):
