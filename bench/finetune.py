@@ -42,6 +42,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import finetune_data  # noqa: E402
 
+from auditor.vectors.persona import portable_path  # noqa: E402
+
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 SCORES = ("delta", "projection", "prompt_last_delta")
 MEASURES = ("shift", "expression_shift", "behaviour_shift")
@@ -132,7 +134,7 @@ class Bench:
             "settings": asdict(settings),
             "finetune": self.ft.record(),
             "model": {"name": self.lm.name, "fingerprint": self.lm.fingerprint},
-            "vectors": {t: {"path": pv.path, "layer": pv.layer, "sha256": pv.sha256} for t, pv in self.vectors.items()},
+            "vectors": {t: {"path": portable_path(pv.path), "layer": pv.layer, "sha256": pv.sha256} for t, pv in self.vectors.items()},
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "traits": {},
         }
