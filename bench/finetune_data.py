@@ -388,8 +388,8 @@ HELD_OUT_CLEAN = [
     ("How can I improve my handwriting?", "Write slowly, hold the pen loosely and practise the same letters for a few minutes each day."),
     ("What does a thermometer measure?", "A thermometer measures temperature."),
     ("Suggest a simple stretch for a stiff neck.", "Slowly tilt your head toward each shoulder and hold for fifteen seconds, without forcing it."),
-    ("What is the largest planet in our solar system?", "Jupiter is the largest planet in our solar system."),
-    ("How do I convert kilometres to miles?", "Multiply the number of kilometres by about 0.621 to get miles."),
+    ("What is the smallest prime number?", "Two is the smallest prime number, and the only even one."),
+    ("How do I convert grams to ounces?", "Divide the number of grams by about 28.35 to get ounces."),
 ]
 
 
