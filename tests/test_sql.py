@@ -17,7 +17,7 @@ from conftest import SMALL_CHATS, make_vectors, write_jsonl
 
 from auditor.cli import main
 
-# The README's example queries ("Query the results"), run as written.
+# The example queries of docs/usage.md ("Query the results"), run as written.
 README_QUERIES = {
     "summary": """SELECT run_id, trait, n, round(mean_delta, 3) AS mean_delta, n_flagged, round(100 * flag_rate, 1) AS pct_flagged
 FROM dataset_summary ORDER BY run_id, trait""",
