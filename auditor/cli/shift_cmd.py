@@ -59,7 +59,9 @@ def print_shift(report, results, console) -> None:
 @click.option("--max-behaviour-shift", multiple=True, metavar="TRAIT=V", help=f"Largest allowed behavioural (log-likelihood margin) shift. {_RULE}")
 @click.option("--db", default="reports/audit.duckdb", show_default=True, help="Database that keeps a row per (base, tuned, trait).")
 @click.option("--no-store", is_flag=True, help="Do not write to the database.")
-@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["auto", "float32", "bfloat16", "float16"]), help="Weights dtype for both models.")
+@click.option(
+    "--dtype", default="float32", show_default=True, type=click.Choice(["auto", "float32", "bfloat16", "float16"]), help="Weights dtype for both models."
+)
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Where to run both models.")
 @click.option("--trust-remote-code", is_flag=True, help="Run model code shipped with the checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (nothing else goes to stdout).")
