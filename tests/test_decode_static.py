@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_speed_paths import GEN_PROMPTS, _prompt_ids
+from test_speed_paths import GEN_PROMPTS, _prompt_ids, plain_tokens
 
 from auditor.generation import _bucket, _eos_ids, _left_padded, _prefill_mask, generate_greedy, greedy_decode, greedy_decode_static
 
@@ -18,24 +18,6 @@ PROMPTS = GEN_PROMPTS + [
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why is the sea salty? Explain the chemistry and the geology."}],
     [{"role": "user", "content": "Translate 'good morning' into French, German, Spanish, Italian and Portuguese."}],
 ]
-
-
-def plain_tokens(lm, ids: list[int], max_new_tokens: int, eos_ids: set[int]) -> list[int]:
-    """``model.generate`` on one unpadded prompt, cut before the first token of ``eos_ids``
-    (greedy tokens before a stop do not depend on where the run stops)."""
-    with torch.inference_mode():
-        g = lm.model.generate(
-            torch.tensor([ids]),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=lm.tokenizer.pad_token_id,
-        )
-    new = g[0, len(ids) :].tolist()
-    return new[: next((j for j, t in enumerate(new) if t in eos_ids), len(new))]
 
 
 def _cut(tokens: list[int], stops: set[int]) -> list[int]:

@@ -69,8 +69,9 @@ def plain_scores(lm, row: EncodedRow, directions):
     return proj, last
 
 
-def plain_generate(lm, ids: list[int], max_new_tokens: int) -> list[int]:
-    """``model.generate`` on one unpadded prompt; tokens before the first end-of-sequence."""
+def plain_tokens(lm, ids: list[int], max_new_tokens: int, eos_ids: set[int]) -> list[int]:
+    """``model.generate`` on one unpadded prompt, cut before the first token of ``eos_ids``
+    (greedy tokens before a stop do not depend on where the run stops)."""
     with torch.inference_mode():
         g = lm.model.generate(
             torch.tensor([ids]),
@@ -83,8 +84,12 @@ def plain_generate(lm, ids: list[int], max_new_tokens: int) -> list[int]:
             pad_token_id=lm.tokenizer.pad_token_id,
         )
     new = g[0, len(ids) :].tolist()
-    eos = _eos_ids(lm)
-    return new[: next((j for j, t in enumerate(new) if t in eos), len(new))]
+    return new[: next((j for j, t in enumerate(new) if t in eos_ids), len(new))]
+
+
+def plain_generate(lm, ids: list[int], max_new_tokens: int) -> list[int]:
+    """``model.generate`` on one unpadded prompt; tokens before the first end-of-sequence."""
+    return plain_tokens(lm, ids, max_new_tokens, _eos_ids(lm))
 
 
 def test_causal_mask_suffices_only_for_right_padding():
