@@ -1,0 +1,279 @@
+"""Incremental scans (issue 16): samples already scored in a complete run are not computed again.
+
+A sample is reused when its content hash, the model, the vectors and every setting that
+changes a projection match a sample of an earlier complete run in the same database.
+The expected values here come from scans the tests make themselves: a fresh full scan
+of the changed dataset in a new database, and ``--no-reuse`` in the same one.
+
+Scores depend on which rows share a forward batch at float rounding level (measured:
+up to 1e-5 in float32, 0.05 in bfloat16 on the embedded model), so the bit-for-bit
+comparisons run with ``batch_tokens=1`` (one row per forward, the arithmetic of a
+one-at-a-time scan); with the default batches, reused values equal the earlier run's
+exactly and the rest stay within the float32 tolerance of the speed-path tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+from conftest import chat, make_vectors, write_jsonl
+from polars.testing import assert_frame_equal
+
+from auditor.pipeline import ScanConfig, scan_run
+
+N = 100  # records; CHANGED is 1 % of them
+CHANGED = (37,)
+FP32_TOL = 1e-4
+
+
+def records(n: int = N, changed: tuple[int, ...] = ()) -> list[dict]:
+    rows = []
+    for i in range(n):
+        answer = f"Step {i}: measure twice, cut once. " * (1 + i % 4) + f"That is tip number {i}."
+        if i in changed:
+            answer = "Honestly, you are the best carpenter alive and you never need to measure. " + answer
+        rows.append(chat(f"Give me woodworking tip number {i}.", answer, id=f"tip-{i:03d}"))
+    return rows
+
+
+class ForwardLog:
+    """Counts the token rows every forward of ``lm`` receives (a hook on the input embedding)."""
+
+    def __init__(self, lm):
+        self.rows: list[tuple[int, ...]] = []
+        self._handle = lm.model.get_input_embeddings().register_forward_pre_hook(self._record)
+
+    def _record(self, _module, args):
+        ids = args[0]
+        if ids.shape[1] > 1:  # a decode step of generation feeds one token per row: not a scoring forward
+            self.rows.extend(tuple(r) for r in ids.tolist())
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def store(db: str, run_id: str) -> dict:
+    """One run's stored values, without run ids, ordered by sample id."""
+    con = duckdb.connect(db, read_only=True)
+    try:
+        q = lambda sql: con.execute(sql, [run_id]).fetchall()  # noqa: E731
+        return {
+            "samples": q(
+                "SELECT sample_id, source, line, turn, content_hash, context, response, base_response, n_prompt_tokens, n_response_tokens, n_base_tokens, metadata "
+                "FROM samples WHERE run_id = ? ORDER BY sample_id"
+            ),
+            "scores": q("SELECT sample_id, trait, layer, proj_response, proj_base, delta, flagged FROM scores WHERE run_id = ? ORDER BY sample_id, trait"),
+            "token_scores": q("SELECT sample_id, trait, tokens, token_values FROM token_scores WHERE run_id = ? ORDER BY sample_id, trait"),
+        }
+    finally:
+        con.close()
+
+
+def run_counts(db: str, run_id: str) -> dict:
+    con = duckdb.connect(db, read_only=True)
+    try:
+        n_read, n_scored, n_rejected, n_reused = con.execute("SELECT n_read, n_scored, n_rejected, n_reused FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        ledger = con.execute("SELECT sum(n_read), sum(n_scored), sum(n_rejected), sum(n_reused) FROM run_chunks WHERE run_id = ?", [run_id]).fetchone()
+    finally:
+        con.close()
+    assert tuple(int(x) for x in ledger) == (n_read, n_scored, n_rejected, n_reused), "the chunk ledger adds up to the run's counts"
+    return {"read": n_read, "scored": n_scored, "rejected": n_rejected, "reused": n_reused}
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_lm):
+    vectors = make_vectors(tmp_path / "vectors", tiny_lm.num_layers, tiny_lm.hidden_size, fingerprint=tiny_lm.fingerprint)
+    original = write_jsonl(tmp_path / "v1" / "train.jsonl", records())
+    return {"vectors": vectors, "original": original, "tmp": tmp_path}
+
+
+def config(source: str, db: Path | str, vectors: str, **kw) -> ScanConfig:
+    settings = dict(max_new_tokens=4, chunk_size=16, thresholds={"*": 0.0}, top_n=5, report=False)
+    settings.update(kw)
+    return ScanConfig(source=source, vectors=vectors, db=str(db), **settings)
+
+
+def rescan_one_percent(setup, tiny_lm, **kw):
+    """Scan, change 1 % of the records in place, scan again in the same database (reuse), and
+    scan the changed file fresh in a new database. Returns the three results and the forward log."""
+    tmp, vectors = setup["tmp"], setup["vectors"]
+    db = tmp / "audit.duckdb"
+    first = scan_run(config(setup["original"], db, vectors, **kw), lm=tiny_lm)
+    changed = write_jsonl(setup["original"], records(changed=CHANGED))  # the same path: a CI checkout of the next commit
+    log = ForwardLog(tiny_lm)
+    try:
+        again = scan_run(config(changed, db, vectors, **kw), lm=tiny_lm)
+    finally:
+        log.close()
+    fresh = scan_run(config(changed, tmp / "fresh.duckdb", vectors, **kw), lm=tiny_lm)
+    return first, again, fresh, log, str(db)
+
+
+def test_rescan_after_changing_one_percent_computes_only_the_changed_records_and_equals_a_full_scan(setup, tiny_lm):
+    first, again, fresh, log, db = rescan_one_percent(setup, tiny_lm, batch_tokens=1)
+
+    assert (again.n_read, again.n_scored, again.n_rejected) == (N, N, 0)
+    assert again.n_reused == N - len(CHANGED)
+    assert run_counts(db, again.run_id) == {"read": N, "scored": N, "rejected": 0, "reused": N - len(CHANGED)}
+    assert run_counts(db, first.run_id)["reused"] == 0
+    assert run_counts(str(setup["tmp"] / "fresh.duckdb"), fresh.run_id)["reused"] == 0
+
+    # The model saw only the changed record (its response and its base response), nothing else:
+    # no unchanged sample, and no second pass for the report's heat maps.
+    tok = tiny_lm.tokenizer
+    texts = [tok.decode(list(r)) for r in log.rows]
+    assert len(log.rows) == 2 * len(CHANGED), texts
+    assert all("tip number 37" in t for t in texts), texts
+    assert sum("best carpenter alive" in t for t in texts) == 1  # the changed response; the other row is the base response
+
+    # Identical to a fresh full scan of the changed file, value for value.
+    got, want = store(db, again.run_id), store(str(setup["tmp"] / "fresh.duckdb"), fresh.run_id)
+    for key in ("samples", "scores", "token_scores"):
+        assert got[key] == want[key], key
+    assert got["token_scores"], "the report's heat maps are stored"
+    assert_frame_equal(again.scores, fresh.scores, check_exact=True)
+    # And the unchanged samples' scores are the first run's.
+    before = {(r[0], r[1]): r[2:] for r in store(db, first.run_id)["scores"]}
+    unchanged = [r for r in got["scores"] if r[0] != "tip-037"]
+    assert unchanged and all(before[(r[0], r[1])] == r[2:] for r in unchanged)
+    assert [r for r in got["scores"] if r[0] == "tip-037"] != [r for r in store(db, first.run_id)["scores"] if r[0] == "tip-037"]
+
+
+def test_rescan_with_default_batches_reuses_exact_values_and_stays_within_tolerance_of_a_full_scan(setup, tiny_lm):
+    first, again, fresh, log, db = rescan_one_percent(setup, tiny_lm)
+    assert again.n_reused == N - len(CHANGED)
+    assert len(log.rows) == 2 * len(CHANGED)
+    before = {(r[0], r[1]): r[3:6] for r in store(db, first.run_id)["scores"]}
+    want = {(r[0], r[1]): r[3:6] for r in store(str(setup["tmp"] / "fresh.duckdb"), fresh.run_id)["scores"]}
+    got = {(r[0], r[1]): r[3:6] for r in store(db, again.run_id)["scores"]}
+    assert set(got) == set(want)
+    for key, values in got.items():
+        if key[0] != "tip-037":
+            assert values == before[key], key
+        for g, w in zip(values, want[key]):
+            assert g == pytest.approx(w, abs=FP32_TOL), key
+
+
+def test_no_reuse_forces_a_full_scan(setup, tiny_lm):
+    db = setup["tmp"] / "audit.duckdb"
+    first = scan_run(config(setup["original"], db, setup["vectors"], batch_tokens=1), lm=tiny_lm)
+    log = ForwardLog(tiny_lm)
+    try:
+        again = scan_run(config(setup["original"], db, setup["vectors"], batch_tokens=1, reuse=False), lm=tiny_lm)
+    finally:
+        log.close()
+    assert again.n_reused == 0
+    assert run_counts(str(db), again.run_id)["reused"] == 0
+    assert len(log.rows) >= 2 * N  # every response and every base response went through the model
+    assert store(str(db), again.run_id) == store(str(db), first.run_id)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"max_new_tokens": 5},  # another base response
+        {"baseline": "prompt-last"},
+        {"max_prompt_tokens": 8},
+        {"layers": {"evil": 1}},
+        {"generation_dtype": "bfloat16"},
+    ],
+    ids=lambda c: next(iter(c)),
+)
+def test_a_setting_that_changes_projections_means_nothing_is_reused(setup, tiny_lm, change):
+    db = setup["tmp"] / "audit.duckdb"
+    scan_run(config(setup["original"], db, setup["vectors"]), lm=tiny_lm)
+    again = scan_run(config(setup["original"], db, setup["vectors"], **change), lm=tiny_lm)
+    assert again.n_reused == 0
+
+
+def test_other_vectors_or_another_model_dtype_mean_nothing_is_reused(setup, tiny_lm, tiny_model_dir):
+    from auditor.model import load_model
+
+    db = setup["tmp"] / "audit.duckdb"
+    scan_run(config(setup["original"], db, setup["vectors"]), lm=tiny_lm)
+    other = make_vectors(setup["tmp"] / "other-vectors", tiny_lm.num_layers, tiny_lm.hidden_size, fingerprint=tiny_lm.fingerprint, seed=1)
+    assert scan_run(config(setup["original"], db, other), lm=tiny_lm).n_reused == 0
+    bf16 = load_model(tiny_model_dir, dtype="bfloat16", device="cpu")
+    assert scan_run(config(setup["original"], db, setup["vectors"]), lm=bf16).n_reused == 0
+
+
+def test_thresholds_are_not_part_of_the_key_flags_follow_the_new_threshold(setup, tiny_lm):
+    db = setup["tmp"] / "audit.duckdb"
+    scan_run(config(setup["original"], db, setup["vectors"], batch_tokens=1), lm=tiny_lm)
+    again = scan_run(config(setup["original"], db, setup["vectors"], batch_tokens=1, thresholds={"*": 0.5}, top_n=3, chunk_size=7), lm=tiny_lm)
+    fresh = scan_run(config(setup["original"], setup["tmp"] / "fresh.duckdb", setup["vectors"], batch_tokens=1, thresholds={"*": 0.5}, top_n=3), lm=tiny_lm)
+    assert again.n_reused == N
+    assert store(str(db), again.run_id)["scores"] == store(str(setup["tmp"] / "fresh.duckdb"), fresh.run_id)["scores"]
+    flags = [r[6] for r in store(str(db), again.run_id)["scores"]]
+    assert any(flags) and not all(flags)
+
+
+def test_only_complete_runs_are_reused(setup, tiny_lm):
+    db = setup["tmp"] / "audit.duckdb"
+    first = scan_run(config(setup["original"], db, setup["vectors"]), lm=tiny_lm)
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE runs SET status = 'interrupted' WHERE run_id = ?", [first.run_id])
+    con.close()
+    assert scan_run(config(setup["original"], db, setup["vectors"]), lm=tiny_lm).n_reused == 0
+
+
+def test_a_renamed_moved_and_reordered_dataset_reuses_by_content(setup, tiny_lm):
+    """Ids, file and line come from the new dataset; only the scores are reused."""
+    db = setup["tmp"] / "audit.duckdb"
+    scan_run(config(setup["original"], db, setup["vectors"], batch_tokens=1), lm=tiny_lm)
+    rows = records()[::-1]
+    for r in rows:
+        r["id"] = r["id"].replace("tip", "hint")
+    moved = write_jsonl(setup["tmp"] / "elsewhere" / "data.jsonl", rows)
+    again = scan_run(config(moved, db, setup["vectors"], batch_tokens=1), lm=tiny_lm)
+    fresh = scan_run(config(moved, setup["tmp"] / "fresh.duckdb", setup["vectors"], batch_tokens=1), lm=tiny_lm)
+    assert again.n_reused == N
+    got, want = store(str(db), again.run_id), store(str(setup["tmp"] / "fresh.duckdb"), fresh.run_id)
+    assert got == want
+    assert got["samples"][0][:3] == ("hint-000", moved, N)
+    assert_frame_equal(again.scores, fresh.scores, check_exact=True)
+
+
+def test_cli_scan_and_gate_reuse_and_no_reuse(setup, tiny_lm, tiny_model_dir):
+    """audit scan says how many samples it reused; audit gate reuses too; --no-reuse turns it off."""
+    from click.testing import CliRunner
+
+    from auditor.cli import main as cli
+
+    db = str(setup["tmp"] / "audit.duckdb")
+    common = ["--model", tiny_model_dir, "--vectors", setup["vectors"], "--max-new-tokens", "4", "--dtype", "float32", "--db", db]
+    runner = CliRunner()
+    first = runner.invoke(cli, ["scan", setup["original"], *common, "--no-report", "-q"])
+    assert first.exit_code == 0, first.output
+    assert "reused" not in first.output or "0 reused" in first.output
+    again = runner.invoke(cli, ["scan", setup["original"], *common, "--no-report", "-q"])
+    assert again.exit_code == 0, again.output
+    assert f"{N} reused" in again.output
+    gate = runner.invoke(cli, ["gate", setup["original"], *common, "--max-delta", "1e9", "--no-policy", "--json", "-q"])
+    assert gate.exit_code == 0, gate.output
+    full = runner.invoke(cli, ["gate", setup["original"], *common, "--max-delta", "1e9", "--no-policy", "--json", "-q", "--no-reuse"])
+    assert full.exit_code == 0, full.output
+    con = duckdb.connect(db, read_only=True)
+    reused = [n for (n,) in con.execute("SELECT n_reused FROM runs ORDER BY started_at").fetchall()]
+    con.close()
+    assert reused == [0, N, N, 0]
+    assert json.loads(gate.stdout)["gates"][0]["n_scored"] == N
+
+
+def test_reused_runs_keep_every_table_consistent(setup, tiny_lm):
+    """The views, the Parquet file and the tables agree for a run made mostly of reused samples."""
+    first, again, fresh, _log, db = rescan_one_percent(setup, tiny_lm)
+    con = duckdb.connect(db, read_only=True)
+    try:
+        n_flagged = con.execute("SELECT count(*) FROM flagged WHERE run_id = ?", [again.run_id]).fetchone()[0]
+        top = con.execute("SELECT count(*) FROM top_samples WHERE run_id = ?", [again.run_id]).fetchone()[0]
+    finally:
+        con.close()
+    wide = pl.read_parquet(again.parquet_path)
+    assert wide.height == N and top == N * 2
+    assert n_flagged == int(wide["evil_flagged"].sum()) + int(wide["sycophancy_flagged"].sum())
+    assert wide["sample_id"].to_list() == [f"tip-{i:03d}" for i in range(N)]  # the dataset's order, as a full scan writes it
