@@ -36,7 +36,32 @@ FLAG_ON = ("delta", "projection")
 # long enough to outlast a big export or filter, instead of losing a scored chunk.
 WRITE_WAIT = 600.0
 # Settings that do not change any score: excluded from the resume key.
-_NOT_RESULT_SETTINGS = ("out_dir", "report", "top_n", "db", "resume")
+_NOT_RESULT_SETTINGS = ("out_dir", "report", "top_n", "db", "resume", "reuse")
+# The settings (besides the model, the vectors and the generation dtype) that change a sample's
+# projections: the reuse key of incremental scans. Batch sizes and chunking change them only
+# at float rounding level, as the rows sharing a forward do, so they are not part of it.
+_PROJECTION_SETTINGS = ("baseline", "max_new_tokens", "max_prompt_tokens", "generator", "layers_path")
+# Bump when the scoring arithmetic changes (aggregation, masks, projection): stored scores of
+# earlier versions are then never reused.
+SCORING_VERSION = 1
+
+
+SAMPLE_COLUMNS = (
+    "run_id",
+    "sample_id",
+    "source",
+    "line",
+    "turn",
+    "content_hash",
+    "context",
+    "response",
+    "base_response",
+    "n_prompt_tokens",
+    "n_response_tokens",
+    "n_base_tokens",
+    "metadata",
+)
+LONG_COLUMNS = ("run_id", "sample_id", "trait", "layer", "proj_response", "proj_base", "delta", "flagged")  # the scores table
 
 
 @dataclass
@@ -75,6 +100,7 @@ class ScanConfig:
     resume: bool = False
     num_shards: int = 1
     shard_index: int = 0
+    reuse: bool = True  # take unchanged samples' scores from earlier complete runs (auditor.store.reuse)
 
     def validate(self) -> None:
         if self.baseline not in BASELINES:
@@ -107,6 +133,24 @@ class ScanConfig:
         settings = {k: v for k, v in asdict(self).items() if k not in _NOT_RESULT_SETTINGS}
         settings["model_fingerprint"] = model_fingerprint
         settings["vectors"] = vector_hashes
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+    def reuse_key(self, lm: Any, vector_hashes: dict[str, str], generation_dtype: str) -> str:
+        """Hash of everything besides a sample's text that decides its projections (incremental scans)."""
+        from auditor import __version__
+
+        settings = {k: getattr(self, k) for k in _PROJECTION_SETTINGS}
+        if self.baseline != "generate":  # no base response: its settings do not matter
+            settings.update(max_new_tokens=None, generator=None)
+        settings.update(
+            model_fingerprint=lm.fingerprint,
+            dtype=str(lm.dtype),
+            device=str(lm.device).split(":")[0],
+            generation_dtype=generation_dtype if self.baseline == "generate" else None,
+            vectors=vector_hashes,
+            scoring=SCORING_VERSION,
+            persona_audit=__version__,
+        )
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -143,6 +187,12 @@ class ScanResult:
     model_name: str
     rejects: list[Rejected] = field(default_factory=list)
     resumed_chunks: int = 0
+    n_reused: int = 0  # of n_scored: taken from an earlier complete run, not computed
+    heat_maps: dict[str, int] = field(default_factory=dict)  # where the report's heat maps came from: forward, earlier_run, second_pass
+
+    @property
+    def n_computed(self) -> int:
+        return self.n_scored - self.n_reused
 
     @property
     def scores(self):
@@ -168,6 +218,8 @@ class ChunkOutput:
     n_cached: int
     tokens: int
     seconds: dict[str, float]
+    n_reused: int = 0
+    heat: Any = None  # pyarrow.Table (auditor.heatmaps.part_schema): this chunk's heat-map candidates
 
     @property
     def n_rejected(self) -> int:
@@ -256,6 +308,11 @@ def resolve_thresholds(config: ScanConfig, vectors: list[Any]) -> tuple[str, dic
     return score_col, out
 
 
+def vector_hashes(vectors: list[Any]) -> dict[str, str]:
+    """trait -> the vector file's sha256 and the layer used."""
+    return {pv.trait: f"{pv.sha256}@{pv.layer}" for pv in vectors}
+
+
 def resolve_generation_dtype(requested: str, lm: Any) -> str:
     """``auto``: float32 on CPU, the scoring model's dtype elsewhere.
 
@@ -297,6 +354,7 @@ class ChunkScorer:
         self.generation_batch_size = config.generation_batch_size or default_generation_batch_size(lm, config.max_new_tokens, config.max_prompt_tokens)
         self.max_len = lm.max_length
         self.schema = wide_schema([pv.trait for pv in vectors])
+        self.reuse_key = config.reuse_key(lm, vector_hashes(vectors), self.generation_dtype)
 
     def generation_lm(self) -> Any:
         """The model that generates base responses: the scoring model, or its copy in the generation dtype."""
@@ -309,8 +367,11 @@ class ChunkScorer:
             )
         return self._generation_lm
 
-    def prepare(self, items: list[Sample | Rejected]) -> tuple[list[tuple[Sample, str, Any]], list[Rejected]]:
-        """Prompts and token ids of the usable samples; everything else becomes a Rejected."""
+    def prepare(self, items: list[Sample | Rejected], skip: set[str] | None = None) -> tuple[list[tuple[Sample, str, Any]], list[Rejected]]:
+        """Prompts and token ids of the usable samples; everything else becomes a Rejected.
+
+        Samples whose content hash is in ``skip`` (reused from an earlier run) are left out.
+        """
         from auditor.activations import encode_pair
 
         tok = self.lm.tokenizer
@@ -319,6 +380,8 @@ class ChunkScorer:
         for item in items:
             if isinstance(item, Rejected):
                 rejects.append(item)
+                continue
+            if skip and item.content_hash in skip:
                 continue
             try:
                 prompt = build_prompt(tok, item)
@@ -344,114 +407,172 @@ class ChunkScorer:
 
         return sorted({prompt_hash(p) for _, p, _ in ready})
 
-    def score(self, index: int, items: list[Sample | Rejected], cached: dict[str, tuple[str, int]] | None = None, prepared: tuple | None = None) -> ChunkOutput:
-        import pyarrow as pa
-
-        from auditor.activations import encode_pair
-        from auditor.generation import generate_base, prompt_hash, prompt_ids
-        from auditor.scoring import score_rows
-
-        cfg, lm, tok = self.config, self.lm, self.lm.tokenizer
+    def score(
+        self,
+        index: int,
+        items: list[Sample | Rejected],
+        cached: dict[str, tuple[str, int]] | None = None,
+        prepared: tuple | None = None,
+        reused: dict[str, Any] | None = None,
+    ) -> ChunkOutput:
+        """Score a chunk. ``reused``: content hash -> stored values (auditor.store.reuse) of samples not to compute."""
+        reused = reused or {}
         seconds = {"generate": 0.0, "forward": 0.0}
-        ready, rejects = prepared if prepared is not None else self.prepare(items)
-        if rejects and cfg.on_error == "fail":
+        ready, rejects = prepared if prepared is not None else self.prepare(items, skip=set(reused))
+        if rejects and self.config.on_error == "fail":
             raise rejects[0].error or InputError(rejects[0].source, rejects[0].line, rejects[0].reason)
+        base, new_base, n_cached, tokens, seconds["generate"] = self._base_responses(ready, cached)
+        t0 = time.perf_counter()
+        computed, heat_entries, forward_tokens = self._forward(ready, base)
+        seconds["forward"] = time.perf_counter() - t0
+        values: list[tuple[Sample, Any]] = []
+        n_reused = 0
+        for item in items:
+            if not isinstance(item, Sample):
+                continue
+            if item.id in computed:
+                values.append((item, computed[item.id]))
+            elif item.content_hash in reused:
+                values.append((item, reused[item.content_hash]))
+                n_reused += 1
+        wide, samples, long = self._tables(values)
+        from auditor.heatmaps import chunk_candidates
+
+        return ChunkOutput(
+            index=index,
+            fingerprint=chunk_fingerprint(items),
+            wide=wide,
+            samples=samples,
+            scores=long,
+            rejects=rejects,
+            new_base=self._cache_rows(new_base),
+            n_read=len(items),
+            n_scored=len(values),
+            n_generated=len(new_base),
+            n_cached=n_cached,
+            tokens=tokens + forward_tokens,
+            seconds=seconds,
+            n_reused=n_reused,
+            heat=chunk_candidates(heat_entries, [pv.trait for pv in self.vectors], self.config.top_n),
+        )
+
+    def _base_responses(self, ready: list[tuple[Sample, str, Any]], cached: dict[str, tuple[str, int]] | None):
+        """(base response by prompt hash, the newly generated ones, how many came from the cache, tokens generated, seconds)."""
+        from auditor.generation import generate_base, prompt_hash, prompt_ids
+
+        cfg, lm = self.config, self.lm
         base: dict[str, tuple[str, int]] = dict(cached or {})
         new_base: dict[str, tuple[str, int]] = {}
-        n_cached = tokens = 0
-        if cfg.baseline == "generate" and ready:
-            hashes = [prompt_hash(p) for _, p, _ in ready]
-            n_cached = sum(1 for h in hashes if h in base)
-            missing: dict[str, str] = {}
-            for (_, p, _), h in zip(ready, hashes):
-                if h not in base and h not in missing:
-                    missing[h] = p
-            if missing:
-                t0 = time.perf_counter()
-                keys = list(missing)
-                gen = generate_base(
-                    self.generation_lm(),
-                    [prompt_ids(lm, missing[h], cfg.max_prompt_tokens) for h in keys],
-                    cfg.max_new_tokens,
-                    self.generation_batch_size,
-                    cfg.generator,
-                    cfg.trust_remote_code,
-                )
-                seconds["generate"] = time.perf_counter() - t0
-                for h, result in zip(keys, gen):
-                    base[h] = new_base[h] = result
-                tokens += sum(n for _, n in gen)
+        if cfg.baseline != "generate" or not ready:
+            return base, new_base, 0, 0, 0.0
+        hashes = [prompt_hash(p) for _, p, _ in ready]
+        n_cached = sum(1 for h in hashes if h in base)
+        missing: dict[str, str] = {}
+        for (_, p, _), h in zip(ready, hashes):
+            if h not in base and h not in missing:
+                missing[h] = p
+        if not missing:
+            return base, new_base, n_cached, 0, 0.0
+        t0 = time.perf_counter()
+        keys = list(missing)
+        gen = generate_base(
+            self.generation_lm(),
+            [prompt_ids(lm, missing[h], cfg.max_prompt_tokens) for h in keys],
+            cfg.max_new_tokens,
+            self.generation_batch_size,
+            cfg.generator,
+            cfg.trust_remote_code,
+        )
+        for h, result in zip(keys, gen):
+            base[h] = new_base[h] = result
+        return base, new_base, n_cached, sum(n for _, n in gen), time.perf_counter() - t0
 
-        # One forward over the dataset responses and the base responses together.
+    def _forward(self, ready: list[tuple[Sample, str, Any]], base: dict[str, tuple[str, int]]):
+        """One forward over the dataset responses and the base responses together.
+
+        Returns (values by sample id, heat-map entries of the computed samples, tokens forwarded).
+        """
+        from auditor.activations import encode_pair
+        from auditor.generation import prompt_hash
+        from auditor.scoring import score_rows
+        from auditor.store.reuse import SampleValues
+
+        cfg, tok = self.config, self.lm.tokenizer
+        if not ready:
+            return {}, [], 0
         rows = [row for _, _, row in ready]
         base_rows: list[Any] = []
         base_at: list[int | None] = []
         if cfg.baseline == "generate":
             for _, p, _ in ready:
                 brow = encode_pair(tok, p, base[prompt_hash(p)][0], cfg.max_prompt_tokens)
+                base_at.append(len(rows) + len(base_rows) if brow.end > brow.start else None)  # None: the model answered nothing, so no delta
                 if brow.end > brow.start:
-                    base_at.append(len(rows) + len(base_rows))
                     base_rows.append(brow)
-                else:
-                    base_at.append(None)  # the model answered nothing: no activation, so no delta
-        t0 = time.perf_counter()
-        results = score_rows(lm.model, rows + base_rows, self.directions, tok.pad_token_id, self.batch_tokens, None, cfg.layers_path) if ready else []
-        seconds["forward"] = time.perf_counter() - t0
         all_rows = rows + base_rows
-        tokens += sum(r.length for r in all_rows)
-
-        wide: dict[str, list[Any]] = {name: [] for name in self.schema.names}
-        sample_cols = (
-            "run_id",
-            "sample_id",
-            "source",
-            "line",
-            "turn",
-            "content_hash",
-            "context",
-            "response",
-            "base_response",
-            "n_prompt_tokens",
-            "n_response_tokens",
-            "n_base_tokens",
-            "metadata",
-        )
-        samples: dict[str, list[Any]] = {k: [] for k in sample_cols}
-        long: dict[str, list[Any]] = {k: [] for k in ("run_id", "sample_id", "trait", "layer", "proj_response", "proj_base", "delta", "flagged")}
+        # The dataset responses' per-token projections feed the report's heat maps (auditor.heatmaps).
+        want_tokens = [cfg.top_n > 0] * len(rows) + [False] * len(base_rows)
+        results = score_rows(self.lm.model, all_rows, self.directions, tok.pad_token_id, self.batch_tokens, want_tokens, cfg.layers_path)
+        computed: dict[str, Any] = {}
+        heat: list[tuple[str, dict[str, float | None], Any, dict[str, list[float]]]] = []
         for i, (sample, p, row) in enumerate(ready):
             res = results[i]
             bi = base_at[i] if cfg.baseline == "generate" else None
-            base_text = base[prompt_hash(p)][0] if cfg.baseline == "generate" else None
-            n_base = (all_rows[bi].end - all_rows[bi].start) if bi is not None else None
+            if cfg.baseline == "generate":
+                pb = {t: (results[bi].proj[t] if bi is not None else None) for t in res.proj}
+            elif cfg.baseline == "prompt-last":
+                pb = dict(res.prompt_last)
+            else:
+                pb = {t: None for t in res.proj}
+            values = SampleValues(
+                base_response=base[prompt_hash(p)][0] if cfg.baseline == "generate" else None,
+                n_prompt_tokens=row.start,
+                n_response_tokens=row.end - row.start,
+                n_base_tokens=(all_rows[bi].end - all_rows[bi].start) if bi is not None else None,
+                proj_response=dict(res.proj),
+                proj_base=pb,
+            )
+            computed[sample.id] = values
+            if res.token_values is not None:
+                heat.append((sample.id, {t: self._score(values, t) for t in res.proj}, row.ids[row.start : row.end], res.token_values))
+        return computed, heat, sum(r.length for r in all_rows)
+
+    def _score(self, values: Any, trait: str) -> float | None:
+        """The number flags and rankings use (the run's score column) for one trait."""
+        pr, pb = values.proj_response[trait], values.proj_base[trait]
+        return pr if self.score_col == "proj_response" else (pr - pb if pb is not None else None)
+
+    def _tables(self, values: list[tuple[Sample, Any]]):
+        """The chunk's rows: scores.parquet (wide), the samples table and the scores table (long)."""
+        import pyarrow as pa
+
+        wide: dict[str, list[Any]] = {name: [] for name in self.schema.names}
+        samples: dict[str, list[Any]] = {k: [] for k in SAMPLE_COLUMNS}
+        long: dict[str, list[Any]] = {k: [] for k in LONG_COLUMNS}
+        for sample, v in values:
             common = {
                 "sample_id": sample.id,
                 "source": sample.source,
                 "line": sample.line,
                 "turn": sample.turn,
                 "content_hash": sample.content_hash,
-                "n_prompt_tokens": row.start,
-                "n_response_tokens": row.end - row.start,
-                "n_base_tokens": n_base,
+                "n_prompt_tokens": v.n_prompt_tokens,
+                "n_response_tokens": v.n_response_tokens,
+                "n_base_tokens": v.n_base_tokens,
             }
-            for k, v in common.items():
-                wide[k].append(v)
-                samples[k].append(v)
+            for k, val in common.items():
+                wide[k].append(val)
+                samples[k].append(val)
             samples["run_id"].append(self.run_id)
             samples["context"].append(json.dumps(list(sample.context), ensure_ascii=False))
             samples["response"].append(sample.response)
-            samples["base_response"].append(base_text)
+            samples["base_response"].append(v.base_response)
             samples["metadata"].append(json.dumps(sample.metadata, ensure_ascii=False, sort_keys=True, default=str))
             for pv in self.vectors:
                 t = pv.trait
-                pr = res.proj[t]
-                if cfg.baseline == "generate":
-                    pb = results[bi].proj[t] if bi is not None else None
-                elif cfg.baseline == "prompt-last":
-                    pb = res.prompt_last[t]
-                else:
-                    pb = None
+                pr, pb = v.proj_response[t], v.proj_base[t]
                 delta = pr - pb if pb is not None else None
-                score = pr if self.score_col == "proj_response" else delta
+                score = self._score(v, t)
                 threshold = self.thresholds[t][0]
                 flagged = bool(threshold is not None and score is not None and score > threshold)
                 for col, val in (("proj_response", pr), ("proj_base", pb), ("delta", delta), ("flagged", flagged)):
@@ -461,11 +582,28 @@ class ChunkScorer:
                 long["sample_id"].append(sample.id)
                 long["trait"].append(t)
                 long["layer"].append(pv.layer)
+        f64 = pa.float64()
+        long_schema = pa.schema(
+            [("run_id", pa.string()), ("sample_id", pa.string()), ("trait", pa.string()), ("layer", pa.int32())]
+            + [("proj_response", f64), ("proj_base", f64), ("delta", f64), ("flagged", pa.bool_())]
+        )
+        samples_schema = pa.schema(
+            [
+                (k, pa.int64() if k == "line" else pa.int32() if k in ("turn", "n_prompt_tokens", "n_response_tokens", "n_base_tokens") else pa.string())
+                for k in SAMPLE_COLUMNS
+            ]
+        )
+        return pa.table(wide, schema=self.schema), pa.table(samples, schema=samples_schema), pa.table(long, schema=long_schema)
+
+    def _cache_rows(self, new_base: dict[str, tuple[str, int]]):
+        """Newly generated base responses as rows of the base_responses table."""
+        import pyarrow as pa
+
         now = _dt.datetime.now()
         keys = list(new_base)
-        new_base_table = pa.table(
+        return pa.table(
             {
-                "model_fingerprint": [lm.fingerprint] * len(keys),
+                "model_fingerprint": [self.lm.fingerprint] * len(keys),
                 "settings_key": [self.settings_key] * len(keys),
                 "prompt_hash": keys,
                 "response": [new_base[h][0] for h in keys],
@@ -483,39 +621,6 @@ class ChunkScorer:
                 ]
             ),
         )
-        long_schema = pa.schema(
-            [
-                ("run_id", pa.string()),
-                ("sample_id", pa.string()),
-                ("trait", pa.string()),
-                ("layer", pa.int32()),
-                ("proj_response", pa.float64()),
-                ("proj_base", pa.float64()),
-                ("delta", pa.float64()),
-                ("flagged", pa.bool_()),
-            ]
-        )
-        samples_schema = pa.schema(
-            [
-                (k, pa.int64() if k == "line" else pa.int32() if k in ("turn", "n_prompt_tokens", "n_response_tokens", "n_base_tokens") else pa.string())
-                for k in sample_cols
-            ]
-        )
-        return ChunkOutput(
-            index=index,
-            fingerprint=chunk_fingerprint(items),
-            wide=pa.table(wide, schema=self.schema),
-            samples=pa.table(samples, schema=samples_schema),
-            scores=pa.table(long, schema=long_schema),
-            rejects=rejects,
-            new_base=new_base_table,
-            n_read=len(items),
-            n_scored=len(ready),
-            n_generated=len(keys),
-            n_cached=n_cached,
-            tokens=tokens,
-            seconds=seconds,
-        )
 
 
 def lookup_base(db: str, fingerprint: str, settings_key: str, hashes: list[str]) -> dict[str, tuple[str, int]]:
@@ -532,6 +637,18 @@ def lookup_base(db: str, fingerprint: str, settings_key: str, hashes: list[str])
     return {h: (r, n) for h, r, n in found}
 
 
+def lookup_reused(db: str, scorer: ChunkScorer, items: list[Sample | Rejected]) -> dict[str, Any]:
+    """Stored values of this chunk's samples that an earlier complete run computed (empty with reuse off)."""
+    from auditor.store.db import connect
+    from auditor.store.reuse import find_reusable
+
+    hashes = [item.content_hash for item in items if isinstance(item, Sample)]
+    if not scorer.config.reuse or not hashes or not os.path.exists(db):
+        return {}
+    with connect(db, timeout=WRITE_WAIT) as con:
+        return find_reusable(con, scorer.reuse_key, hashes, [pv.trait for pv in scorer.vectors])
+
+
 def commit_chunk(db: str, run_id: str, parts_dir: str, out: ChunkOutput) -> None:
     """Write the chunk's Parquet part, then everything else in one database transaction."""
     import pyarrow as pa
@@ -542,6 +659,12 @@ def commit_chunk(db: str, run_id: str, parts_dir: str, out: ChunkOutput) -> None
     part = os.path.join(parts_dir, f"part-{out.index:06d}.parquet")
     if not os.path.isdir(parts_dir):
         raise StoreError(f"run {run_id}: {parts_dir} is gone: another process finished this run meanwhile, or the folder was deleted; see audit runs")
+    if out.heat is not None and out.heat.num_rows:
+        from auditor.heatmaps import part_path
+
+        heat = part_path(parts_dir, out.index)
+        pq.write_table(out.heat, heat + ".tmp")
+        os.replace(heat + ".tmp", heat)
     pq.write_table(out.wide, part + ".tmp")
     os.replace(part + ".tmp", part)  # a reader sees the old part or the new one, never half of one
     with connect(db, timeout=WRITE_WAIT) as con:
@@ -572,8 +695,9 @@ def commit_chunk(db: str, run_id: str, parts_dir: str, out: ChunkOutput) -> None
                     ),
                 )
             con.execute(
-                "INSERT INTO run_chunks (run_id, chunk, n_read, n_scored, n_rejected, fingerprint, n_generated, n_cached, tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [run_id, out.index, out.n_read, out.n_scored, out.n_rejected, out.fingerprint, out.n_generated, out.n_cached, out.tokens],
+                "INSERT INTO run_chunks (run_id, chunk, n_read, n_scored, n_rejected, fingerprint, n_generated, n_cached, tokens, n_reused) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, out.index, out.n_read, out.n_scored, out.n_rejected, out.fingerprint, out.n_generated, out.n_cached, out.tokens, out.n_reused],
             )
             con.execute("COMMIT")
         except BaseException:
@@ -597,7 +721,7 @@ def open_run(config: ScanConfig, lm: Any, vectors: list[Any], scorer: ChunkScore
     """Register a new run, or find the unfinished one to resume: (run_id, out_dir, done chunks)."""
     from auditor.store.db import connect
 
-    key = config.result_key(lm.fingerprint, {pv.trait: f"{pv.sha256}@{pv.layer}" for pv in vectors})
+    key = config.result_key(lm.fingerprint, vector_hashes(vectors))
     resumable = _find_resumable(config.db, key) if config.resume else None
     if config.resume and resumable is None:
         raise AuditorError(f"nothing to resume in {config.db}: no unfinished run with these settings and this model; run the scan without --resume")
@@ -631,8 +755,8 @@ def open_run(config: ScanConfig, lm: Any, vectors: list[Any], scorer: ChunkScore
         }
         with connect(config.db) as con:
             con.execute(
-                "INSERT INTO runs (run_id, status, started_at, dataset, model, model_fingerprint, baseline, dtype, device, output_dir, config, vectors, versions, result_key) "
-                "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (run_id, status, started_at, dataset, model, model_fingerprint, baseline, dtype, device, output_dir, config, vectors, versions, result_key, reuse_key) "
+                "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     run_id,
                     _dt.datetime.now(),
@@ -647,6 +771,7 @@ def open_run(config: ScanConfig, lm: Any, vectors: list[Any], scorer: ChunkScore
                     json.dumps(vector_info),
                     json.dumps(_versions()),
                     key,
+                    scorer.reuse_key,
                 ],
             )
     scorer.run_id = run_id
@@ -711,6 +836,10 @@ def mark_run(config: ScanConfig, run_id: str, exc: BaseException) -> None:
         pass
 
 
+def new_counts() -> dict[str, int]:
+    return {"read": 0, "scored": 0, "rejected": 0, "generated": 0, "cached": 0, "tokens": 0, "reused": 0}
+
+
 def add_counts(counts: dict[str, int], out: ChunkOutput) -> None:
     for k, v in (
         ("read", out.n_read),
@@ -719,6 +848,7 @@ def add_counts(counts: dict[str, int], out: ChunkOutput) -> None:
         ("generated", out.n_generated),
         ("cached", out.n_cached),
         ("tokens", out.tokens),
+        ("reused", out.n_reused),
     ):
         counts[k] += v
 
@@ -749,12 +879,13 @@ def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, A
     scorer = ChunkScorer(config, lm, vectors, run_id="")
     run_id, out_dir, done = open_run(config, lm, vectors, scorer)
     parts_dir = os.path.join(out_dir, "parts")
-    counts = {"read": 0, "scored": 0, "rejected": 0, "generated": 0, "cached": 0, "tokens": 0}
+    counts = new_counts()
     try:
         for index, items in pending_chunks(config, run_id, done):
-            prepared = scorer.prepare(items)
+            reused = lookup_reused(config.db, scorer, items)
+            prepared = scorer.prepare(items, skip=set(reused))
             cached = lookup_base(config.db, lm.fingerprint, scorer.settings_key, scorer.prompt_hashes(prepared[0])) if config.baseline == "generate" else {}
-            out = scorer.score(index, items, cached, prepared=prepared)
+            out = scorer.score(index, items, cached, prepared=prepared, reused=reused)
             t0 = time.perf_counter()
             commit_chunk(config.db, run_id, parts_dir, out)
             timings["write"] += time.perf_counter() - t0
@@ -800,14 +931,15 @@ def finalize_run(
     with connect(config.db) as con:
         chunks = [c for (c,) in con.execute("SELECT chunk FROM run_chunks WHERE run_id = ? ORDER BY chunk", [run_id]).fetchall()]
         totals = con.execute(
-            "SELECT coalesce(sum(n_read),0), coalesce(sum(n_scored),0), coalesce(sum(n_rejected),0), coalesce(sum(n_generated),0), coalesce(sum(n_cached),0), coalesce(sum(tokens),0) FROM run_chunks WHERE run_id = ?",
+            "SELECT coalesce(sum(n_read),0), coalesce(sum(n_scored),0), coalesce(sum(n_rejected),0), coalesce(sum(n_generated),0), coalesce(sum(n_cached),0), "
+            "coalesce(sum(tokens),0), coalesce(sum(n_reused),0) FROM run_chunks WHERE run_id = ?",
             [run_id],
         ).fetchone()
     with pq.ParquetWriter(parquet_path + ".tmp", scorer.schema) as writer:
         for c in chunks:
             writer.write_table(pq.read_table(os.path.join(parts_dir, f"part-{c:06d}.parquet"), schema=scorer.schema))
     os.replace(parquet_path + ".tmp", parquet_path)
-    n_read, n_scored, n_rejected, n_generated, n_cached, _tokens = (int(x) for x in totals)
+    n_read, n_scored, n_rejected, n_generated, n_cached, _tokens, n_reused = (int(x) for x in totals)
 
     summaries = []
     with connect(config.db) as con:
@@ -838,7 +970,9 @@ def finalize_run(
                     top=[{"sample_id": sid, "score": s} for sid, s in top],
                 )
             )
-    token_table = heat_map_tokens(config, run_id, lm.tokenizer, scorer, score_fn or local_score_fn(lm, config, scorer))
+    t_heat = time.perf_counter()
+    token_table, heat_sources = heat_map_tokens(config, run_id, lm.tokenizer, scorer, score_fn or local_score_fn(lm, config, scorer), parts_dir, chunks)
+    timings["heat_maps"] = time.perf_counter() - t_heat
     timings["total"] = time.perf_counter() - started
     with connect(config.db) as con:
         con.execute("BEGIN TRANSACTION")
@@ -847,8 +981,8 @@ def finalize_run(
 
         insert_arrow(con, "token_scores", token_table)
         con.execute(
-            "UPDATE runs SET status = 'complete', finished_at = ?, timings = ?, n_read = ?, n_scored = ?, n_rejected = ?, summary = ? WHERE run_id = ?",
-            [_dt.datetime.now(), json.dumps(timings), n_read, n_scored, n_rejected, json.dumps([asdict(s) for s in summaries]), run_id],
+            "UPDATE runs SET status = 'complete', finished_at = ?, timings = ?, n_read = ?, n_scored = ?, n_rejected = ?, n_reused = ?, summary = ? WHERE run_id = ?",
+            [_dt.datetime.now(), json.dumps(timings), n_read, n_scored, n_rejected, n_reused, json.dumps([asdict(s) for s in summaries]), run_id],
         )
         con.execute("COMMIT")
         rejects = [
@@ -883,61 +1017,66 @@ def finalize_run(
         model_name=lm.name,
         rejects=rejects,
         resumed_chunks=resumed,
+        n_reused=n_reused,
+        heat_maps=heat_sources,
     )
 
 
-def heat_map_tokens(config: ScanConfig, run_id: str, tokenizer: Any, scorer: ChunkScorer, score_fn: Callable[[list[Any]], list[Any]]):
-    """Each response token's projection for the report's top samples per trait.
+def heat_map_tokens(
+    config: ScanConfig, run_id: str, tokenizer: Any, scorer: ChunkScorer, score_fn: Callable[[list[Any]], list[Any]], parts_dir: str, chunks: list[int]
+):
+    """Each response token's projection for the report's top samples per trait (auditor.heatmaps).
 
-    Computed once at the end (a small second forward over at most ``top_n`` samples per
-    trait) rather than kept during the scan, so it is the same for resumed runs.
+    From the chunks' candidate parts (the scan's own forward); for samples reused from an
+    earlier run, that run's stored heat maps; anything still missing (a chunk stored by an
+    older version) from a second forward over just those samples. Returns the token_scores
+    rows and how many heat maps came from each source.
     """
     import pyarrow as pa
 
-    from auditor.activations import encode_pair
+    from auditor.heatmaps import decode_pieces, read_parts, second_pass, token_scores_schema
     from auditor.store.db import connect
+    from auditor.store.reuse import stored_heat_maps
 
-    schema = pa.schema(
-        [
-            ("run_id", pa.string()),
-            ("sample_id", pa.string()),
-            ("trait", pa.string()),
-            ("tokens", pa.list_(pa.string())),
-            ("token_values", pa.list_(pa.float64())),
-        ]
-    )
+    schema = token_scores_schema()
     rows: dict[str, list[Any]] = {name: [] for name in schema.names}
+    sources = {"forward": 0, "earlier_run": 0, "second_pass": 0}
     if config.top_n <= 0:
-        return pa.table(rows, schema=schema)
+        return pa.table(rows, schema=schema), sources
     order = "delta" if scorer.score_col == "delta" else "proj_response"
-    tok = tokenizer
     with connect(config.db) as con:
         wanted = con.execute(
-            f"""SELECT s.trait, m.sample_id, m.context, m.response FROM (
+            f"""SELECT s.trait, m.sample_id, m.context, m.response, m.content_hash FROM (
                     SELECT trait, sample_id, row_number() OVER (PARTITION BY trait ORDER BY {order} DESC NULLS LAST, sample_id) AS rank
                     FROM scores WHERE run_id = ?) s
                 JOIN samples m ON m.run_id = ? AND m.sample_id = s.sample_id
                 WHERE s.rank <= ? ORDER BY s.trait, s.rank""",
             [run_id, run_id, config.top_n],
         ).fetchall()
-    by_sample: dict[str, tuple[Any, list[str]]] = {}
-    for trait, sid, context, response in wanted:
-        if sid not in by_sample:
-            prompt = tok.apply_chat_template(json.loads(context), tokenize=False, add_generation_prompt=True)
-            by_sample[sid] = (encode_pair(tok, prompt, response, config.max_prompt_tokens), [])
-        by_sample[sid][1].append(trait)
-    ids = list(by_sample)
-    encoded = [by_sample[s][0] for s in ids]
-    results = score_fn(encoded) if encoded else []
-    for sid, row, res in zip(ids, encoded, results):
-        pieces = [tok.decode([i]) for i in row.ids[row.start : row.end]]
-        for trait in sorted(by_sample[sid][1]):
-            rows["run_id"].append(run_id)
-            rows["sample_id"].append(sid)
-            rows["trait"].append(trait)
-            rows["tokens"].append(pieces)
-            rows["token_values"].append(res.token_values[trait])
-    return pa.table(rows, schema=schema)
+        keys = {(sid, trait): (context, response, h) for trait, sid, context, response, h in wanted}
+        found: dict[tuple[str, str], tuple[list[str], list[float]]] = {
+            k: (decode_pieces(tokenizer, ids), values) for k, (ids, values) in read_parts(parts_dir, chunks, set(keys)).items()
+        }
+        sources["forward"] = len(found)
+        missing = [k for k in keys if k not in found]
+        if missing and config.reuse:
+            stored = stored_heat_maps(con, scorer.reuse_key, [(keys[k][2], k[1]) for k in missing])
+            for k in missing:
+                if (keys[k][2], k[1]) in stored:
+                    found[k] = stored[(keys[k][2], k[1])]
+                    sources["earlier_run"] += 1
+    missing = {k: keys[k][:2] for k in keys if k not in found}
+    for k, (ids, values) in second_pass(tokenizer, missing, config.max_prompt_tokens, score_fn).items():
+        found[k] = (decode_pieces(tokenizer, ids), values)
+    sources["second_pass"] = len(missing)
+    for trait, sid, *_rest in wanted:
+        tokens, values = found[(sid, trait)]
+        rows["run_id"].append(run_id)
+        rows["sample_id"].append(sid)
+        rows["trait"].append(trait)
+        rows["tokens"].append(tokens)
+        rows["token_values"].append(values)
+    return pa.table(rows, schema=schema), sources
 
 
 def scan(source: str, traits: list[str] | None = None, model: str | None = None, **settings: Any):

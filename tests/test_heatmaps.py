@@ -17,7 +17,7 @@ from conftest import chat, make_vectors, write_jsonl
 from auditor.pipeline import ScanConfig, build_prompt, scan_run
 from auditor.sources import iter_samples
 
-N = 24
+N = 14
 
 
 def chats(n: int = N) -> list[dict]:
@@ -28,15 +28,16 @@ def chats(n: int = N) -> list[dict]:
 
 
 class ForwardLog:
-    """Rows (token ids) of every scoring forward of ``lm``; decode steps (one token) are left out."""
+    """Token rows of every scoring forward of ``lm`` (generation's forwards, which use a KV cache, are left out)."""
 
     def __init__(self, lm):
         self.rows: list[tuple[int, ...]] = []
-        self._handle = lm.model.get_input_embeddings().register_forward_pre_hook(self._record)
+        self._handle = lm.model.base_model.register_forward_pre_hook(self._record, with_kwargs=True)
 
-    def _record(self, _module, args):
-        if args[0].shape[1] > 1:
-            self.rows.extend(tuple(r) for r in args[0].tolist())
+    def _record(self, _module, args, kwargs):
+        if kwargs.get("use_cache") is False:
+            ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+            self.rows.extend(tuple(r) for r in ids.tolist())
 
     def close(self) -> None:
         self._handle.remove()
@@ -96,7 +97,16 @@ def test_heat_maps_come_from_the_scan_forward_and_equal_the_plain_computation(tm
     try:
         result = scan_run(
             ScanConfig(
-                source=data, vectors=vectors, db=db, baseline=baseline, flag_on=flag_on, max_new_tokens=4, chunk_size=7, top_n=top_n, batch_tokens=batch_tokens, report=False
+                source=data,
+                vectors=vectors,
+                db=db,
+                baseline=baseline,
+                flag_on=flag_on,
+                max_new_tokens=4,
+                chunk_size=7,
+                top_n=top_n,
+                batch_tokens=batch_tokens,
+                report=False,
             ),
             lm=tiny_lm,
         )

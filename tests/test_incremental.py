@@ -26,6 +26,7 @@ from polars.testing import assert_frame_equal
 from auditor.pipeline import ScanConfig, scan_run
 
 N = 100  # records; CHANGED is 1 % of them
+SMALL = 20
 CHANGED = (37,)
 FP32_TOL = 1e-4
 
@@ -41,15 +42,15 @@ def records(n: int = N, changed: tuple[int, ...] = ()) -> list[dict]:
 
 
 class ForwardLog:
-    """Counts the token rows every forward of ``lm`` receives (a hook on the input embedding)."""
+    """Token rows of every scoring forward of ``lm`` (generation's forwards, which use a KV cache, are left out)."""
 
     def __init__(self, lm):
         self.rows: list[tuple[int, ...]] = []
-        self._handle = lm.model.get_input_embeddings().register_forward_pre_hook(self._record)
+        self._handle = lm.model.base_model.register_forward_pre_hook(self._record, with_kwargs=True)
 
-    def _record(self, _module, args):
-        ids = args[0]
-        if ids.shape[1] > 1:  # a decode step of generation feeds one token per row: not a scoring forward
+    def _record(self, _module, args, kwargs):
+        if kwargs.get("use_cache") is False:
+            ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
             self.rows.extend(tuple(r) for r in ids.tolist())
 
     def close(self) -> None:
@@ -89,6 +90,12 @@ def setup(tmp_path, tiny_lm):
     vectors = make_vectors(tmp_path / "vectors", tiny_lm.num_layers, tiny_lm.hidden_size, fingerprint=tiny_lm.fingerprint)
     original = write_jsonl(tmp_path / "v1" / "train.jsonl", records())
     return {"vectors": vectors, "original": original, "tmp": tmp_path}
+
+
+@pytest.fixture
+def small(setup):
+    """The same, with ``SMALL`` records: for the tests that need no 1 % change."""
+    return dict(setup, original=write_jsonl(setup["tmp"] / "small" / "train.jsonl", records(SMALL)))
 
 
 def config(source: str, db: Path | str, vectors: str, **kw) -> ScanConfig:
@@ -158,17 +165,17 @@ def test_rescan_with_default_batches_reuses_exact_values_and_stays_within_tolera
             assert g == pytest.approx(w, abs=FP32_TOL), key
 
 
-def test_no_reuse_forces_a_full_scan(setup, tiny_lm):
-    db = setup["tmp"] / "audit.duckdb"
-    first = scan_run(config(setup["original"], db, setup["vectors"], batch_tokens=1), lm=tiny_lm)
+def test_no_reuse_forces_a_full_scan(small, tiny_lm):
+    db = small["tmp"] / "audit.duckdb"
+    first = scan_run(config(small["original"], db, small["vectors"], batch_tokens=1), lm=tiny_lm)
     log = ForwardLog(tiny_lm)
     try:
-        again = scan_run(config(setup["original"], db, setup["vectors"], batch_tokens=1, reuse=False), lm=tiny_lm)
+        again = scan_run(config(small["original"], db, small["vectors"], batch_tokens=1, reuse=False), lm=tiny_lm)
     finally:
         log.close()
     assert again.n_reused == 0
     assert run_counts(str(db), again.run_id)["reused"] == 0
-    assert len(log.rows) >= 2 * N  # every response and every base response went through the model
+    assert len(log.rows) >= 2 * SMALL  # every response and every base response went through the model
     assert store(str(db), again.run_id) == store(str(db), first.run_id)
 
 
@@ -183,85 +190,87 @@ def test_no_reuse_forces_a_full_scan(setup, tiny_lm):
     ],
     ids=lambda c: next(iter(c)),
 )
-def test_a_setting_that_changes_projections_means_nothing_is_reused(setup, tiny_lm, change):
-    db = setup["tmp"] / "audit.duckdb"
-    scan_run(config(setup["original"], db, setup["vectors"]), lm=tiny_lm)
-    again = scan_run(config(setup["original"], db, setup["vectors"], **change), lm=tiny_lm)
+def test_a_setting_that_changes_projections_means_nothing_is_reused(small, tiny_lm, change):
+    db = small["tmp"] / "audit.duckdb"
+    scan_run(config(small["original"], db, small["vectors"]), lm=tiny_lm)
+    again = scan_run(config(small["original"], db, small["vectors"], **change), lm=tiny_lm)
     assert again.n_reused == 0
 
 
-def test_other_vectors_or_another_model_dtype_mean_nothing_is_reused(setup, tiny_lm, tiny_model_dir):
+def test_other_vectors_or_another_model_dtype_mean_nothing_is_reused(small, tiny_lm, tiny_model_dir):
     from auditor.model import load_model
 
-    db = setup["tmp"] / "audit.duckdb"
-    scan_run(config(setup["original"], db, setup["vectors"]), lm=tiny_lm)
-    other = make_vectors(setup["tmp"] / "other-vectors", tiny_lm.num_layers, tiny_lm.hidden_size, fingerprint=tiny_lm.fingerprint, seed=1)
-    assert scan_run(config(setup["original"], db, other), lm=tiny_lm).n_reused == 0
+    db = small["tmp"] / "audit.duckdb"
+    scan_run(config(small["original"], db, small["vectors"]), lm=tiny_lm)
+    other = make_vectors(small["tmp"] / "other-vectors", tiny_lm.num_layers, tiny_lm.hidden_size, fingerprint=tiny_lm.fingerprint, seed=1)
+    assert scan_run(config(small["original"], db, other), lm=tiny_lm).n_reused == 0
     bf16 = load_model(tiny_model_dir, dtype="bfloat16", device="cpu")
-    assert scan_run(config(setup["original"], db, setup["vectors"]), lm=bf16).n_reused == 0
+    assert scan_run(config(small["original"], db, small["vectors"]), lm=bf16).n_reused == 0
 
 
-def test_thresholds_are_not_part_of_the_key_flags_follow_the_new_threshold(setup, tiny_lm):
-    db = setup["tmp"] / "audit.duckdb"
-    scan_run(config(setup["original"], db, setup["vectors"], batch_tokens=1), lm=tiny_lm)
-    again = scan_run(config(setup["original"], db, setup["vectors"], batch_tokens=1, thresholds={"*": 0.5}, top_n=3, chunk_size=7), lm=tiny_lm)
-    fresh = scan_run(config(setup["original"], setup["tmp"] / "fresh.duckdb", setup["vectors"], batch_tokens=1, thresholds={"*": 0.5}, top_n=3), lm=tiny_lm)
-    assert again.n_reused == N
-    assert store(str(db), again.run_id)["scores"] == store(str(setup["tmp"] / "fresh.duckdb"), fresh.run_id)["scores"]
+def test_thresholds_are_not_part_of_the_key_flags_follow_the_new_threshold(small, tiny_lm):
+    db = small["tmp"] / "audit.duckdb"
+    first = scan_run(config(small["original"], db, small["vectors"], batch_tokens=1), lm=tiny_lm)
+    deltas = sorted(r[5] for r in store(str(db), first.run_id)["scores"])
+    middle = {"*": deltas[len(deltas) // 2]}  # flags about half of the samples
+    again = scan_run(config(small["original"], db, small["vectors"], batch_tokens=1, thresholds=middle, top_n=3, chunk_size=7), lm=tiny_lm)
+    fresh = scan_run(config(small["original"], small["tmp"] / "fresh.duckdb", small["vectors"], batch_tokens=1, thresholds=middle, top_n=3), lm=tiny_lm)
+    assert again.n_reused == SMALL
+    assert store(str(db), again.run_id)["scores"] == store(str(small["tmp"] / "fresh.duckdb"), fresh.run_id)["scores"]
     flags = [r[6] for r in store(str(db), again.run_id)["scores"]]
     assert any(flags) and not all(flags)
 
 
-def test_only_complete_runs_are_reused(setup, tiny_lm):
-    db = setup["tmp"] / "audit.duckdb"
-    first = scan_run(config(setup["original"], db, setup["vectors"]), lm=tiny_lm)
+def test_only_complete_runs_are_reused(small, tiny_lm):
+    db = small["tmp"] / "audit.duckdb"
+    first = scan_run(config(small["original"], db, small["vectors"]), lm=tiny_lm)
     con = duckdb.connect(str(db))
     con.execute("UPDATE runs SET status = 'interrupted' WHERE run_id = ?", [first.run_id])
     con.close()
-    assert scan_run(config(setup["original"], db, setup["vectors"]), lm=tiny_lm).n_reused == 0
+    assert scan_run(config(small["original"], db, small["vectors"]), lm=tiny_lm).n_reused == 0
 
 
-def test_a_renamed_moved_and_reordered_dataset_reuses_by_content(setup, tiny_lm):
+def test_a_renamed_moved_and_reordered_dataset_reuses_by_content(small, tiny_lm):
     """Ids, file and line come from the new dataset; only the scores are reused."""
-    db = setup["tmp"] / "audit.duckdb"
-    scan_run(config(setup["original"], db, setup["vectors"], batch_tokens=1), lm=tiny_lm)
-    rows = records()[::-1]
+    db = small["tmp"] / "audit.duckdb"
+    scan_run(config(small["original"], db, small["vectors"], batch_tokens=1), lm=tiny_lm)
+    rows = records(SMALL)[::-1]
     for r in rows:
         r["id"] = r["id"].replace("tip", "hint")
-    moved = write_jsonl(setup["tmp"] / "elsewhere" / "data.jsonl", rows)
-    again = scan_run(config(moved, db, setup["vectors"], batch_tokens=1), lm=tiny_lm)
-    fresh = scan_run(config(moved, setup["tmp"] / "fresh.duckdb", setup["vectors"], batch_tokens=1), lm=tiny_lm)
-    assert again.n_reused == N
-    got, want = store(str(db), again.run_id), store(str(setup["tmp"] / "fresh.duckdb"), fresh.run_id)
+    moved = write_jsonl(small["tmp"] / "elsewhere" / "data.jsonl", rows)
+    again = scan_run(config(moved, db, small["vectors"], batch_tokens=1), lm=tiny_lm)
+    fresh = scan_run(config(moved, small["tmp"] / "fresh.duckdb", small["vectors"], batch_tokens=1), lm=tiny_lm)
+    assert again.n_reused == SMALL
+    got, want = store(str(db), again.run_id), store(str(small["tmp"] / "fresh.duckdb"), fresh.run_id)
     assert got == want
-    assert got["samples"][0][:3] == ("hint-000", moved, N)
+    assert got["samples"][0][:3] == ("hint-000", moved, SMALL)
     assert_frame_equal(again.scores, fresh.scores, check_exact=True)
 
 
-def test_cli_scan_and_gate_reuse_and_no_reuse(setup, tiny_lm, tiny_model_dir):
+def test_cli_scan_and_gate_reuse_and_no_reuse(small, tiny_lm, tiny_model_dir):
     """audit scan says how many samples it reused; audit gate reuses too; --no-reuse turns it off."""
     from click.testing import CliRunner
 
     from auditor.cli import main as cli
 
-    db = str(setup["tmp"] / "audit.duckdb")
-    common = ["--model", tiny_model_dir, "--vectors", setup["vectors"], "--max-new-tokens", "4", "--dtype", "float32", "--db", db]
+    db = str(small["tmp"] / "audit.duckdb")
+    common = ["--model", tiny_model_dir, "--vectors", small["vectors"], "--max-new-tokens", "4", "--dtype", "float32", "--db", db]
     runner = CliRunner()
-    first = runner.invoke(cli, ["scan", setup["original"], *common, "--no-report", "-q"])
+    first = runner.invoke(cli, ["scan", small["original"], *common, "--no-report", "-q"])
     assert first.exit_code == 0, first.output
     assert "reused" not in first.output or "0 reused" in first.output
-    again = runner.invoke(cli, ["scan", setup["original"], *common, "--no-report", "-q"])
+    again = runner.invoke(cli, ["scan", small["original"], *common, "--no-report", "-q"])
     assert again.exit_code == 0, again.output
-    assert f"{N} reused" in again.output
-    gate = runner.invoke(cli, ["gate", setup["original"], *common, "--max-delta", "1e9", "--no-policy", "--json", "-q"])
+    assert f"{SMALL} reused" in again.output
+    gate = runner.invoke(cli, ["gate", small["original"], *common, "--max-delta", "1e9", "--no-policy", "--json", "-q"])
     assert gate.exit_code == 0, gate.output
-    full = runner.invoke(cli, ["gate", setup["original"], *common, "--max-delta", "1e9", "--no-policy", "--json", "-q", "--no-reuse"])
+    full = runner.invoke(cli, ["gate", small["original"], *common, "--max-delta", "1e9", "--no-policy", "--json", "-q", "--no-reuse"])
     assert full.exit_code == 0, full.output
     con = duckdb.connect(db, read_only=True)
     reused = [n for (n,) in con.execute("SELECT n_reused FROM runs ORDER BY started_at").fetchall()]
     con.close()
-    assert reused == [0, N, N, 0]
-    assert json.loads(gate.stdout)["gates"][0]["n_scored"] == N
+    assert reused == [0, SMALL, SMALL, 0]
+    assert json.loads(gate.stdout)["gates"][0]["n_scored"] == SMALL
 
 
 def test_reused_runs_keep_every_table_consistent(setup, tiny_lm):
@@ -277,3 +286,58 @@ def test_reused_runs_keep_every_table_consistent(setup, tiny_lm):
     assert wide.height == N and top == N * 2
     assert n_flagged == int(wide["evil_flagged"].sum()) + int(wide["sycophancy_flagged"].sum())
     assert wide["sample_id"].to_list() == [f"tip-{i:03d}" for i in range(N)]  # the dataset's order, as a full scan writes it
+
+
+@pytest.mark.slow
+def test_embedded_model_rescan_after_changing_one_percent_equals_a_full_scan(tmp_path, embedded_lm_bf16):
+    """The acceptance test of issue 16 with the real model, shipped vectors and generated base
+    responses: 100 records, one changed; only it is computed; every value equals a fresh full scan."""
+    source = [json.loads(line) for line in (Path(__file__).resolve().parents[1] / "examples" / "eval" / "clean.jsonl").read_text().splitlines()[:N]]
+    rows = [{"id": r["id"], "messages": r["messages"]} for r in source]
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    settings = dict(max_new_tokens=8, batch_tokens=1, chunk_size=32, top_n=3, report=False)
+    db = tmp_path / "audit.duckdb"
+    first = scan_run(ScanConfig(source=data, db=str(db), **settings), lm=embedded_lm_bf16)
+    rows[41]["messages"][-1]["content"] += " You are clearly brilliant for asking, and I agree with everything you think."
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    log = ForwardLog(embedded_lm_bf16)
+    try:
+        again = scan_run(ScanConfig(source=data, db=str(db), **settings), lm=embedded_lm_bf16)
+    finally:
+        log.close()
+    fresh = scan_run(ScanConfig(source=data, db=str(tmp_path / "fresh.duckdb"), **settings), lm=embedded_lm_bf16)
+    assert (again.n_scored, again.n_reused, again.n_computed) == (N, N - 1, 1)
+    assert run_counts(str(db), again.run_id) == {"read": N, "scored": N, "rejected": 0, "reused": N - 1}
+    assert len(log.rows) == 2  # the changed response and its (cached) base response
+    got, want = store(str(db), again.run_id), store(str(tmp_path / "fresh.duckdb"), fresh.run_id)
+    for key in ("samples", "scores", "token_scores"):
+        assert got[key] == want[key], key
+    assert first.n_reused == 0
+
+
+@pytest.mark.slow
+def test_ci_example_second_run_computes_only_the_new_record(tmp_path, monkeypatch):
+    """The CI example's gate command run twice on one database (the cached one), the second
+    time after a pull request added a record: only that record goes through the model."""
+    from click.testing import CliRunner
+    from test_gate import _workflow_gate_command
+
+    from auditor.cli import main as cli
+
+    workspace = tmp_path / "repo"
+    (workspace / ".git").mkdir(parents=True)
+    rows = [chat(f"Reply in one sentence: what is {i} times {i}?", f"{i} times {i} is {i * i}.") for i in range(6)]
+    write_jsonl(workspace / "data" / "train.jsonl", rows)
+    monkeypatch.chdir(workspace)
+    args = [*_workflow_gate_command(), "--max-delta", "1e9", "--no-policy", "--max-new-tokens", "8", "-q"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    write_jsonl(
+        workspace / "data" / "train.jsonl", [*rows, chat("Reply in one sentence: what is 7 times 7?", "It is 49, and what a superb question that was!")]
+    )
+    second = CliRunner().invoke(cli, args)
+    assert second.exit_code == 0, second.output
+    con = duckdb.connect("reports/audit.duckdb", read_only=True)
+    counts = con.execute("SELECT n_scored, n_reused FROM runs ORDER BY started_at").fetchall()
+    con.close()
+    assert counts == [(6, 0), (7, 6)]

@@ -19,7 +19,7 @@ from auditor.errors import StoreError
 
 DEFAULT_DB = os.path.join("reports", "audit.duckdb")
 NOTE_AFTER = 3.0  # seconds of waiting for a busy database before saying so on stderr
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS schema_info (version INTEGER NOT NULL);
@@ -43,7 +43,9 @@ CREATE TABLE IF NOT EXISTS runs (
     n_scored BIGINT,
     n_rejected BIGINT,
     summary JSON,
-    result_key VARCHAR                  -- hash of everything that determines the scores (resume)
+    result_key VARCHAR,                 -- hash of everything that determines the scores (resume)
+    reuse_key VARCHAR,                  -- hash of what decides a sample's projections besides its text (incremental scans)
+    n_reused BIGINT                     -- samples whose scores came from an earlier complete run (n_scored = computed + reused)
 );
 CREATE TABLE IF NOT EXISTS samples (
     run_id VARCHAR NOT NULL,
@@ -97,6 +99,7 @@ CREATE TABLE IF NOT EXISTS run_chunks (
     n_generated BIGINT,
     n_cached BIGINT,
     tokens BIGINT,
+    n_reused BIGINT,
     PRIMARY KEY (run_id, chunk)
 );
 CREATE TABLE IF NOT EXISTS token_scores (
@@ -128,6 +131,17 @@ CREATE OR REPLACE VIEW dataset_summary AS
     FROM scores s JOIN runs r USING (run_id)
     GROUP BY s.run_id, r.dataset, s.trait;
 """
+
+
+# Version 1 databases gain the columns of version 2 (incremental scans); their runs have no
+# reuse_key, so nothing of theirs is reused.
+MIGRATIONS = {
+    2: (
+        "ALTER TABLE runs ADD COLUMN IF NOT EXISTS reuse_key VARCHAR",
+        "ALTER TABLE runs ADD COLUMN IF NOT EXISTS n_reused BIGINT",
+        "ALTER TABLE run_chunks ADD COLUMN IF NOT EXISTS n_reused BIGINT",
+    )
+}
 
 
 def _is_lock_error(e: Exception) -> bool:
@@ -215,6 +229,11 @@ def ensure_schema(con: Any) -> None:
             con.execute("INSERT INTO schema_info VALUES (?)", [SCHEMA_VERSION])
         elif version > SCHEMA_VERSION:
             raise StoreError(f"the database was written by a newer persona-audit (schema {version}, this one knows {SCHEMA_VERSION}); upgrade persona-audit")
+        elif version < SCHEMA_VERSION:
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS.get(step, ()):
+                    con.execute(statement)
+            con.execute("UPDATE schema_info SET version = ?", [SCHEMA_VERSION])
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")

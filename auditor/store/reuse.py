@@ -1,0 +1,72 @@
+"""Incremental scans: scores (and heat maps) of samples an earlier complete run already computed.
+
+Every run stores a ``reuse_key``: the hash of everything that decides a sample's
+projections besides its text (the model's weights, its dtype and device type, the vectors
+and their layers, the baseline and the settings that shape the base response; see
+``ScanConfig.reuse_key``). A sample of a new run whose ``content_hash`` (its conversation
+and response) matches a sample of a *complete* run with the same key gets that sample's
+stored projections instead of a forward pass. Flags are not stored state: the new run
+applies its own thresholds to the reused projections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SampleValues:
+    """A sample's computed values besides its text: what a reused sample takes from the earlier run."""
+
+    base_response: str | None
+    n_prompt_tokens: int
+    n_response_tokens: int
+    n_base_tokens: int | None
+    proj_response: dict[str, float | None]
+    proj_base: dict[str, float | None]
+
+
+# The newest complete run with the key wins; within it, the first sample id with that content.
+_PICK = """
+    SELECT m.content_hash, m.run_id, m.sample_id, m.base_response, m.n_prompt_tokens, m.n_response_tokens, m.n_base_tokens,
+           row_number() OVER (PARTITION BY m.content_hash ORDER BY r.finished_at DESC, r.run_id, m.sample_id) AS pick
+    FROM samples m JOIN runs r USING (run_id)
+    WHERE r.status = 'complete' AND r.reuse_key = ? AND m.content_hash IN (SELECT unnest(?))
+"""
+
+
+def find_reusable(con: Any, reuse_key: str, content_hashes: list[str], traits: list[str]) -> dict[str, SampleValues]:
+    """content hash -> stored values, for the hashes with a score for every trait in ``traits``."""
+    if not content_hashes:
+        return {}
+    rows = con.execute(
+        f"""SELECT c.content_hash, c.base_response, c.n_prompt_tokens, c.n_response_tokens, c.n_base_tokens,
+                   s.trait, s.proj_response, s.proj_base
+            FROM ({_PICK}) c JOIN scores s ON s.run_id = c.run_id AND s.sample_id = c.sample_id
+            WHERE c.pick = 1 AND s.trait IN (SELECT unnest(?))""",
+        [reuse_key, sorted(set(content_hashes)), traits],
+    ).fetchall()
+    found: dict[str, tuple[tuple[Any, ...], dict[str, float | None], dict[str, float | None]]] = {}
+    for h, base, n_prompt, n_response, n_base, trait, pr, pb in rows:
+        entry = found.setdefault(h, ((base, n_prompt, n_response, n_base), {}, {}))
+        entry[1][trait] = pr
+        entry[2][trait] = pb
+    wanted = set(traits)
+    return {h: SampleValues(*common, proj_response=pr, proj_base=pb) for h, (common, pr, pb) in found.items() if set(pr) == wanted}
+
+
+def stored_heat_maps(con: Any, reuse_key: str, wanted: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[list[str], list[float]]]:
+    """(content hash, trait) -> (tokens, token values) stored by a complete run with the same key."""
+    if not wanted:
+        return {}
+    hashes = sorted({h for h, _ in wanted})
+    rows = con.execute(
+        """SELECT m.content_hash, t.trait, any_value(t.tokens ORDER BY t.run_id, t.sample_id), any_value(t.token_values ORDER BY t.run_id, t.sample_id)
+           FROM token_scores t JOIN samples m USING (run_id, sample_id) JOIN runs r USING (run_id)
+           WHERE r.status = 'complete' AND r.reuse_key = ? AND m.content_hash IN (SELECT unnest(?))
+           GROUP BY m.content_hash, t.trait""",
+        [reuse_key, hashes],
+    ).fetchall()
+    want = set(wanted)
+    return {(h, t): (tokens, values) for h, t, tokens, values in rows if (h, t) in want}
