@@ -13,7 +13,6 @@ is refused rather than filtered with scores that belong to other text.
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import gzip
 import hashlib
@@ -27,9 +26,6 @@ from typing import Any
 from auditor.errors import AuditorError, InputError, StoreError
 from auditor.store.queries import RunInfo, resolve_run, stream_batches
 
-JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
-CSV_SUFFIXES = (".csv", ".csv.gz")
-PARQUET_SUFFIXES = (".parquet",)
 # The columns a --where clause sees (one row per sample and trait of the run).
 WHERE_COLUMNS = ("sample_id", "source", "line", "turn", "trait", "layer", "delta", "proj_response", "proj_base", "flagged", "score", "response")
 
@@ -81,16 +77,15 @@ class FilterResult:
 
 
 def file_kind(path: str) -> str:
-    name = path.lower()
-    if name.endswith(JSONL_SUFFIXES):
-        return "jsonl"
-    if name.endswith(PARQUET_SUFFIXES):
-        return "parquet"
-    if name.endswith(CSV_SUFFIXES):
-        return "csv"
-    if name.endswith((".json", ".json.gz")):
+    """The input's file type (one list of suffixes: auditor.sources.readers.FILE_TYPES); filter streams jsonl, csv and parquet."""
+    from auditor.sources.readers import file_type
+
+    kind = file_type(path)
+    if kind == "json":
         raise FilterError(f"{path}: a JSON array cannot be filtered as a stream; convert it to JSONL (one object per line), scan that and filter it")
-    raise FilterError(f"{path}: audit filter writes JSONL, Parquet or CSV files; this one is none of them")
+    if kind is None:
+        raise FilterError(f"{path}: audit filter writes JSONL, Parquet or CSV files; this one is none of them")
+    return kind
 
 
 def sha256_file(path: str, block: int = 1 << 20) -> str:
@@ -146,7 +141,7 @@ def resolve_filter_run(con: Any, spec: str, path: str, db: str) -> tuple[RunInfo
 def selection_query(run: RunInfo, stored_source: str, rule: FilterRule) -> tuple[str, dict[str, Any]]:
     """SQL giving, per sample of the file in line order: line, turn, sample_id, content_hash, reasons (NULL: kept)."""
     traits = list(run.vectors) or []
-    score = run.score_column(traits[0]) if traits else ("proj_response" if run.baseline == "none" else "delta")
+    score = run.score().column
     params: dict[str, Any] = {"run_id": run.run_id, "source": stored_source, "score_name": score}
     thresholds = [(t, run.threshold(t)) for t in traits]
     if thresholds:
@@ -252,58 +247,6 @@ class _Peek:
 
 
 # ---------------------------------------------------------------- record streams
-# Each yields (line, payload, parse) for every record in file order, numbered as the scan's
-# readers number them; payload is what the writer copies, parse() the record as the scan saw it.
-
-
-def _open_binary(path: str):
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
-
-
-def _jsonl_records(path: str) -> Iterator[tuple[int | None, bytes, Any]]:
-    with _open_binary(path) as fh:
-        for number, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                yield None, raw, None  # a blank line holds no record: copied through, not counted
-                continue
-            yield number, raw, (lambda raw=raw: json.loads(raw.decode("utf-8")))
-
-
-def _csv_records(path: str) -> Iterator[tuple[int | None, bytes, Any]]:
-    """CSV records with the raw bytes of every physical line they span (blank lines ride along)."""
-    with _open_binary(path) as fh:
-        pending: list[bytes] = []
-
-        def lines() -> Iterator[str]:
-            for raw in fh:
-                pending.append(raw)
-                yield raw.decode("utf-8")
-
-        try:
-            reader = csv.reader(lines())
-            header = next(reader, None)
-            if header is None:
-                return
-            yield None, b"".join(pending), None
-            pending.clear()
-            previous_end = 1  # as the scan's reader counts: a record starts after the previous one ends
-            for row in reader:
-                if not row:
-                    continue  # a blank line: its bytes stay pending and go with the next record
-                start = previous_end + 1
-                previous_end = reader.line_num
-                raw = b"".join(pending)
-                pending.clear()
-                record = dict(zip(header, row, strict=False)) if len(row) <= len(header) else None
-                if record is not None and len(row) < len(header):
-                    record.update({k: None for k in header[len(row) :]})
-                yield start, raw, (lambda record=record: record)
-            if pending:
-                yield None, b"".join(pending), None
-        except UnicodeDecodeError as e:
-            raise InputError(path, None, f"not valid UTF-8 (byte {e.start})", "re-encode the file as UTF-8") from None
-
-
 # ---------------------------------------------------------------- the filter
 
 
@@ -431,6 +374,7 @@ def filter_dataset(
 def _stream(path: str, kind: str, out: str, rejects: str, run: RunInfo, stored_source: str, selection: _Peek, rejected_lines: _Peek) -> dict[str, int]:
     """Merge the file with the line-ordered selection; write kept records and the rejects file."""
     from auditor.sources import record_to_samples
+    from auditor.sources.readers import raw_records
 
     fmt = run.config.get("format", "auto")
     all_turns = bool(run.config.get("score_all_turns", False))
@@ -446,7 +390,7 @@ def _stream(path: str, kind: str, out: str, rejects: str, run: RunInfo, stored_s
             f"{path}:{line}: {why}: the file changed since run {run.run_id} scanned it; scan it again (audit scan {path}) and filter with that run"
         )
 
-    def decide(line: int, parse: Any) -> list[str] | None:
+    def decide(line: int, record: Any) -> list[str] | None:
         """The reasons to drop the record at ``line`` (None: keep it), after checking it is the scanned one."""
         expected = []
         if selection.peek() is not None and selection.peek()[0] < line:
@@ -461,10 +405,8 @@ def _stream(path: str, kind: str, out: str, rejects: str, run: RunInfo, stored_s
                 raise changed(line, "this record is not in the run")
             counts["unscored_kept"] += 1
             return None
-        try:
-            record = parse()
-        except (ValueError, UnicodeDecodeError):
-            raise changed(line, "the record no longer parses") from None
+        if isinstance(record, InputError):
+            raise changed(line, f"the record no longer parses ({record.problem})")
         found: dict[int, str] = {}
         try:
             for sample in record_to_samples(record, stored_source, line, fmt=fmt, score_all_turns=all_turns):
@@ -489,14 +431,13 @@ def _stream(path: str, kind: str, out: str, rejects: str, run: RunInfo, stored_s
                 _stream_parquet(path, writer, decide, counts)
             else:
                 writer.open()
-                records = _jsonl_records(path) if kind == "jsonl" else _csv_records(path)
-                for line, raw, parse in records:
-                    if line is None:
-                        writer.fh.write(raw)
+                for r in raw_records(path, kind):  # the scan's own reader, so both accept the same files
+                    if r.line is None:
+                        writer.fh.write(r.raw)
                         continue
                     counts["read"] += 1
-                    if decide(line, parse) is None:
-                        writer.fh.write(raw)
+                    if decide(r.line, r.record) is None:
+                        writer.fh.write(r.raw)
                         counts["kept"] += 1
                     else:
                         counts["dropped"] += 1
@@ -522,12 +463,10 @@ _CODECS = {"UNCOMPRESSED": "none", "SNAPPY": "snappy", "GZIP": "gzip", "BROTLI":
 def _stream_parquet(path: str, writer: _Writer, decide: Any, counts: dict[str, int], batch_size: int = 1024) -> None:
     """Kept rows of each batch, written with the input's schema (and its compression where known)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises several types for a bad file
-        raise InputError(path, None, f"not a readable Parquet file ({e})", "check the file was fully written") from None
+    from auditor.sources.readers import open_parquet
+
+    pf = open_parquet(path)
     writer.schema = pf.schema_arrow
     if pf.metadata.num_row_groups and pf.metadata.num_columns:
         codec = str(pf.metadata.row_group(0).column(0).compression).upper()
@@ -540,7 +479,7 @@ def _stream_parquet(path: str, writer: _Writer, decide: Any, counts: dict[str, i
         for row in rows:
             number += 1
             counts["read"] += 1
-            dropped = decide(number, lambda row=row: row) is not None
+            dropped = decide(number, row) is not None
             keep.append(not dropped)
             counts["kept" if not dropped else "dropped"] += 1
         if any(keep):

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from auditor.errors import AuditorError
+from auditor.score import ScoreMeaning
 from auditor.store.queries import RunInfo
 
 RULE_KINDS: dict[str, str] = {
@@ -232,7 +233,8 @@ def trait_stats(con: Any, run: RunInfo) -> dict[str, dict[str, Any]]:
     ).fetchall()
     out: dict[str, dict[str, Any]] = {}
     for trait, layer, n, mean_delta, mean_proj, n_delta, n_flagged, max_delta, max_proj in rows:
-        score = run.score_column(trait)
+        meaning = run.score(trait)
+        score = meaning.column
         out[trait] = {
             "layer": layer,
             "n": int(n),
@@ -240,10 +242,10 @@ def trait_stats(con: Any, run: RunInfo) -> dict[str, dict[str, Any]]:
             "mean_delta": mean_delta,
             "mean_proj_response": mean_proj,
             "n_with_delta": int(n_delta),
-            "mean_score": mean_delta if score == "delta" else mean_proj,
+            "mean_score": meaning.pick(mean_delta, mean_proj),
             "n_flagged": int(n_flagged or 0),
             "flag_rate": (n_flagged or 0) / n if n else None,
-            "max_score": max_delta if score == "delta" else max_proj,
+            "max_score": meaning.pick(max_delta, max_proj),
             "threshold": run.threshold(trait),
             "calibration_mean": run.calibration_mean(trait),
         }
@@ -252,7 +254,8 @@ def trait_stats(con: Any, run: RunInfo) -> dict[str, dict[str, Any]]:
 
 def worst_samples(con: Any, run: RunInfo, trait: str, limit: int, above: float | None = None, flagged_only: bool = False) -> list[dict[str, Any]]:
     """The highest-scoring samples of ``trait`` (optionally only those above a value, or flagged)."""
-    score = run.score_column(trait)
+    meaning = run.score(trait)
+    score = meaning.column
     cond = ""
     params: list[Any] = [run.run_id, trait]
     if above is not None:
@@ -265,7 +268,7 @@ def worst_samples(con: Any, run: RunInfo, trait: str, limit: int, above: float |
         f"""SELECT m.sample_id, m.source, m.line, m.turn, s.{score}, m.response
             FROM scores s JOIN samples m USING (run_id, sample_id)
             WHERE s.run_id = ? AND s.trait = ? AND s.{score} IS NOT NULL{cond}
-            ORDER BY s.{score} DESC, m.sample_id LIMIT ?""",
+            ORDER BY {meaning.order_by("s")} LIMIT ?""",
         params,
     ).fetchall()
     return [
@@ -275,7 +278,7 @@ def worst_samples(con: Any, run: RunInfo, trait: str, limit: int, above: float |
 
 
 def _measure(score: str) -> str:
-    return "delta" if score == "delta" else "projection"
+    return ScoreMeaning.from_column(None, score).measure
 
 
 def evaluate_gate(con: Any, run: RunInfo, rules: list[Rule], worst_n: int = 5) -> GateResult:
@@ -474,7 +477,11 @@ def escape_property(text: str) -> str:
     return escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-_LINE_FILES = (".jsonl", ".jsonl.gz", ".ndjson", ".csv", ".csv.gz")
+def _line_based(source: str) -> bool:
+    """Whether a sample's ``line`` is a physical line of the file (JSONL, CSV), not a row or item number."""
+    from auditor.sources.readers import file_type
+
+    return file_type(source) in ("jsonl", "csv")
 
 
 def _file_property(path: str, workspace: str | None) -> str:
@@ -502,11 +509,11 @@ def github_annotations(gates: list[GateResult], workspace: str | None = None, li
             if source.startswith("hf:"):
                 continue
             props = [_file_property(source, workspace)]
-            if w.get("line") is not None and source.lower().endswith(_LINE_FILES):
+            if w.get("line") is not None and _line_based(source):
                 props.append(f"line={int(w['line'])}")
             title = f"persona-audit: {w['trait']} {w['score_name']} {w['score']:+.2f}"
             props.append(f"title={escape_property(title)}")
-            row = "" if source.lower().endswith(_LINE_FILES) else f" (row {w['line']})"
+            row = "" if _line_based(source) else f" (row {w['line']})"
             broken = "; ".join(w["messages"])
             message = f"sample {w['sample_id']}{row}: {w['trait']} {w['score_name']} {w['score']:+.4f}; gate rule{'s' if len(w['rules']) > 1 else ''} broken: {broken}. Response: {w['response'][:160]}"
             out.append(f"::error {','.join(props)}::{escape_data(message)}")

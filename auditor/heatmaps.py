@@ -25,26 +25,6 @@ from typing import Any
 Key = tuple[str, str]  # (sample_id, trait)
 
 
-def part_schema():
-    import pyarrow as pa
-
-    return pa.schema([("sample_id", pa.string()), ("trait", pa.string()), ("token_ids", pa.list_(pa.int64())), ("token_values", pa.list_(pa.float64()))])
-
-
-def token_scores_schema():
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("run_id", pa.string()),
-            ("sample_id", pa.string()),
-            ("trait", pa.string()),
-            ("tokens", pa.list_(pa.string())),
-            ("token_values", pa.list_(pa.float64())),
-        ]
-    )
-
-
 def _rank(entry: tuple[str, float | None]) -> tuple[int, float, str]:
     """``ORDER BY score DESC NULLS LAST, sample_id`` as DuckDB sorts doubles (NaN above every number)."""
     sample_id, score = entry
@@ -63,14 +43,16 @@ def top_candidates(scored: Sequence[tuple[str, float | None]], n: int) -> list[i
 
 
 def chunk_candidates(entries: Sequence[tuple[str, dict[str, float | None], Sequence[int], dict[str, list[float]]]], traits: Iterable[str], top_n: int):
-    """A chunk's heat-map candidates as a table (``part_schema``).
+    """A chunk's heat-map candidates as a table (``auditor.store.schema.heat_part_schema``).
 
     ``entries``: per computed sample ``(sample_id, score per trait, response token ids,
     token values per trait)``; only each trait's ``top_n`` best are kept.
     """
     import pyarrow as pa
 
-    cols: dict[str, list[Any]] = {name: [] for name in part_schema().names}
+    from auditor.store.schema import heat_part_schema
+
+    cols: dict[str, list[Any]] = {name: [] for name in heat_part_schema().names}
     for trait in traits:
         for i in top_candidates([(e[0], e[1][trait]) for e in entries], top_n):
             sample_id, _scores, ids, values = entries[i]
@@ -78,20 +60,18 @@ def chunk_candidates(entries: Sequence[tuple[str, dict[str, float | None], Seque
             cols["trait"].append(trait)
             cols["token_ids"].append(list(ids))
             cols["token_values"].append(values[trait])
-    return pa.table(cols, schema=part_schema())
-
-
-def part_path(parts_dir: str, index: int) -> str:
-    return os.path.join(parts_dir, f"heat-{index:06d}.parquet")
+    return pa.table(cols, schema=heat_part_schema())
 
 
 def read_parts(parts_dir: str, chunks: Iterable[int], wanted: set[Key]) -> dict[Key, tuple[list[int], list[float]]]:
     """The wanted heat maps found in the chunks' candidate parts (one part in memory at a time)."""
     import pyarrow.parquet as pq
 
+    from auditor.store.runs import heat_part_path
+
     found: dict[Key, tuple[list[int], list[float]]] = {}
     for c in chunks:
-        path = part_path(parts_dir, c)
+        path = heat_part_path(parts_dir, c)
         if not wanted or not os.path.exists(path):  # a chunk stored before heat-map parts existed: second pass
             continue
         part = pq.read_table(path).to_pylist()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from auditor.errors import AuditorError, StoreError
+from auditor.score import ScoreMeaning
 from auditor.store.db import connect
 
 _SHARD_FIELDS = ("num_shards", "shard_index", "out_dir", "report", "top_n", "db", "resume")
@@ -123,17 +124,20 @@ def merge_runs(specs: list[str], db: str, into: str | None = None) -> dict[str, 
                 con.execute(f"INSERT INTO main.base_responses SELECT * FROM {src}.base_responses ON CONFLICT DO NOTHING")
             # Keep the report's heat maps for the merged top N only.
             top_n = int(first.config.get("top_n", 50))
-            order = "delta" if first.row["baseline"] != "none" else "proj_response"
-            con.execute(
-                f"""DELETE FROM token_scores t WHERE t.run_id = ? AND NOT EXISTS (
-                SELECT 1 FROM (SELECT trait, sample_id, row_number() OVER (PARTITION BY trait ORDER BY {order} DESC NULLS LAST, sample_id) AS rank
-                               FROM scores WHERE run_id = ?) s WHERE s.trait = t.trait AND s.sample_id = t.sample_id AND s.rank <= ?)""",
-                [run_id, run_id, top_n],
-            )
+            # Ranked by the score the shards flagged on (they stored the same vectors, so the same meaning).
+            stored_vectors = json.loads(first.row["vectors"] or "{}")
+            meanings = {t: ScoreMeaning.from_column(first.row["baseline"], v.get("score")) for t, v in stored_vectors.items()}
+            for trait, meaning in meanings.items():
+                con.execute(
+                    f"""DELETE FROM token_scores t WHERE t.run_id = ? AND t.trait = ? AND NOT EXISTS (
+                    SELECT 1 FROM (SELECT sample_id, row_number() OVER (ORDER BY {meaning.order_by()}) AS rank
+                                   FROM scores WHERE run_id = ? AND trait = ?) s WHERE s.sample_id = t.sample_id AND s.rank <= ?)""",
+                    [run_id, trait, run_id, trait, top_n],
+                )
             totals = con.execute("SELECT sum(n_read), sum(n_scored), sum(n_rejected), sum(n_reused) FROM run_chunks WHERE run_id = ?", [run_id]).fetchone()
             # Shards of one scan share the reuse key: the merged run is then a source for incremental scans too.
             reuse_keys = {p.row.get("reuse_key") for p in parts}
-            summary = _merged_summary(con, run_id, first, order)
+            summary = _merged_summary(con, run_id, first, meanings)
             con.execute(
                 "INSERT INTO runs (run_id, status, started_at, finished_at, dataset, model, model_fingerprint, baseline, dtype, device, output_dir, config, vectors, versions, timings, n_read, n_scored, n_rejected, summary, result_key, "
                 "reuse_key, n_reused) VALUES (?, 'complete', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -189,15 +193,17 @@ def merge_runs(specs: list[str], db: str, into: str | None = None) -> dict[str, 
     }
 
 
-def _merged_summary(con: Any, run_id: str, first: Part, order: str) -> list[dict[str, Any]]:
+def _merged_summary(con: Any, run_id: str, first: Part, meanings: dict[str, ScoreMeaning]) -> list[dict[str, Any]]:
     previous = {s["trait"]: s for s in json.loads(first.row["summary"] or "[]")}
     out = []
     for trait, layer in con.execute("SELECT trait, any_value(layer) FROM scores WHERE run_id = ? GROUP BY trait ORDER BY trait", [run_id]).fetchall():
         mean_delta, mean_proj, n_flagged, n = con.execute(
             "SELECT avg(delta), avg(proj_response), count(*) FILTER (WHERE flagged), count(*) FROM scores WHERE run_id = ? AND trait = ?", [run_id, trait]
         ).fetchone()
+        meaning = meanings.get(trait) or ScoreMeaning.of(first.row["baseline"])
+        order = meaning.column
         top = con.execute(
-            f"SELECT sample_id, {order} FROM scores WHERE run_id = ? AND trait = ? AND {order} IS NOT NULL ORDER BY {order} DESC, sample_id LIMIT 5",
+            f"SELECT sample_id, {order} FROM scores WHERE run_id = ? AND trait = ? AND {order} IS NOT NULL ORDER BY {meaning.order_by()} LIMIT 5",
             [run_id, trait],
         ).fetchall()
         prev = previous.get(trait, {})

@@ -26,15 +26,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from auditor.errors import AuditorError, InputError, StoreError
+from auditor.errors import AuditorError, InputError
+from auditor.score import BASELINES, FLAG_ON, ScoreMeaning
 from auditor.sources import Rejected, Sample, iter_samples
+from auditor.store.runs import WRITE_WAIT, commit_chunk, lookup_base  # noqa: F401 (WRITE_WAIT: part of this module's API)
+from auditor.store.schema import wide_schema
 
-BASELINES = ("generate", "prompt-last", "none")
 ON_ERROR = ("fail", "skip")
-FLAG_ON = ("delta", "projection")
-# A scan waits this long for a reader to let go of the database before a chunk write fails:
-# long enough to outlast a big export or filter, instead of losing a scored chunk.
-WRITE_WAIT = 600.0
 # Settings that do not change any score: excluded from the resume key.
 _NOT_RESULT_SETTINGS = ("out_dir", "report", "top_n", "db", "resume", "reuse")
 # The settings (besides the model, the vectors and the generation dtype) that change a sample's
@@ -44,24 +42,6 @@ _PROJECTION_SETTINGS = ("baseline", "max_new_tokens", "max_prompt_tokens", "gene
 # Bump when the scoring arithmetic changes (aggregation, masks, projection): stored scores of
 # earlier versions are then never reused.
 SCORING_VERSION = 1
-
-
-SAMPLE_COLUMNS = (
-    "run_id",
-    "sample_id",
-    "source",
-    "line",
-    "turn",
-    "content_hash",
-    "context",
-    "response",
-    "base_response",
-    "n_prompt_tokens",
-    "n_response_tokens",
-    "n_base_tokens",
-    "metadata",
-)
-LONG_COLUMNS = ("run_id", "sample_id", "trait", "layer", "proj_response", "proj_base", "delta", "flagged")  # the scores table
 
 
 @dataclass
@@ -202,6 +182,44 @@ class ScanResult:
 
 
 @dataclass
+class ScoredSample:
+    """One sample through the chunk step: its encoded response, its base, and per-trait projections.
+
+    ``proj_base`` is empty with --baseline none; a trait whose base response was empty maps to None.
+    A sample reused from an earlier run (incremental scans) has no ``row``: its token counts
+    and projections are the stored ones.
+    """
+
+    sample: Sample
+    row: Any  # auditor.activations.EncodedRow of prompt + response; None when reused
+    base_response: str | None = None
+    n_base_tokens: int | None = None
+    proj_response: dict[str, float] = field(default_factory=dict)
+    proj_base: dict[str, float | None] = field(default_factory=dict)
+    n_prompt_tokens: int | None = None
+    n_response_tokens: int | None = None
+    token_values: dict[str, list[float]] | None = None  # per response token and trait, for the heat maps (computed samples)
+
+    def __post_init__(self) -> None:
+        if self.row is not None:
+            self.n_prompt_tokens, self.n_response_tokens = self.row.start, self.row.end - self.row.start
+
+    @classmethod
+    def reused(cls, sample: Sample, stored: Any) -> ScoredSample:
+        """A sample whose values come from an earlier run (``auditor.store.reuse.SampleValues``)."""
+        return cls(
+            sample,
+            None,
+            base_response=stored.base_response,
+            n_base_tokens=stored.n_base_tokens,
+            proj_response=dict(stored.proj_response),
+            proj_base=dict(stored.proj_base),
+            n_prompt_tokens=stored.n_prompt_tokens,
+            n_response_tokens=stored.n_response_tokens,
+        )
+
+
+@dataclass
 class ChunkOutput:
     """Everything one chunk adds to the store."""
 
@@ -219,7 +237,7 @@ class ChunkOutput:
     tokens: int
     seconds: dict[str, float]
     n_reused: int = 0
-    heat: Any = None  # pyarrow.Table (auditor.heatmaps.part_schema): this chunk's heat-map candidates
+    heat: Any = None  # pyarrow.Table (store.schema.heat_part_schema): this chunk's heat-map candidates
 
     @property
     def n_rejected(self) -> int:
@@ -271,41 +289,23 @@ def build_prompt(tokenizer: Any, sample: Sample) -> str:
         ) from None
 
 
-def wide_schema(traits: list[str]):
-    import pyarrow as pa
-
-    fields = [
-        ("sample_id", pa.string()),
-        ("source", pa.string()),
-        ("line", pa.int64()),
-        ("turn", pa.int32()),
-        ("content_hash", pa.string()),
-        ("n_prompt_tokens", pa.int32()),
-        ("n_response_tokens", pa.int32()),
-        ("n_base_tokens", pa.int32()),
-    ]
-    for t in traits:
-        fields += [(f"{t}_proj_response", pa.float64()), (f"{t}_proj_base", pa.float64()), (f"{t}_delta", pa.float64()), (f"{t}_flagged", pa.bool_())]
-    return pa.schema(fields)
-
-
-def resolve_thresholds(config: ScanConfig, vectors: list[Any]) -> tuple[str, dict[str, tuple[float | None, str]]]:
-    """The score column flags use, and per trait (threshold, where it came from)."""
-    score_col = "proj_response" if config.baseline == "none" or config.flag_on == "projection" else "delta"
+def resolve_thresholds(config: ScanConfig, vectors: list[Any]) -> tuple[ScoreMeaning, dict[str, tuple[float | None, str]]]:
+    """The score flags use, and per trait (threshold, where it came from)."""
+    meaning = ScoreMeaning.of(config.baseline, config.flag_on)
     out: dict[str, tuple[float | None, str]] = {}
     for pv in vectors:
         given = config.thresholds.get(pv.trait, config.thresholds.get("*"))
         if given is not None:
             out[pv.trait] = (float(given), "--threshold")
             continue
-        t = pv.threshold(config.baseline, score_col, config.flag_percentile)
+        t = meaning.threshold(pv.calibration, pv.layer, config.flag_percentile)
         src = (
             f"p{config.flag_percentile:g} of the calibration set"
             if t is not None
             else "none: the vector has no calibration for this baseline and layer; pass --threshold TRAIT=VALUE"
         )
         out[pv.trait] = (t, src)
-    return score_col, out
+    return meaning, out
 
 
 def vector_hashes(vectors: list[Any]) -> dict[str, str]:
@@ -345,7 +345,7 @@ class ChunkScorer:
         self.vectors = vectors
         self.run_id = run_id
         self.directions = {pv.trait: (pv.layer, pv.direction()) for pv in vectors}
-        self.score_col, self.thresholds = resolve_thresholds(config, vectors)
+        self.meaning, self.thresholds = resolve_thresholds(config, vectors)
         self.generation_dtype = resolve_generation_dtype(config.generation_dtype, lm)
         self.settings_key = GenerationSettings(config.max_new_tokens, config.max_prompt_tokens, self.generation_dtype, config.generator).key()
         self._generation_lm = lm if self.generation_dtype == lm.dtype else None  # loaded when first needed (a Ray driver never needs it)
@@ -415,166 +415,174 @@ class ChunkScorer:
         prepared: tuple | None = None,
         reused: dict[str, Any] | None = None,
     ) -> ChunkOutput:
-        """Score a chunk. ``reused``: content hash -> stored values (auditor.store.reuse) of samples not to compute."""
+        """The chunk step: prepare -> base responses -> one forward -> flags -> rows for the store.
+
+        ``reused``: content hash -> values an earlier complete run stored (auditor.store.reuse);
+        those samples skip the first two steps.
+        """
+        from auditor.heatmaps import chunk_candidates
+
         reused = reused or {}
-        seconds = {"generate": 0.0, "forward": 0.0}
         ready, rejects = prepared if prepared is not None else self.prepare(items, skip=set(reused))
         if rejects and self.config.on_error == "fail":
             raise rejects[0].error or InputError(rejects[0].source, rejects[0].line, rejects[0].reason)
-        base, new_base, n_cached, tokens, seconds["generate"] = self._base_responses(ready, cached)
+        base, new_base, n_cached, seconds = self.base_responses(ready, cached or {})
         t0 = time.perf_counter()
-        computed, heat_entries, forward_tokens = self._forward(ready, base)
+        computed, tokens = self.forward(ready, base)
         seconds["forward"] = time.perf_counter() - t0
-        values: list[tuple[Sample, Any]] = []
-        n_reused = 0
-        for item in items:
-            if not isinstance(item, Sample):
-                continue
-            if item.id in computed:
-                values.append((item, computed[item.id]))
-            elif item.content_hash in reused:
-                values.append((item, reused[item.content_hash]))
-                n_reused += 1
-        wide, samples, long = self._tables(values)
-        from auditor.heatmaps import chunk_candidates
-
+        scored = self.in_order(items, computed, reused)
+        wide, samples, scores = self.rows(scored)
+        heat = chunk_candidates(
+            [
+                (
+                    x.sample.id,
+                    {t: self.meaning.pick(self.delta(x, t), x.proj_response[t]) for t in self.directions},
+                    x.row.ids[x.row.start : x.row.end],
+                    x.token_values,
+                )
+                for x in computed
+                if x.token_values is not None
+            ],
+            list(self.directions),
+            self.config.top_n,
+        )
         return ChunkOutput(
             index=index,
             fingerprint=chunk_fingerprint(items),
             wide=wide,
             samples=samples,
-            scores=long,
+            scores=scores,
             rejects=rejects,
-            new_base=self._cache_rows(new_base),
+            new_base=self.cache_rows(new_base),
             n_read=len(items),
-            n_scored=len(values),
+            n_scored=len(scored),
             n_generated=len(new_base),
             n_cached=n_cached,
-            tokens=tokens + forward_tokens,
+            tokens=tokens + sum(n for _, n in new_base.values()),
             seconds=seconds,
-            n_reused=n_reused,
-            heat=chunk_candidates(heat_entries, [pv.trait for pv in self.vectors], self.config.top_n),
+            n_reused=len(scored) - len(computed),
+            heat=heat,
         )
 
-    def _base_responses(self, ready: list[tuple[Sample, str, Any]], cached: dict[str, tuple[str, int]] | None):
-        """(base response by prompt hash, the newly generated ones, how many came from the cache, tokens generated, seconds)."""
+    @staticmethod
+    def in_order(items: list[Sample | Rejected], computed: list[ScoredSample], reused: dict[str, Any]) -> list[ScoredSample]:
+        """The chunk's scored samples in dataset order: computed ones, and the reused ones from their stored values."""
+        by_id = {x.sample.id: x for x in computed}
+        out = []
+        for item in items:
+            if isinstance(item, Sample):
+                if item.id in by_id:
+                    out.append(by_id[item.id])
+                elif item.content_hash in reused:
+                    out.append(ScoredSample.reused(item, reused[item.content_hash]))
+        return out
+
+    @staticmethod
+    def delta(item: ScoredSample, trait: str) -> float | None:
+        pb = item.proj_base.get(trait)
+        return item.proj_response[trait] - pb if pb is not None else None
+
+    def base_responses(
+        self, ready: list[tuple[Sample, str, Any]], cached: dict[str, tuple[str, int]]
+    ) -> tuple[dict[str, tuple[str, int]], dict[str, tuple[str, int]], int, dict[str, float]]:
+        """Step 1: every prompt's base response (prompt hash -> (text, n_tokens)), generating those not cached.
+
+        Returns (all base responses, the newly generated ones, how many were cached, seconds).
+        """
         from auditor.generation import generate_base, prompt_hash, prompt_ids
 
-        cfg, lm = self.config, self.lm
-        base: dict[str, tuple[str, int]] = dict(cached or {})
+        cfg = self.config
+        seconds = {"generate": 0.0, "forward": 0.0}
+        base = dict(cached)
         new_base: dict[str, tuple[str, int]] = {}
         if cfg.baseline != "generate" or not ready:
-            return base, new_base, 0, 0, 0.0
+            return base, new_base, 0, seconds
         hashes = [prompt_hash(p) for _, p, _ in ready]
         n_cached = sum(1 for h in hashes if h in base)
         missing: dict[str, str] = {}
         for (_, p, _), h in zip(ready, hashes):
             if h not in base and h not in missing:
                 missing[h] = p
-        if not missing:
-            return base, new_base, n_cached, 0, 0.0
-        t0 = time.perf_counter()
-        keys = list(missing)
-        gen = generate_base(
-            self.generation_lm(),
-            [prompt_ids(lm, missing[h], cfg.max_prompt_tokens) for h in keys],
-            cfg.max_new_tokens,
-            self.generation_batch_size,
-            cfg.generator,
-            cfg.trust_remote_code,
-        )
-        for h, result in zip(keys, gen):
-            base[h] = new_base[h] = result
-        return base, new_base, n_cached, sum(n for _, n in gen), time.perf_counter() - t0
+        if missing:
+            t0 = time.perf_counter()
+            keys = list(missing)
+            prompts = [prompt_ids(self.lm, missing[h], cfg.max_prompt_tokens) for h in keys]
+            gen = generate_base(self.generation_lm(), prompts, cfg.max_new_tokens, self.generation_batch_size, cfg.generator, cfg.trust_remote_code)
+            seconds["generate"] = time.perf_counter() - t0
+            for h, result in zip(keys, gen):
+                base[h] = new_base[h] = result
+        return base, new_base, n_cached, seconds
 
-    def _forward(self, ready: list[tuple[Sample, str, Any]], base: dict[str, tuple[str, int]]):
-        """One forward over the dataset responses and the base responses together.
-
-        Returns (values by sample id, heat-map entries of the computed samples, tokens forwarded).
-        """
+    def forward(self, ready: list[tuple[Sample, str, Any]], base: dict[str, tuple[str, int]]) -> tuple[list[ScoredSample], int]:
+        """Step 2: one forward over the dataset responses and the base responses together; (scored samples, tokens)."""
         from auditor.activations import encode_pair
         from auditor.generation import prompt_hash
         from auditor.scoring import score_rows
-        from auditor.store.reuse import SampleValues
 
-        cfg, tok = self.config, self.lm.tokenizer
-        if not ready:
-            return {}, [], 0
+        cfg, lm, tok = self.config, self.lm, self.lm.tokenizer
         rows = [row for _, _, row in ready]
         base_rows: list[Any] = []
         base_at: list[int | None] = []
         if cfg.baseline == "generate":
             for _, p, _ in ready:
                 brow = encode_pair(tok, p, base[prompt_hash(p)][0], cfg.max_prompt_tokens)
-                base_at.append(len(rows) + len(base_rows) if brow.end > brow.start else None)  # None: the model answered nothing, so no delta
                 if brow.end > brow.start:
+                    base_at.append(len(rows) + len(base_rows))
                     base_rows.append(brow)
+                else:
+                    base_at.append(None)  # the model answered nothing: no activation, so no delta
         all_rows = rows + base_rows
         # The dataset responses' per-token projections feed the report's heat maps (auditor.heatmaps).
         want_tokens = [cfg.top_n > 0] * len(rows) + [False] * len(base_rows)
-        results = score_rows(self.lm.model, all_rows, self.directions, tok.pad_token_id, self.batch_tokens, want_tokens, cfg.layers_path)
-        computed: dict[str, Any] = {}
-        heat: list[tuple[str, dict[str, float | None], Any, dict[str, list[float]]]] = []
+        results = score_rows(lm.model, all_rows, self.directions, tok.pad_token_id, self.batch_tokens, want_tokens, cfg.layers_path) if ready else []
+        scored = []
         for i, (sample, p, row) in enumerate(ready):
             res = results[i]
-            bi = base_at[i] if cfg.baseline == "generate" else None
+            item = ScoredSample(sample, row, proj_response=dict(res.proj), token_values=res.token_values)
             if cfg.baseline == "generate":
-                pb = {t: (results[bi].proj[t] if bi is not None else None) for t in res.proj}
+                bi = base_at[i]
+                item.base_response = base[prompt_hash(p)][0]
+                item.n_base_tokens = (all_rows[bi].end - all_rows[bi].start) if bi is not None else None
+                item.proj_base = {t: (results[bi].proj[t] if bi is not None else None) for t in self.directions}
             elif cfg.baseline == "prompt-last":
-                pb = dict(res.prompt_last)
-            else:
-                pb = {t: None for t in res.proj}
-            values = SampleValues(
-                base_response=base[prompt_hash(p)][0] if cfg.baseline == "generate" else None,
-                n_prompt_tokens=row.start,
-                n_response_tokens=row.end - row.start,
-                n_base_tokens=(all_rows[bi].end - all_rows[bi].start) if bi is not None else None,
-                proj_response=dict(res.proj),
-                proj_base=pb,
-            )
-            computed[sample.id] = values
-            if res.token_values is not None:
-                heat.append((sample.id, {t: self._score(values, t) for t in res.proj}, row.ids[row.start : row.end], res.token_values))
-        return computed, heat, sum(r.length for r in all_rows)
+                item.proj_base = dict(res.prompt_last)
+            scored.append(item)
+        return scored, sum(r.length for r in all_rows)
 
-    def _score(self, values: Any, trait: str) -> float | None:
-        """The number flags and rankings use (the run's score column) for one trait."""
-        pr, pb = values.proj_response[trait], values.proj_base[trait]
-        return pr if self.score_col == "proj_response" else (pr - pb if pb is not None else None)
-
-    def _tables(self, values: list[tuple[Sample, Any]]):
-        """The chunk's rows: scores.parquet (wide), the samples table and the scores table (long)."""
+    def rows(self, scored: list[ScoredSample]) -> tuple[Any, Any, Any]:
+        """Step 3: flags, and the Arrow tables a chunk adds (scores.parquet rows, samples, long-form scores)."""
         import pyarrow as pa
+
+        from auditor.store.schema import SAMPLE_COLUMNS, SCORE_COLUMNS, samples_schema, scores_schema
 
         wide: dict[str, list[Any]] = {name: [] for name in self.schema.names}
         samples: dict[str, list[Any]] = {k: [] for k in SAMPLE_COLUMNS}
-        long: dict[str, list[Any]] = {k: [] for k in LONG_COLUMNS}
-        for sample, v in values:
+        long: dict[str, list[Any]] = {k: [] for k in SCORE_COLUMNS}
+        for item in scored:
+            sample = item.sample
             common = {
                 "sample_id": sample.id,
                 "source": sample.source,
                 "line": sample.line,
                 "turn": sample.turn,
                 "content_hash": sample.content_hash,
-                "n_prompt_tokens": v.n_prompt_tokens,
-                "n_response_tokens": v.n_response_tokens,
-                "n_base_tokens": v.n_base_tokens,
+                "n_prompt_tokens": item.n_prompt_tokens,
+                "n_response_tokens": item.n_response_tokens,
+                "n_base_tokens": item.n_base_tokens,
             }
-            for k, val in common.items():
-                wide[k].append(val)
-                samples[k].append(val)
+            for k, v in common.items():
+                wide[k].append(v)
+                samples[k].append(v)
             samples["run_id"].append(self.run_id)
             samples["context"].append(json.dumps(list(sample.context), ensure_ascii=False))
             samples["response"].append(sample.response)
-            samples["base_response"].append(v.base_response)
+            samples["base_response"].append(item.base_response)
             samples["metadata"].append(json.dumps(sample.metadata, ensure_ascii=False, sort_keys=True, default=str))
             for pv in self.vectors:
                 t = pv.trait
-                pr, pb = v.proj_response[t], v.proj_base[t]
-                delta = pr - pb if pb is not None else None
-                score = self._score(v, t)
-                threshold = self.thresholds[t][0]
-                flagged = bool(threshold is not None and score is not None and score > threshold)
+                pr, pb = item.proj_response[t], item.proj_base.get(t)
+                delta = self.delta(item, t)
+                flagged = self.meaning.flags(self.meaning.pick(delta, pr), self.thresholds[t][0])
                 for col, val in (("proj_response", pr), ("proj_base", pb), ("delta", delta), ("flagged", flagged)):
                     wide[f"{t}_{col}"].append(val)
                     long[col].append(val)
@@ -582,162 +590,38 @@ class ChunkScorer:
                 long["sample_id"].append(sample.id)
                 long["trait"].append(t)
                 long["layer"].append(pv.layer)
-        f64 = pa.float64()
-        long_schema = pa.schema(
-            [("run_id", pa.string()), ("sample_id", pa.string()), ("trait", pa.string()), ("layer", pa.int32())]
-            + [("proj_response", f64), ("proj_base", f64), ("delta", f64), ("flagged", pa.bool_())]
-        )
-        samples_schema = pa.schema(
-            [
-                (k, pa.int64() if k == "line" else pa.int32() if k in ("turn", "n_prompt_tokens", "n_response_tokens", "n_base_tokens") else pa.string())
-                for k in SAMPLE_COLUMNS
-            ]
-        )
-        return pa.table(wide, schema=self.schema), pa.table(samples, schema=samples_schema), pa.table(long, schema=long_schema)
+        return pa.table(wide, schema=self.schema), pa.table(samples, schema=samples_schema()), pa.table(long, schema=scores_schema())
 
-    def _cache_rows(self, new_base: dict[str, tuple[str, int]]):
-        """Newly generated base responses as rows of the base_responses table."""
+    def cache_rows(self, new_base: dict[str, tuple[str, int]]) -> Any:
+        """The base-response cache rows of newly generated responses."""
         import pyarrow as pa
+
+        from auditor.store.schema import base_responses_schema
 
         now = _dt.datetime.now()
         keys = list(new_base)
-        return pa.table(
-            {
-                "model_fingerprint": [self.lm.fingerprint] * len(keys),
-                "settings_key": [self.settings_key] * len(keys),
-                "prompt_hash": keys,
-                "response": [new_base[h][0] for h in keys],
-                "n_tokens": [new_base[h][1] for h in keys],
-                "created_at": [now] * len(keys),
-            },
-            schema=pa.schema(
-                [
-                    ("model_fingerprint", pa.string()),
-                    ("settings_key", pa.string()),
-                    ("prompt_hash", pa.string()),
-                    ("response", pa.string()),
-                    ("n_tokens", pa.int32()),
-                    ("created_at", pa.timestamp("us")),
-                ]
-            ),
-        )
-
-
-def lookup_base(db: str, fingerprint: str, settings_key: str, hashes: list[str]) -> dict[str, tuple[str, int]]:
-    """Cached base responses for these prompt hashes."""
-    from auditor.store.db import connect
-
-    if not hashes:
-        return {}
-    with connect(db, timeout=WRITE_WAIT) as con:
-        found = con.execute(
-            "SELECT prompt_hash, response, n_tokens FROM base_responses WHERE model_fingerprint = ? AND settings_key = ? AND prompt_hash IN (SELECT unnest(?))",
-            [fingerprint, settings_key, hashes],
-        ).fetchall()
-    return {h: (r, n) for h, r, n in found}
-
-
-def lookup_reused(db: str, scorer: ChunkScorer, items: list[Sample | Rejected]) -> dict[str, Any]:
-    """Stored values of this chunk's samples that an earlier complete run computed (empty with reuse off)."""
-    from auditor.store.db import connect
-    from auditor.store.reuse import find_reusable
-
-    hashes = [item.content_hash for item in items if isinstance(item, Sample)]
-    if not scorer.config.reuse or not hashes or not os.path.exists(db):
-        return {}
-    with connect(db, timeout=WRITE_WAIT) as con:
-        return find_reusable(con, scorer.reuse_key, hashes, [pv.trait for pv in scorer.vectors])
-
-
-def commit_chunk(db: str, run_id: str, parts_dir: str, out: ChunkOutput) -> None:
-    """Write the chunk's Parquet part, then everything else in one database transaction."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from auditor.store.db import connect, insert_arrow
-
-    part = os.path.join(parts_dir, f"part-{out.index:06d}.parquet")
-    if not os.path.isdir(parts_dir):
-        raise StoreError(f"run {run_id}: {parts_dir} is gone: another process finished this run meanwhile, or the folder was deleted; see audit runs")
-    if out.heat is not None and out.heat.num_rows:
-        from auditor.heatmaps import part_path
-
-        heat = part_path(parts_dir, out.index)
-        pq.write_table(out.heat, heat + ".tmp")
-        os.replace(heat + ".tmp", heat)
-    pq.write_table(out.wide, part + ".tmp")
-    os.replace(part + ".tmp", part)  # a reader sees the old part or the new one, never half of one
-    with connect(db, timeout=WRITE_WAIT) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            if con.execute("SELECT count(*) FROM run_chunks WHERE run_id = ? AND chunk = ?", [run_id, out.index]).fetchall()[0][0]:
-                raise StoreError(
-                    f"run {run_id}: chunk {out.index} was stored by another process meanwhile (is a second audit scan --resume of this run running?); "
-                    "let that one finish, then check audit runs"
-                )
-            if out.new_base.num_rows:
-                con.register("_incoming_cache", out.new_base)
-                con.execute("INSERT INTO base_responses SELECT * FROM _incoming_cache ON CONFLICT DO NOTHING")
-                con.unregister("_incoming_cache")
-            insert_arrow(con, "samples", out.samples)
-            insert_arrow(con, "scores", out.scores)
-            if out.rejects:
-                insert_arrow(
-                    con,
-                    "rejects",
-                    pa.table(
-                        {
-                            "run_id": [run_id] * len(out.rejects),
-                            "source": [r.source for r in out.rejects],
-                            "line": pa.array([r.line for r in out.rejects], pa.int64()),
-                            "reason": [r.reason for r in out.rejects],
-                        }
-                    ),
-                )
-            con.execute(
-                "INSERT INTO run_chunks (run_id, chunk, n_read, n_scored, n_rejected, fingerprint, n_generated, n_cached, tokens, n_reused) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [run_id, out.index, out.n_read, out.n_scored, out.n_rejected, out.fingerprint, out.n_generated, out.n_cached, out.tokens, out.n_reused],
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-
-
-def _find_resumable(db: str, key: str) -> tuple[str, str] | None:
-    from auditor.store.db import connect
-
-    if not os.path.exists(db):
-        return None
-    with connect(db) as con:
-        row = con.execute(
-            "SELECT run_id, output_dir FROM runs WHERE result_key = ? AND status <> 'complete' ORDER BY started_at DESC LIMIT 1", [key]
-        ).fetchone()
-    return (row[0], row[1]) if row else None
+        columns = {
+            "model_fingerprint": [self.lm.fingerprint] * len(keys),
+            "settings_key": [self.settings_key] * len(keys),
+            "prompt_hash": keys,
+            "response": [new_base[h][0] for h in keys],
+            "n_tokens": [new_base[h][1] for h in keys],
+            "created_at": [now] * len(keys),
+        }
+        return pa.table(columns, schema=base_responses_schema())
 
 
 def open_run(config: ScanConfig, lm: Any, vectors: list[Any], scorer: ChunkScorer) -> tuple[str, str, dict[int, str]]:
     """Register a new run, or find the unfinished one to resume: (run_id, out_dir, done chunks)."""
-    from auditor.store.db import connect
+    from auditor.store.runs import find_resumable, register_run, resume_run
 
     key = config.result_key(lm.fingerprint, vector_hashes(vectors))
-    resumable = _find_resumable(config.db, key) if config.resume else None
+    resumable = find_resumable(config.db, key) if config.resume else None
     if config.resume and resumable is None:
         raise AuditorError(f"nothing to resume in {config.db}: no unfinished run with these settings and this model; run the scan without --resume")
     if resumable:
         run_id, out_dir = resumable
-        with connect(config.db) as con:
-            done = dict(con.execute("SELECT chunk, fingerprint FROM run_chunks WHERE run_id = ?", [run_id]).fetchall())
-            # The final scores.parquet is built from the parts: a stored chunk without one cannot be finished.
-            lost = [c for c in sorted(done) if not os.path.exists(os.path.join(out_dir, "parts", f"part-{c:06d}.parquet"))]
-            if lost:
-                raise StoreError(
-                    f"run {run_id} cannot be resumed: {os.path.join(out_dir, 'parts', f'part-{lost[0]:06d}.parquet')} is missing"
-                    + (f" (and {len(lost) - 1} more parts)" if len(lost) > 1 else "")
-                    + "; scan again without --resume"
-                )
-            con.execute("UPDATE runs SET status = 'running' WHERE run_id = ?", [run_id])
+        done = resume_run(config.db, run_id, out_dir)
     else:
         done = {}
         run_id = make_run_id(config.source)
@@ -749,31 +633,27 @@ def open_run(config: ScanConfig, lm: Any, vectors: list[Any], scorer: ChunkScore
                 "sha256": pv.sha256,
                 "threshold": scorer.thresholds[pv.trait][0],
                 "threshold_source": scorer.thresholds[pv.trait][1],
-                "score": scorer.score_col,
+                "score": scorer.meaning.column,
             }
             for pv in vectors
         }
-        with connect(config.db) as con:
-            con.execute(
-                "INSERT INTO runs (run_id, status, started_at, dataset, model, model_fingerprint, baseline, dtype, device, output_dir, config, vectors, versions, result_key, reuse_key) "
-                "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    run_id,
-                    _dt.datetime.now(),
-                    config.source,
-                    lm.name,
-                    lm.fingerprint,
-                    config.baseline,
-                    lm.dtype,
-                    lm.device,
-                    out_dir,
-                    json.dumps(asdict(config), sort_keys=True, default=str),
-                    json.dumps(vector_info),
-                    json.dumps(_versions()),
-                    key,
-                    scorer.reuse_key,
-                ],
-            )
+        row = {
+            "run_id": run_id,
+            "started_at": _dt.datetime.now(),
+            "dataset": config.source,
+            "model": lm.name,
+            "model_fingerprint": lm.fingerprint,
+            "baseline": config.baseline,
+            "dtype": lm.dtype,
+            "device": lm.device,
+            "output_dir": out_dir,
+            "config": json.dumps(asdict(config), sort_keys=True, default=str),
+            "vectors": json.dumps(vector_info),
+            "versions": json.dumps(_versions()),
+            "result_key": key,
+            "reuse_key": scorer.reuse_key,
+        }
+        register_run(config.db, row)
     scorer.run_id = run_id
     os.makedirs(os.path.join(out_dir, "parts"), exist_ok=True)
     return run_id, out_dir, done
@@ -826,18 +706,22 @@ def is_interruption(exc: BaseException) -> bool:
 
 def mark_run(config: ScanConfig, run_id: str, exc: BaseException) -> None:
     """Record why a run stopped (best effort: the database may be what failed)."""
-    from auditor.store.db import connect
+    from auditor.store.runs import mark_stopped
 
-    status = "interrupted" if is_interruption(exc) else "failed"
-    try:
-        with connect(config.db, timeout=10) as con:
-            con.execute("UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, _dt.datetime.now(), run_id])
-    except Exception:
-        pass
+    mark_stopped(config.db, run_id, "interrupted" if is_interruption(exc) else "failed")
 
 
 def new_counts() -> dict[str, int]:
     return {"read": 0, "scored": 0, "rejected": 0, "generated": 0, "cached": 0, "tokens": 0, "reused": 0}
+
+
+def lookup_reused(db: str, scorer: ChunkScorer, items: list[Sample | Rejected]) -> dict[str, Any]:
+    """Stored values of this chunk's samples that an earlier complete run computed (none with reuse off)."""
+    from auditor.store.reuse import find_reusable
+
+    if not scorer.config.reuse:
+        return {}
+    return find_reusable(db, scorer.reuse_key, [i.content_hash for i in items if isinstance(i, Sample)], list(scorer.directions))
 
 
 def add_counts(counts: dict[str, int], out: ChunkOutput) -> None:
@@ -923,73 +807,46 @@ def finalize_run(
     """Concatenate the parts, compute the summary from the store, heat-map tokens, report."""
     import pyarrow.parquet as pq
 
-    from auditor.store.db import connect
+    from auditor.store.runs import committed_chunks, complete_run, part_path, trait_totals
 
     t0 = time.perf_counter()
     parts_dir = os.path.join(out_dir, "parts")
     parquet_path = os.path.join(out_dir, "scores.parquet")
-    with connect(config.db) as con:
-        chunks = [c for (c,) in con.execute("SELECT chunk FROM run_chunks WHERE run_id = ? ORDER BY chunk", [run_id]).fetchall()]
-        totals = con.execute(
-            "SELECT coalesce(sum(n_read),0), coalesce(sum(n_scored),0), coalesce(sum(n_rejected),0), coalesce(sum(n_generated),0), coalesce(sum(n_cached),0), "
-            "coalesce(sum(tokens),0), coalesce(sum(n_reused),0) FROM run_chunks WHERE run_id = ?",
-            [run_id],
-        ).fetchone()
+    chunks, totals = committed_chunks(config.db, run_id)
     with pq.ParquetWriter(parquet_path + ".tmp", scorer.schema) as writer:
         for c in chunks:
-            writer.write_table(pq.read_table(os.path.join(parts_dir, f"part-{c:06d}.parquet"), schema=scorer.schema))
+            writer.write_table(pq.read_table(part_path(out_dir, c), schema=scorer.schema))
     os.replace(parquet_path + ".tmp", parquet_path)
-    n_read, n_scored, n_rejected, n_generated, n_cached, _tokens, n_reused = (int(x) for x in totals)
 
     summaries = []
-    with connect(config.db) as con:
-        for pv in vectors:
-            t = pv.trait
-            mean_delta, mean_proj, n_flagged, n = con.execute(
-                "SELECT avg(delta), avg(proj_response), count(*) FILTER (WHERE flagged), count(*) FROM scores WHERE run_id = ? AND trait = ?", [run_id, t]
-            ).fetchone()
-            order = "delta" if scorer.score_col == "delta" else "proj_response"
-            top = con.execute(
-                f"SELECT sample_id, {order} FROM scores WHERE run_id = ? AND trait = ? AND {order} IS NOT NULL ORDER BY {order} DESC, sample_id LIMIT 5",
-                [run_id, t],
-            ).fetchall()
-            cal = pv.calibration or {}
-            cal_entry = cal.get("scores", {}).get(config.baseline, {}).get(scorer.score_col) if cal.get("layer") == pv.layer else None
-            summaries.append(
-                TraitSummary(
-                    trait=t,
-                    layer=pv.layer,
-                    score=scorer.score_col,
-                    threshold=scorer.thresholds[t][0],
-                    threshold_source=scorer.thresholds[t][1],
-                    mean_delta=mean_delta,
-                    mean_proj_response=mean_proj,
-                    n_flagged=int(n_flagged or 0),
-                    n=int(n or 0),
-                    calibration_mean=cal_entry.get("mean") if cal_entry else None,
-                    top=[{"sample_id": sid, "score": s} for sid, s in top],
-                )
+    for pv in vectors:
+        cal_entry = scorer.meaning.calibration_entry(pv.calibration, pv.layer)
+        summaries.append(
+            TraitSummary(
+                trait=pv.trait,
+                layer=pv.layer,
+                score=scorer.meaning.column,
+                threshold=scorer.thresholds[pv.trait][0],
+                threshold_source=scorer.thresholds[pv.trait][1],
+                calibration_mean=cal_entry.get("mean") if cal_entry else None,
+                **trait_totals(config.db, run_id, pv.trait),
             )
+        )
     t_heat = time.perf_counter()
     token_table, heat_sources = heat_map_tokens(config, run_id, lm.tokenizer, scorer, score_fn or local_score_fn(lm, config, scorer), parts_dir, chunks)
     timings["heat_maps"] = time.perf_counter() - t_heat
     timings["total"] = time.perf_counter() - started
-    with connect(config.db) as con:
-        con.execute("BEGIN TRANSACTION")
-        con.execute("DELETE FROM token_scores WHERE run_id = ?", [run_id])
-        from auditor.store.db import insert_arrow
-
-        insert_arrow(con, "token_scores", token_table)
-        con.execute(
-            "UPDATE runs SET status = 'complete', finished_at = ?, timings = ?, n_read = ?, n_scored = ?, n_rejected = ?, n_reused = ?, summary = ? WHERE run_id = ?",
-            [_dt.datetime.now(), json.dumps(timings), n_read, n_scored, n_rejected, n_reused, json.dumps([asdict(s) for s in summaries]), run_id],
-        )
-        con.execute("COMMIT")
-        rejects = [
-            Rejected(s, ln, r)
-            for s, ln, r in con.execute("SELECT source, line, reason FROM rejects WHERE run_id = ? ORDER BY source, line", [run_id]).fetchall()
-        ]
-    # Only now: a crash before the commit above leaves the run resumable, and resuming reads the parts.
+    n_read, n_scored, n_rejected = totals["n_read"], totals["n_scored"], totals["n_rejected"]
+    fields = {
+        "timings": json.dumps(timings),
+        "n_read": n_read,
+        "n_scored": n_scored,
+        "n_rejected": n_rejected,
+        "n_reused": totals["n_reused"],
+        "summary": json.dumps([asdict(s) for s in summaries]),
+    }
+    rejects = [Rejected(src, ln, r) for src, ln, r in complete_run(config.db, run_id, token_table, fields)]
+    # Only now: a crash before the run is complete leaves it resumable, and resuming reads the parts.
     shutil.rmtree(parts_dir, ignore_errors=True)
     timings["write"] += time.perf_counter() - t0
     report_path = None
@@ -1017,7 +874,7 @@ def finalize_run(
         model_name=lm.name,
         rejects=rejects,
         resumed_chunks=resumed,
-        n_reused=n_reused,
+        n_reused=totals["n_reused"],
         heat_maps=heat_sources,
     )
 
@@ -1027,55 +884,43 @@ def heat_map_tokens(
 ):
     """Each response token's projection for the report's top samples per trait (auditor.heatmaps).
 
-    From the chunks' candidate parts (the scan's own forward); for samples reused from an
-    earlier run, that run's stored heat maps; anything still missing (a chunk stored by an
-    older version) from a second forward over just those samples. Returns the token_scores
-    rows and how many heat maps came from each source.
+    The samples are the store's ranking (top_samples), the ones the report lists. Their heat
+    maps come from the chunks' candidate parts (the scan's own forward); for samples reused
+    from an earlier run, from that run's stored heat maps; anything still missing (a chunk
+    stored by an older version) from a second forward over just those samples. Returns the
+    token_scores rows and how many heat maps came from each source.
     """
     import pyarrow as pa
 
-    from auditor.heatmaps import decode_pieces, read_parts, second_pass, token_scores_schema
-    from auditor.store.db import connect
+    from auditor.heatmaps import decode_pieces, read_parts, second_pass
     from auditor.store.reuse import stored_heat_maps
+    from auditor.store.runs import heat_map_candidates
+    from auditor.store.schema import token_scores_schema
 
     schema = token_scores_schema()
     rows: dict[str, list[Any]] = {name: [] for name in schema.names}
     sources = {"forward": 0, "earlier_run": 0, "second_pass": 0}
     if config.top_n <= 0:
         return pa.table(rows, schema=schema), sources
-    order = "delta" if scorer.score_col == "delta" else "proj_response"
-    with connect(config.db) as con:
-        wanted = con.execute(
-            f"""SELECT s.trait, m.sample_id, m.context, m.response, m.content_hash FROM (
-                    SELECT trait, sample_id, row_number() OVER (PARTITION BY trait ORDER BY {order} DESC NULLS LAST, sample_id) AS rank
-                    FROM scores WHERE run_id = ?) s
-                JOIN samples m ON m.run_id = ? AND m.sample_id = s.sample_id
-                WHERE s.rank <= ? ORDER BY s.trait, s.rank""",
-            [run_id, run_id, config.top_n],
-        ).fetchall()
-        keys = {(sid, trait): (context, response, h) for trait, sid, context, response, h in wanted}
-        found: dict[tuple[str, str], tuple[list[str], list[float]]] = {
-            k: (decode_pieces(tokenizer, ids), values) for k, (ids, values) in read_parts(parts_dir, chunks, set(keys)).items()
-        }
-        sources["forward"] = len(found)
-        missing = [k for k in keys if k not in found]
-        if missing and config.reuse:
-            stored = stored_heat_maps(con, scorer.reuse_key, [(keys[k][2], k[1]) for k in missing])
-            for k in missing:
-                if (keys[k][2], k[1]) in stored:
-                    found[k] = stored[(keys[k][2], k[1])]
-                    sources["earlier_run"] += 1
-    missing = {k: keys[k][:2] for k in keys if k not in found}
-    for k, (ids, values) in second_pass(tokenizer, missing, config.max_prompt_tokens, score_fn).items():
+    wanted = heat_map_candidates(config.db, run_id, config.top_n)
+    keys = {(sid, trait): (context, response, h) for trait, sid, context, response, h in wanted}
+    found = {k: (decode_pieces(tokenizer, ids), values) for k, (ids, values) in read_parts(parts_dir, chunks, set(keys)).items()}
+    sources["forward"] = len(found)
+    missing = [k for k in keys if k not in found]
+    if missing and config.reuse:
+        stored = stored_heat_maps(config.db, scorer.reuse_key, [(keys[k][2], k[1]) for k in missing])
+        for k in missing:
+            if (keys[k][2], k[1]) in stored:
+                found[k] = stored[(keys[k][2], k[1])]
+                sources["earlier_run"] += 1
+    missing_texts = {k: keys[k][:2] for k in keys if k not in found}
+    for k, (ids, values) in second_pass(tokenizer, missing_texts, config.max_prompt_tokens, score_fn).items():
         found[k] = (decode_pieces(tokenizer, ids), values)
-    sources["second_pass"] = len(missing)
+    sources["second_pass"] = len(missing_texts)
     for trait, sid, *_rest in wanted:
         tokens, values = found[(sid, trait)]
-        rows["run_id"].append(run_id)
-        rows["sample_id"].append(sid)
-        rows["trait"].append(trait)
-        rows["tokens"].append(tokens)
-        rows["token_values"].append(values)
+        for name, value in zip(schema.names, (run_id, sid, trait, tokens, values)):
+            rows[name].append(value)
     return pa.table(rows, schema=schema), sources
 
 

@@ -28,7 +28,9 @@ Tables: runs, samples, scores, rejects, base_responses, run_chunks, token_scores
 Views:
   flagged          every flagged (sample, trait) with its text: run_id, sample_id, trait, layer, delta,
                    proj_response, proj_base, source, line, response, base_response, context
-  top_samples      every (sample, trait) with its rank within run and trait (1 = highest delta)
+  top_samples      every (sample, trait) with its rank within run and trait (1 = the highest score the run
+                   flags on: delta, or proj_response with --flag-on projection or --baseline none), and that score
+  run_scores       the scores table with each row's flag score (score) and its column name (score_column)
   dataset_summary  per run and trait: n, mean_delta, mean_proj_response, n_flagged, flag_rate, max_delta
 """
 

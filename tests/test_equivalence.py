@@ -172,3 +172,28 @@ def test_bf16_scan_generates_the_plain_fp32_base_responses_whatever_the_batch(tm
     bases = dict(runs[1][0])
     for i, chat in enumerate(SMALL_CHATS):
         assert bases[f"data.jsonl:{i + 1}"] == plain_base_response(embedded_lm_fp32, chat["messages"][:-1], 32)
+
+
+@pytest.mark.parametrize("flag_on", ["delta", "projection"])
+def test_generate_baseline_and_flags_match_plain_tiny(tmp_path, tiny_lm, tiny_vectors, flag_on):
+    """Pins every stored number of a generate-baseline scan to the plain path: projections, delta and the flag.
+
+    The restructure of the scan (issue 12) was checked bit for bit against recorded scans;
+    this keeps the meaning pinned: base responses generated one prompt at a time, projections
+    from a full unbatched forward, and flagged = (the run's score > threshold).
+    """
+    vectors = {pv.trait: pv for pv in load_vectors(tiny_vectors, tiny_lm.name)}
+    df = _scan(tmp_path, tiny_lm, tiny_vectors, max_new_tokens=10, chunk_size=4, batch_tokens=64, thresholds={"*": 0.0}, flag_on=flag_on).scores
+    assert df.height == len(SMALL_CHATS)
+    for i, row in enumerate(df.iter_rows(named=True)):
+        msgs = SMALL_CHATS[i]["messages"]
+        base = plain_base_response(tiny_lm, msgs[:-1], 10)
+        for trait, pv in vectors.items():
+            pr = plain_projection(tiny_lm, msgs[:-1], msgs[-1]["content"], pv.vector, pv.layer)
+            pb = plain_projection(tiny_lm, msgs[:-1], base, pv.vector, pv.layer)
+            assert row[f"{trait}_proj_response"] == pytest.approx(pr, abs=1e-5)
+            assert row[f"{trait}_proj_base"] == pytest.approx(pb, abs=1e-5)
+            assert row[f"{trait}_delta"] == pytest.approx(pr - pb, abs=1e-5)
+            score = pr if flag_on == "projection" else pr - pb
+            if abs(score) > 1e-4:  # away from the threshold, the rounding cannot decide the flag
+                assert row[f"{trait}_flagged"] is (score > 0.0)

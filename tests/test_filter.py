@@ -252,6 +252,32 @@ def test_gzip_jsonl_in_and_out(tmp_path, tiny_lm, tiny_vectors):
         assert body == b"".join(b for i, b in enumerate(raw, start=1) if i != top)
 
 
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_files_with_a_utf8_bom_filter_as_they_scan(tmp_path, tiny_lm, tiny_vectors, suffix):
+    """A BOM that audit scan accepts is accepted by audit filter too, and copied through with the first record."""
+    from auditor.pipeline import ScanConfig, scan_run
+
+    rows = CHATS[:4]
+    if suffix == "jsonl":
+        raw = [json.dumps(c, ensure_ascii=False).encode() + b"\n" for c in rows]
+    else:
+        raw = [b"prompt,response\r\n"] + [(f'"{c["messages"][-2]["content"]}","{c["messages"][-1]["content"]}"\r\n').encode() for c in rows]
+    raw[0] = b"\xef\xbb\xbf" + raw[0]
+    data = tmp_path / f"bom.{suffix}"
+    data.write_bytes(b"".join(raw))
+    db = str(tmp_path / "b.duckdb")
+    run = scan_run(ScanConfig(source=str(data), vectors=tiny_vectors, max_new_tokens=4, db=db, report=False), lm=tiny_lm)
+    assert run.n_scored == len(rows) and run.scores["evil_delta"].null_count() == 0
+    top = run.scores.sort("evil_delta", descending=True)["line"][0]
+    out = tmp_path / f"o.{suffix}"
+    result = run_filter(data, "--db", db, "--out", out, "--drop-top", "1", "--traits", "evil")
+    assert result.exit_code == 0, result.output
+    first_record = 1 if suffix == "jsonl" else 2  # CSV: line 1 is the header
+    expected = [b for i, b in enumerate(raw, start=1) if i != top]
+    assert out.read_bytes() == b"".join(expected)
+    assert out.read_bytes().startswith(b"\xef\xbb\xbf") == (top != first_record or suffix == "csv")
+
+
 def test_score_all_turns_drops_the_record_when_any_turn_is_selected(tmp_path, tiny_lm, tiny_vectors):
     from auditor.pipeline import ScanConfig, scan_run
 

@@ -9,6 +9,7 @@ import time
 import click
 
 from auditor.cli.common import handle_errors, parse_pairs, split_list
+from auditor.score import BASELINES, FLAG_ON
 
 DEFAULT_DB = os.path.join("reports", "audit.duckdb")
 
@@ -22,7 +23,7 @@ def scan_options(fn):
         click.option("--layer", "layers", multiple=True, help="Layer to use, TRAIT=L or L for all (default: the vector's recommended layer). Repeatable."),
         click.option(
             "--baseline",
-            type=click.Choice(["generate", "prompt-last", "none"]),
+            type=click.Choice(list(BASELINES)),
             default="generate",
             show_default=True,
             help="What to subtract: the base model's own response (generate), the last prompt token (prompt-last), or nothing (raw projection).",
@@ -81,7 +82,7 @@ def scan_options(fn):
         click.option("--chunk-size", default=256, show_default=True, type=int, help="Records per stored chunk (memory and resume granularity)."),
         click.option(
             "--flag-on",
-            type=click.Choice(["delta", "projection"]),
+            type=click.Choice(list(FLAG_ON)),
             default="delta",
             show_default=True,
             help="Per-sample score that flags use: the projection difference (delta, the paper's measure) or the raw projection of the response (bench/NOTES.md compares them).",
@@ -235,14 +236,14 @@ def interruptible(fn):
 def estimate_records(source: str) -> int | None:
     """Row count for a progress bar when it is cheap to know (local JSONL, Parquet)."""
     try:
-        from auditor.sources.readers import expand_paths
+        from auditor.sources.readers import expand_paths, file_type
 
         total = 0
         for path in expand_paths(source):
-            if path.endswith((".jsonl", ".ndjson")):
+            if file_type(path) == "jsonl" and not path.endswith(".gz"):
                 with open(path, "rb") as fh:
                     total += sum(1 for line in fh if line.strip())
-            elif path.endswith(".parquet"):
+            elif file_type(path) == "parquet":
                 import pyarrow.parquet as pq
 
                 total += pq.ParquetFile(path).metadata.num_rows

@@ -36,7 +36,7 @@ def sql(query: str | None, db: str, fmt: str, out: str | None, max_rows: int) ->
     \b
     Views over the tables (runs, samples, scores, rejects, ...):
       flagged          every flagged (sample, trait) with its text
-      top_samples      every (sample, trait) ranked by delta within its run and trait
+      top_samples      every (sample, trait) ranked by the run's flag score (delta or proj_response)
       dataset_summary  per run and trait: n, mean_delta, n_flagged, flag_rate, max_delta
 
     \b

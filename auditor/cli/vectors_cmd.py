@@ -109,10 +109,14 @@ def show(trait, model, folder) -> None:
     ]
     cal = pv.calibration
     if cal:
+        from auditor.score import calibrated_columns
+
+        # Every score a scan can flag on: delta (the default), and the projection (--flag-on projection, baseline none).
         for baseline, scores in cal.get("scores", {}).items():
-            score = "proj_response" if baseline == "none" else "delta"
-            entry = scores.get(score)
-            if entry:
+            for score in reversed(calibrated_columns(baseline)):
+                entry = scores.get(score)
+                if not entry:
+                    continue
                 p = entry["percentiles"]
                 lines.append(
                     (

@@ -7,12 +7,12 @@ last bit and the page renders byte for byte the same.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from auditor.store.queries import RunInfo
+from auditor.score import ScoreMeaning
+from auditor.store.queries import RunInfo, decode_json
 
 # A metadata key gets a breakdown table when it has at most this many distinct values.
 MAX_METADATA_VALUES = 40
@@ -62,7 +62,7 @@ class Histogram:
 class TraitData:
     trait: str
     layer: int | None
-    score_col: str  # delta | proj_response
+    meaning: ScoreMeaning  # what the score is: its column and labels
     threshold: float | None
     threshold_source: str
     vector_path: str | None
@@ -129,17 +129,6 @@ class ReportData:
     top_n: int
 
 
-def _json(value: Any, default: Any) -> Any:
-    if value is None:
-        return default
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return default
-    return value
-
-
 def excerpt_source(context: list[dict[str, Any]]) -> str:
     """The text a ranked table shows for a sample's prompt: its last user message."""
     for msg in reversed(context):
@@ -174,7 +163,8 @@ def _histogram(con: Any, run_id: str, trait: str, col: str, lo: float, hi: float
 
 
 def _trait_data(con: Any, run: RunInfo, trait: str, top_n: int) -> TraitData:
-    col = run.score_column(trait)
+    meaning = run.score(trait)
+    col = meaning.column
     info = run.vectors.get(trait, {})
     n, n_with, n_flagged, mean_delta, mean_proj, mean_base, layer = con.execute(
         f"SELECT count(*), count({col}), count(*) FILTER (WHERE flagged), avg(delta), avg(proj_response), avg(proj_base), min(layer) "
@@ -192,7 +182,7 @@ def _trait_data(con: Any, run: RunInfo, trait: str, top_n: int) -> TraitData:
     return TraitData(
         trait=trait,
         layer=info.get("layer", layer),
-        score_col=col,
+        meaning=meaning,
         threshold=threshold,
         threshold_source=str(info.get("threshold_source") or ""),
         vector_path=info.get("path"),
@@ -200,7 +190,7 @@ def _trait_data(con: Any, run: RunInfo, trait: str, top_n: int) -> TraitData:
         n=int(n),
         n_with_score=int(n_with),
         n_flagged=int(n_flagged),
-        mean_score=mean_delta if col == "delta" else mean_proj,
+        mean_score=meaning.pick(mean_delta, mean_proj),
         mean_delta=mean_delta,
         mean_proj_response=mean_proj,
         mean_proj_base=mean_base,
@@ -225,7 +215,7 @@ def _top_samples(con: Any, run: RunInfo, trait: str, top_n: int) -> list[TopSamp
            ORDER BY t.rank""",
         [run.run_id, trait, top_n],
     ).fetchall()
-    col = run.score_column(trait)
+    meaning = run.score(trait)
     out = []
     for rank, sid, source, line, turn, delta, pr, pb, flagged, context, response, base, metadata, tokens, values, n_resp, n_base in rows:
         out.append(
@@ -235,15 +225,15 @@ def _top_samples(con: Any, run: RunInfo, trait: str, top_n: int) -> list[TopSamp
                 source=source or "",
                 line=line,
                 turn=int(turn or 0),
-                score=delta if col == "delta" else pr,
+                score=meaning.pick(delta, pr),
                 delta=delta,
                 proj_response=pr,
                 proj_base=pb,
                 flagged=bool(flagged),
-                context=_json(context, []),
+                context=decode_json(context, []),
                 response=response or "",
                 base_response=base,
-                metadata=_json(metadata, {}),
+                metadata=decode_json(metadata, {}),
                 tokens=list(tokens) if tokens is not None else None,
                 token_values=list(values) if values is not None else None,
                 n_response_tokens=n_resp,
@@ -263,7 +253,7 @@ def _attach_all_scores(con: Any, run: RunInfo, traits: list[TraitData]) -> None:
         "SELECT sample_id, trait, delta, proj_response, flagged FROM scores WHERE run_id = ? AND sample_id IN (SELECT unnest(?)) ORDER BY sample_id, trait",
         [run.run_id, wanted],
     ).fetchall():
-        score = delta if run.score_column(trait) == "delta" else pr
+        score = run.score(trait).pick(delta, pr)
         found.setdefault(sid, {})[trait] = (score, bool(flagged))
     for t in traits:
         for s in t.top:
@@ -284,7 +274,7 @@ def _cross(con: Any, run: RunInfo, trait_names: list[str], limit: int) -> tuple[
     if ids:
         wanted = [sid for sid, _ in ids]
         meta = {
-            sid: (source, line, _json(context, []))
+            sid: (source, line, decode_json(context, []))
             for sid, source, line, context in con.execute(
                 "SELECT sample_id, source, line, context FROM samples WHERE run_id = ? AND sample_id IN (SELECT unnest(?)) ORDER BY sample_id",
                 [run.run_id, wanted],
@@ -295,7 +285,7 @@ def _cross(con: Any, run: RunInfo, trait_names: list[str], limit: int) -> tuple[
             "SELECT sample_id, trait, delta, proj_response, flagged FROM scores WHERE run_id = ? AND sample_id IN (SELECT unnest(?)) ORDER BY sample_id, trait",
             [run.run_id, wanted],
         ).fetchall():
-            scores.setdefault(sid, {})[trait] = (delta if run.score_column(trait) == "delta" else pr, bool(flagged))
+            scores.setdefault(sid, {})[trait] = (run.score(trait).pick(delta, pr), bool(flagged))
         for sid, k in ids:
             source, line, context = meta.get(sid, ("", None, []))
             rows.append(CrossRow(sid, source or "", line, int(k), scores.get(sid, {}), excerpt_source(context)))
@@ -316,7 +306,7 @@ def _group_rows(con: Any, run: RunInfo, sql: str, params: list[Any], trait_names
     for key, trait, n, mean_delta, mean_proj, flagged in con.execute(sql, params).fetchall():
         key = "" if key is None else str(key)
         row = out.setdefault(key, GroupRow(key, int(n), {}))
-        row.per_trait[trait] = (mean_delta if run.score_column(trait) == "delta" else mean_proj, int(flagged))
+        row.per_trait[trait] = (run.score(trait).pick(mean_delta, mean_proj), int(flagged))
     return out
 
 
@@ -387,8 +377,8 @@ def load_report_data(con: Any, run: RunInfo, top_n: int) -> ReportData:
         model_fingerprint=fingerprint,
         dtype=dtype,
         device=device,
-        timings=_json(timings, {}),
-        versions=_json(versions, {}),
+        timings=decode_json(timings, {}),
+        versions=decode_json(versions, {}),
         traits=traits,
         cross=cross,
         n_cross=n_cross,

@@ -88,15 +88,6 @@ def short_id(sample_id: str) -> str:
     return sample_id if len(sample_id) <= ID_CHARS else sample_id[: ID_CHARS - 1] + "\u2026"
 
 
-def score_labels(baseline: str | None, score_col: str) -> tuple[str, str | None]:
-    """(name of the score, name of the base projection or None)."""
-    if score_col == "proj_response":
-        return "proj response", None
-    if baseline == "prompt-last":
-        return "delta (prompt-last)", "proj last prompt token"
-    return "delta", "proj base"
-
-
 def align_tokens(response: str, pieces: list[str], values: list[float]) -> list[tuple[str, float, int]] | None:
     """Cut ``response`` into the stored token pieces: [(text, value, number of tokens)].
 
@@ -150,6 +141,7 @@ class Page:
     def __init__(self, data: ReportData):
         self.d = data
         self.baseline = data.run.baseline or "generate"
+        self.meaning = data.run.score()  # the run-level score (every trait of a run flags on the same kind)
         self.slug = slugs([t.trait for t in data.traits])
         # (trait, sample id) -> anchor of its detail panel, for links between views.
         self.anchor: dict[tuple[str, str], str] = {(t.trait, s.sample_id): f"{self.slug[t.trait]}-{s.rank}" for t in data.traits for s in t.top}
@@ -211,7 +203,7 @@ class Page:
         heads = [
             ("trait", "text"),
             ("layer", "num"),
-            ("dataset \u0394" if self.baseline != "none" else "mean proj", "num"),
+            (self.meaning.mean_label, "num"),
             ("calibration mean", "num"),
             ("above calibration", "num"),
             ("threshold", "num"),
@@ -244,8 +236,9 @@ class Page:
             "The score is the projection difference \u0394: how far the dataset response sits along the trait direction "
             "beyond the model's own answer to the same prompt. A positive dataset-level \u0394 means training on the data is "
             "expected to move the model toward the trait; compare it with the vector's clean calibration set."
-            if self.baseline != "none"
-            else "The score is the raw projection of each response onto the trait direction (baseline none).",
+            if self.meaning.is_delta
+            else "The score is the raw projection of each response onto the trait direction"
+            + (" (baseline none)." if self.baseline == "none" else " (--flag-on projection): the base projection is shown beside it, not subtracted."),
         )
         table = self.table("tbl-overview", heads, rows)
         return el("section", {"id": "overview"}, el("div", {"class": "sechead"}, el("h2", None, "Overview")), explain, table)
@@ -260,7 +253,7 @@ class Page:
     # ---- one trait ----------------------------------------------------------------
     def trait_section(self, t: TraitData) -> Markup:
         slug = self.slug[t.trait]
-        score_name, base_name = score_labels(self.baseline, t.score_col)
+        score_name, base_name = t.meaning.label, t.meaning.base_label
         cards = self.trait_cards(t, score_name)
         if t.histogram is not None:
             title = f"Distribution of {score_name} over {t.n_with_score} samples for {t.trait}"
@@ -268,10 +261,10 @@ class Page:
         else:
             chart = el("p", {"class": "empty"}, "No sample of this run has a score for this trait.")
         heads = [("#", "num"), ("id", "text"), ("source:line", "text"), (score_name, "num"), ("proj response", "num")]
-        if base_name and t.score_col == "delta":
+        if base_name:
             heads.append((base_name, "num"))
         heads += [("flag", "text"), ("prompt", "text")]
-        rows = [self.ranked_row(t, s, base_name is not None and t.score_col == "delta") for s in t.top]
+        rows = [self.ranked_row(t, s, base_name is not None) for s in t.top]
         head = el(
             "div",
             {"class": "sechead"},
@@ -393,7 +386,7 @@ class Page:
     # ---- sample detail --------------------------------------------------------------
     def sample_detail(self, t: TraitData, s: TopSample) -> Markup:
         slug = self.slug[t.trait]
-        score_name, _ = score_labels(self.baseline, t.score_col)
+        score_name = t.meaning.label
         summary = el(
             "summary",
             None,

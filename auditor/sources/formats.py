@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from auditor.errors import InputError
+from auditor.sources.readers import file_type
 from auditor.sources.sample import Sample
 
 FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt-response")
@@ -35,7 +36,6 @@ _SHAREGPT_ROLES = {
     "system": "system",
 }
 _ROLES = ("system", "user", "assistant")
-_TABULAR = (".parquet", ".csv", ".csv.gz")
 # Fields consumed by a format; everything else is kept as metadata.
 _FORMAT_FIELDS = {
     "messages": {"messages"},
@@ -136,7 +136,7 @@ def record_to_samples(
         names = sorted(map(str, record))
         keys = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "") if names else "none"
         # Tabular sources (Parquet, CSV, hub datasets) have columns: say so, it is what the user sees.
-        noun = "columns" if source.startswith("hf:") or source.lower().endswith(_TABULAR) else "fields"
+        noun = "columns" if source.startswith("hf:") or file_type(source) in ("parquet", "csv") else "fields"
         raise InputError(source, line, f"unknown format ({noun}: {keys})", FORMAT_HELP)
     if fmt != "auto" and not _has_fields(record, fmt):
         raise InputError(source, line, f"record lacks the fields of the {fmt} format", FORMAT_HELP)

@@ -16,132 +16,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from auditor.errors import StoreError
+from auditor.store.schema import MIGRATIONS, TABLES
 
 DEFAULT_DB = os.path.join("reports", "audit.duckdb")
 NOTE_AFTER = 3.0  # seconds of waiting for a busy database before saying so on stderr
 SCHEMA_VERSION = 2
-
-TABLES = """
-CREATE TABLE IF NOT EXISTS schema_info (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id VARCHAR PRIMARY KEY,
-    status VARCHAR NOT NULL,            -- running | complete | failed | interrupted
-    started_at TIMESTAMP,
-    finished_at TIMESTAMP,
-    dataset VARCHAR,
-    model VARCHAR,
-    model_fingerprint VARCHAR,
-    baseline VARCHAR,                   -- generate | prompt-last | none
-    dtype VARCHAR,
-    device VARCHAR,
-    output_dir VARCHAR,
-    config JSON,                        -- every setting of the scan
-    vectors JSON,                       -- per trait: path, layer, sha256, threshold
-    versions JSON,                      -- package versions
-    timings JSON,
-    n_read BIGINT,                      -- records read = n_scored + n_rejected (per scored turn)
-    n_scored BIGINT,
-    n_rejected BIGINT,
-    summary JSON,
-    result_key VARCHAR,                 -- hash of everything that determines the scores (resume)
-    reuse_key VARCHAR,                  -- hash of what decides a sample's projections besides its text (incremental scans)
-    n_reused BIGINT                     -- samples whose scores came from an earlier complete run (n_scored = computed + reused)
-);
-CREATE TABLE IF NOT EXISTS samples (
-    run_id VARCHAR NOT NULL,
-    sample_id VARCHAR NOT NULL,
-    source VARCHAR,
-    line BIGINT,
-    turn INTEGER,
-    content_hash VARCHAR,
-    context JSON,
-    response VARCHAR,
-    base_response VARCHAR,
-    n_prompt_tokens INTEGER,
-    n_response_tokens INTEGER,
-    n_base_tokens INTEGER,
-    metadata JSON,
-    PRIMARY KEY (run_id, sample_id)
-);
-CREATE TABLE IF NOT EXISTS scores (
-    run_id VARCHAR NOT NULL,
-    sample_id VARCHAR NOT NULL,
-    trait VARCHAR NOT NULL,
-    layer INTEGER,
-    proj_response DOUBLE,
-    proj_base DOUBLE,
-    delta DOUBLE,
-    flagged BOOLEAN,
-    PRIMARY KEY (run_id, sample_id, trait)
-);
-CREATE TABLE IF NOT EXISTS base_responses (
-    model_fingerprint VARCHAR NOT NULL,
-    settings_key VARCHAR NOT NULL,
-    prompt_hash VARCHAR NOT NULL,
-    response VARCHAR,
-    n_tokens INTEGER,
-    created_at TIMESTAMP,
-    PRIMARY KEY (model_fingerprint, settings_key, prompt_hash)
-);
-CREATE TABLE IF NOT EXISTS rejects (
-    run_id VARCHAR NOT NULL,
-    source VARCHAR,
-    line BIGINT,
-    reason VARCHAR
-);
-CREATE TABLE IF NOT EXISTS run_chunks (
-    run_id VARCHAR NOT NULL,
-    chunk INTEGER NOT NULL,
-    n_read BIGINT,
-    n_scored BIGINT,
-    n_rejected BIGINT,
-    fingerprint VARCHAR,                -- hash of the chunk's input: resume checks the data did not change
-    n_generated BIGINT,
-    n_cached BIGINT,
-    tokens BIGINT,
-    n_reused BIGINT,
-    PRIMARY KEY (run_id, chunk)
-);
-CREATE TABLE IF NOT EXISTS token_scores (
-    run_id VARCHAR NOT NULL,
-    sample_id VARCHAR NOT NULL,
-    trait VARCHAR NOT NULL,
-    tokens VARCHAR[],
-    token_values DOUBLE[],
-    PRIMARY KEY (run_id, sample_id, trait)
-);
-CREATE OR REPLACE VIEW flagged AS
-    SELECT s.run_id, s.sample_id, s.trait, s.layer, s.delta, s.proj_response, s.proj_base,
-           m.source, m.line, m.response, m.base_response, m.context
-    FROM scores s JOIN samples m USING (run_id, sample_id)
-    WHERE s.flagged;
-CREATE OR REPLACE VIEW top_samples AS
-    -- ranked by the score the run flags on: delta, or the raw projection for --baseline none
-    SELECT s.run_id, s.trait, s.sample_id,
-           row_number() OVER (PARTITION BY s.run_id, s.trait
-                              ORDER BY CASE WHEN r.baseline = 'none' THEN s.proj_response ELSE s.delta END DESC NULLS LAST, s.sample_id) AS rank,
-           s.delta, s.proj_response, s.proj_base, s.flagged, m.source, m.line, m.response
-    FROM scores s JOIN samples m USING (run_id, sample_id) JOIN runs r USING (run_id);
-CREATE OR REPLACE VIEW dataset_summary AS
-    SELECT s.run_id, r.dataset, s.trait, any_value(s.layer) AS layer, count(*) AS n,
-           avg(s.delta) AS mean_delta, avg(s.proj_response) AS mean_proj_response,
-           sum(CASE WHEN s.flagged THEN 1 ELSE 0 END) AS n_flagged,
-           avg(CASE WHEN s.flagged THEN 1.0 ELSE 0.0 END) AS flag_rate,
-           max(s.delta) AS max_delta
-    FROM scores s JOIN runs r USING (run_id)
-    GROUP BY s.run_id, r.dataset, s.trait;
-"""
-
-
-# Version 1 databases gain the columns of version 2 (incremental scans); their runs have no
-# reuse_key, so nothing of theirs is reused.
-MIGRATIONS = {
-    2: (
-        "ALTER TABLE runs ADD COLUMN IF NOT EXISTS reuse_key VARCHAR",
-        "ALTER TABLE runs ADD COLUMN IF NOT EXISTS n_reused BIGINT",
-        "ALTER TABLE run_chunks ADD COLUMN IF NOT EXISTS n_reused BIGINT",
-    )
-}
 
 
 def _is_lock_error(e: Exception) -> bool:
@@ -220,8 +99,7 @@ def _has_current_schema(con: Any) -> bool:
 
 def ensure_schema(con: Any) -> None:
     """Create the tables and views, or refuse a database written by a newer version."""
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute(TABLES)
         row = con.execute("SELECT max(version) FROM schema_info").fetchone()
         version = row[0] if row else None
@@ -234,10 +112,18 @@ def ensure_schema(con: Any) -> None:
                 for statement in MIGRATIONS.get(step, ()):
                     con.execute(statement)
             con.execute("UPDATE schema_info SET version = ?", [SCHEMA_VERSION])
-        con.execute("COMMIT")
-    except Exception:
+
+
+@contextmanager
+def transaction(con: Any) -> Iterator[Any]:
+    """``BEGIN`` ... ``COMMIT``, or ``ROLLBACK`` when anything (a Ctrl-C included) interrupts the block."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
         con.execute("ROLLBACK")
         raise
+    con.execute("COMMIT")
 
 
 def insert_arrow(con: Any, table: str, data: Any) -> None:

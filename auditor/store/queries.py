@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from auditor.errors import StoreError
+from auditor.score import ScoreMeaning
 
 
 @dataclass
@@ -31,12 +32,15 @@ class RunInfo:
     vectors: dict[str, dict[str, Any]] = field(default_factory=dict)
     summary: list[dict[str, Any]] = field(default_factory=list)
 
+    def score(self, trait: str | None = None) -> ScoreMeaning:
+        """What the run's score means for ``trait`` (any trait when None): the one the run stored."""
+        if trait is None:
+            trait = next(iter(self.vectors), "")
+        return ScoreMeaning.from_column(self.baseline, self.vectors.get(trait, {}).get("score"))
+
     def score_column(self, trait: str) -> str:
-        """The column flags were based on for ``trait``: ``delta``, or ``proj_response`` with --baseline none."""
-        col = self.vectors.get(trait, {}).get("score")
-        if col in ("delta", "proj_response"):
-            return col
-        return "proj_response" if self.baseline == "none" else "delta"
+        """The column flags were based on for ``trait``: ``delta`` or ``proj_response``."""
+        return self.score(trait).column
 
     def threshold(self, trait: str) -> float | None:
         value = self.vectors.get(trait, {}).get("threshold")
@@ -53,7 +57,8 @@ class RunInfo:
 _RUN_COLUMNS = "run_id, status, dataset, model, baseline, started_at, n_read, n_scored, n_rejected, config, vectors, summary"
 
 
-def _decode(value: Any, default: Any) -> Any:
+def decode_json(value: Any, default: Any) -> Any:
+    """A JSON column as Python (DuckDB may hand back text); ``default`` when empty or unreadable."""
     if value is None:
         return default
     if isinstance(value, str):
@@ -76,9 +81,9 @@ def _row_to_info(row: tuple) -> RunInfo:
         n_read=n_read,
         n_scored=n_scored,
         n_rejected=n_rejected,
-        config=_decode(config, {}),
-        vectors=_decode(vectors, {}),
-        summary=_decode(summary, []),
+        config=decode_json(config, {}),
+        vectors=decode_json(vectors, {}),
+        summary=decode_json(summary, []),
     )
 
 

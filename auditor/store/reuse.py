@@ -11,8 +11,12 @@ applies its own thresholds to the reused projections.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
+
+from auditor.store.db import connect
+from auditor.store.runs import WRITE_WAIT
 
 
 @dataclass(frozen=True)
@@ -36,17 +40,12 @@ _PICK = """
 """
 
 
-def find_reusable(con: Any, reuse_key: str, content_hashes: list[str], traits: list[str]) -> dict[str, SampleValues]:
+def find_reusable(db: str, reuse_key: str, content_hashes: list[str], traits: list[str]) -> dict[str, SampleValues]:
     """content hash -> stored values, for the hashes with a score for every trait in ``traits``."""
-    if not content_hashes:
+    if not content_hashes or not os.path.exists(db):
         return {}
-    rows = con.execute(
-        f"""SELECT c.content_hash, c.base_response, c.n_prompt_tokens, c.n_response_tokens, c.n_base_tokens,
-                   s.trait, s.proj_response, s.proj_base
-            FROM ({_PICK}) c JOIN scores s ON s.run_id = c.run_id AND s.sample_id = c.sample_id
-            WHERE c.pick = 1 AND s.trait IN (SELECT unnest(?))""",
-        [reuse_key, sorted(set(content_hashes)), traits],
-    ).fetchall()
+    with connect(db, timeout=WRITE_WAIT) as con:
+        rows = _reusable_rows(con, reuse_key, content_hashes, traits)
     found: dict[str, tuple[tuple[Any, ...], dict[str, float | None], dict[str, float | None]]] = {}
     for h, base, n_prompt, n_response, n_base, trait, pr, pb in rows:
         entry = found.setdefault(h, ((base, n_prompt, n_response, n_base), {}, {}))
@@ -56,17 +55,28 @@ def find_reusable(con: Any, reuse_key: str, content_hashes: list[str], traits: l
     return {h: SampleValues(*common, proj_response=pr, proj_base=pb) for h, (common, pr, pb) in found.items() if set(pr) == wanted}
 
 
-def stored_heat_maps(con: Any, reuse_key: str, wanted: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[list[str], list[float]]]:
+def _reusable_rows(con: Any, reuse_key: str, content_hashes: list[str], traits: list[str]) -> list[tuple[Any, ...]]:
+    return con.execute(
+        f"""SELECT c.content_hash, c.base_response, c.n_prompt_tokens, c.n_response_tokens, c.n_base_tokens,
+                   s.trait, s.proj_response, s.proj_base
+            FROM ({_PICK}) c JOIN scores s ON s.run_id = c.run_id AND s.sample_id = c.sample_id
+            WHERE c.pick = 1 AND s.trait IN (SELECT unnest(?))""",
+        [reuse_key, sorted(set(content_hashes)), traits],
+    ).fetchall()
+
+
+def stored_heat_maps(db: str, reuse_key: str, wanted: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[list[str], list[float]]]:
     """(content hash, trait) -> (tokens, token values) stored by a complete run with the same key."""
     if not wanted:
         return {}
     hashes = sorted({h for h, _ in wanted})
-    rows = con.execute(
-        """SELECT m.content_hash, t.trait, any_value(t.tokens ORDER BY t.run_id, t.sample_id), any_value(t.token_values ORDER BY t.run_id, t.sample_id)
-           FROM token_scores t JOIN samples m USING (run_id, sample_id) JOIN runs r USING (run_id)
-           WHERE r.status = 'complete' AND r.reuse_key = ? AND m.content_hash IN (SELECT unnest(?))
-           GROUP BY m.content_hash, t.trait""",
-        [reuse_key, hashes],
-    ).fetchall()
+    with connect(db) as con:
+        rows = con.execute(
+            """SELECT m.content_hash, t.trait, first(t.tokens ORDER BY t.run_id, t.sample_id), first(t.token_values ORDER BY t.run_id, t.sample_id)
+               FROM token_scores t JOIN samples m USING (run_id, sample_id) JOIN runs r USING (run_id)
+               WHERE r.status = 'complete' AND r.reuse_key = ? AND m.content_hash IN (SELECT unnest(?))
+               GROUP BY m.content_hash, t.trait""",
+            [reuse_key, hashes],
+        ).fetchall()
     want = set(wanted)
     return {(h, t): (tokens, values) for h, t, tokens, values in rows if (h, t) in want}

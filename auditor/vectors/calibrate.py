@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import AuditorError
+from auditor.score import BASELINES, calibrated_columns
 from auditor.vectors.persona import load_vector, save_vector
 
-BASELINES = ("generate", "prompt-last", "none")
 DEFAULT_REFERENCE = os.path.join("examples", "eval", "clean.jsonl")
 DEFAULT_SPLIT = "dev"
 PERCENTILES = [i / 2 for i in range(201)]
@@ -160,10 +160,8 @@ def calibrate(
             for baseline, table in columns.items():
                 proj = table[f"{trait}_proj_response"]
                 n_scored = len(proj)
-                entry = {"proj_response": distribution(proj)}
-                if baseline != "none":
-                    entry["delta"] = distribution(table[f"{trait}_delta"])
-                scores[baseline] = entry
+                # Every score a scan of this baseline can flag on (auditor.score), so each has a threshold.
+                scores[baseline] = {col: distribution(table[f"{trait}_{col}"]) for col in calibrated_columns(baseline)}
             pv.meta["calibration"] = {
                 "layer": pv.layer,
                 "reference": shown,

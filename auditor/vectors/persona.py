@@ -55,17 +55,10 @@ class PersonaVector:
         return row / norm
 
     def threshold(self, baseline: str, score: str, percentile: float) -> float | None:
-        """Calibrated flag threshold: the clean reference set's ``percentile`` of ``score``."""
-        cal = self.calibration or {}
-        entry = cal.get("scores", {}).get(baseline, {}).get(score)
-        if not entry or cal.get("layer") != self.layer:
-            return None
-        quantiles = entry["percentiles"]  # 0..100 in steps of 0.5 -> 201 values
-        pos = percentile * 2
-        lo = int(pos)
-        hi = min(lo + 1, len(quantiles) - 1)
-        frac = pos - lo
-        return float(quantiles[lo] * (1 - frac) + quantiles[hi] * frac)
+        """Calibrated flag threshold: the clean reference set's ``percentile`` of ``score`` (a column name)."""
+        from auditor.score import ScoreMeaning
+
+        return ScoreMeaning.from_column(baseline, score).threshold(self.calibration, self.layer, percentile)
 
 
 def save_vector(pv: PersonaVector, folder: str | os.PathLike) -> str:
