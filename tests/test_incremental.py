@@ -341,3 +341,22 @@ def test_ci_example_second_run_computes_only_the_new_record(tmp_path, monkeypatc
     counts = con.execute("SELECT n_scored, n_reused FROM runs ORDER BY started_at").fetchall()
     con.close()
     assert counts == [(6, 0), (7, 6)]
+
+
+def test_a_schema_1_database_is_migrated_and_its_runs_are_not_reused(small, tiny_lm):
+    """A database written before incremental scans (schema 1: no reuse_key, no n_reused) gains the
+    columns on the next scan; its runs have no reuse key, so they are not a source."""
+    db = small["tmp"] / "audit.duckdb"
+    first = scan_run(config(small["original"], db, small["vectors"]), lm=tiny_lm)
+    con = duckdb.connect(str(db))
+    for table, column in (("runs", "reuse_key"), ("runs", "n_reused"), ("run_chunks", "n_reused")):
+        con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    con.execute("UPDATE schema_info SET version = 1")
+    con.close()
+    again = scan_run(config(small["original"], db, small["vectors"]), lm=tiny_lm)
+    assert again.n_reused == 0
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT max(version) FROM schema_info").fetchone() == (2,)
+    assert con.execute("SELECT reuse_key IS NULL, n_reused IS NULL FROM runs WHERE run_id = ?", [first.run_id]).fetchone() == (True, True)
+    con.close()
+    assert scan_run(config(small["original"], db, small["vectors"]), lm=tiny_lm).n_reused == SMALL  # the new run in the migrated database is a source
