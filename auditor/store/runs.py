@@ -26,8 +26,9 @@ def part_path(out_dir: str, chunk: int) -> str:
 
 
 def heat_part_path(parts_dir: str, chunk: int) -> str:
-    """Where chunk ``chunk`` keeps its heat-map candidates until the run completes."""
-    return os.path.join(parts_dir, f"heat-{chunk:06d}.parquet")
+    """Where chunk ``chunk`` keeps its heat-map candidates until the run completes (a folder of
+    their own: the parts folder holds one scores part per stored chunk, nothing else)."""
+    return os.path.join(parts_dir, "heat", f"heat-{chunk:06d}.parquet")
 
 
 def find_resumable(db: str, key: str) -> tuple[str, str] | None:
@@ -90,6 +91,7 @@ def commit_chunk(db: str, run_id: str, parts_dir: str, out: Any) -> None:
         raise StoreError(f"run {run_id}: {parts_dir} is gone: another process finished this run meanwhile, or the folder was deleted; see audit runs")
     if out.heat is not None and out.heat.num_rows:  # the chunk's heat-map candidates (auditor.heatmaps), before the part that marks it written
         heat = heat_part_path(parts_dir, out.index)
+        os.makedirs(os.path.dirname(heat), exist_ok=True)
         pq.write_table(out.heat, heat + ".tmp")
         os.replace(heat + ".tmp", heat)
     pq.write_table(out.wide, part + ".tmp")
