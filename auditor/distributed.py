@@ -1,8 +1,9 @@
 """``--engine ray``: the same chunks, scored by a pool of Ray actors.
 
 The driver reads the dataset with persona-audit's own readers (they keep exact
-file:line positions and reject reasons), tokenizes each chunk, looks up cached base
-responses in the database, and hands the chunk to an actor. Each actor loads the model
+file:line positions and reject reasons), looks up samples an earlier complete run already
+scored (incremental scans), tokenizes the rest, looks up cached base responses in the
+database, and hands the chunk to an actor. Each actor loads the model
 once and runs :class:`auditor.pipeline.ChunkScorer`, the code the local engine runs, on
 exactly the same chunks; so results are identical to a local scan. The driver commits
 every returned chunk (scores, rejects and newly generated base responses) to the
@@ -69,9 +70,9 @@ def _scorer_actor(ray: Any):
                 "path": lm.path,
             }
 
-        def score(self, run_id: str, index: int, items: list, cached: dict, prepared: tuple):
+        def score(self, run_id: str, index: int, items: list, cached: dict, prepared: tuple, reused: dict):
             self.scorer.run_id = run_id
-            return self.scorer.score(index, items, cached, prepared=prepared)
+            return self.scorer.score(index, items, cached, prepared=prepared, reused=reused)
 
         def token_values(self, rows: list):
             from auditor.scoring import score_rows
@@ -99,7 +100,19 @@ def scan_run_ray(
 ):
     """Scan with ``workers`` Ray actors; returns the same ScanResult as the local engine."""
     from auditor.model.loading import LoadedModel, load_tokenizer
-    from auditor.pipeline import ChunkScorer, add_counts, commit_chunk, finalize_run, lookup_base, mark_run, open_run, pending_chunks, resolve_pairs
+    from auditor.pipeline import (
+        ChunkScorer,
+        add_counts,
+        commit_chunk,
+        finalize_run,
+        lookup_base,
+        lookup_reused,
+        mark_run,
+        new_counts,
+        open_run,
+        pending_chunks,
+        resolve_pairs,
+    )
     from auditor.sources import expand_paths
     from auditor.vectors import load_vectors
     from auditor.vectors.persona import default_vectors_dir
@@ -153,7 +166,7 @@ def scan_run_ray(
     scorer = ChunkScorer(run_config, lm, vectors, run_id="")
     run_id, out_dir, done = open_run(run_config, lm, vectors, scorer)
     parts_dir = os.path.join(out_dir, "parts")
-    counts = {"read": 0, "scored": 0, "rejected": 0, "generated": 0, "cached": 0, "tokens": 0}
+    counts = new_counts()
     timings = {"load_model": 0.0, "generate": 0.0, "forward": 0.0, "write": 0.0}
     in_flight: dict[Any, int] = {}
     idle = list(actors)
@@ -176,7 +189,8 @@ def scan_run_ray(
 
     try:
         for index, items in pending_chunks(run_config, run_id, done):
-            prepared = scorer.prepare(items)
+            reused = lookup_reused(run_config.db, scorer, items)
+            prepared = scorer.prepare(items, skip=set(reused))
             if prepared[1] and run_config.on_error == "fail":
                 first = prepared[1][0]
                 raise first.error or AuditorError(first.reason)
@@ -185,7 +199,7 @@ def scan_run_ray(
             )
             collect(block_until=len(actors) - 1)  # wait for a free actor
             actor = idle.pop()
-            in_flight[actor.score.remote(run_id, index, items, cached, prepared)] = actors.index(actor)
+            in_flight[actor.score.remote(run_id, index, items, cached, prepared, reused)] = actors.index(actor)
         collect(block_until=0)
     except BaseException as exc:
         mark_run(run_config, run_id, exc)

@@ -128,8 +128,11 @@ def _write_merged(db: str, run_id: str, parts: list[Part], config: dict[str, Any
                     cols = [c[0] for c in con.execute(f"SELECT * FROM main.{table} LIMIT 0").description]
                     select = ", ".join("? AS run_id" if c == "run_id" else f'"{c}"' for c in cols)
                     con.execute(f"INSERT INTO main.{table} SELECT {select} FROM {src}.{table} WHERE run_id = ?", [run_id, p.run_id])
+                ledger = "chunk, n_read, n_scored, n_rejected, fingerprint, n_generated, n_cached, tokens"
+                if "n_reused" in p.row:  # databases before incremental scans have no n_reused
+                    ledger += ", n_reused"
                 con.execute(
-                    f"INSERT INTO main.run_chunks SELECT ? AS run_id, chunk, n_read, n_scored, n_rejected, fingerprint, n_generated, n_cached, tokens FROM {src}.run_chunks WHERE run_id = ?",
+                    f"INSERT INTO main.run_chunks (run_id, {ledger}) SELECT ? AS run_id, {ledger} FROM {src}.run_chunks WHERE run_id = ?",
                     [run_id, p.run_id],
                 )
                 con.execute(f"INSERT INTO main.base_responses SELECT * FROM {src}.base_responses ON CONFLICT DO NOTHING")
@@ -145,11 +148,13 @@ def _write_merged(db: str, run_id: str, parts: list[Part], config: dict[str, Any
                                    FROM scores WHERE run_id = ? AND trait = ?) s WHERE s.sample_id = t.sample_id AND s.rank <= ?)""",
                     [run_id, trait, run_id, trait, top_n],
                 )
-            totals = con.execute("SELECT sum(n_read), sum(n_scored), sum(n_rejected) FROM run_chunks WHERE run_id = ?", [run_id]).fetchone()
+            totals = con.execute("SELECT sum(n_read), sum(n_scored), sum(n_rejected), sum(n_reused) FROM run_chunks WHERE run_id = ?", [run_id]).fetchone()
+            # Shards of one scan share the reuse key: the merged run is then a source for incremental scans too.
+            reuse_keys = {p.row.get("reuse_key") for p in parts}
             summary = _merged_summary(con, run_id, first, meanings)
             con.execute(
-                "INSERT INTO runs (run_id, status, started_at, finished_at, dataset, model, model_fingerprint, baseline, dtype, device, output_dir, config, vectors, versions, timings, n_read, n_scored, n_rejected, summary, result_key) "
-                "VALUES (?, 'complete', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (run_id, status, started_at, finished_at, dataset, model, model_fingerprint, baseline, dtype, device, output_dir, config, vectors, versions, timings, n_read, n_scored, n_rejected, summary, result_key, "
+                "reuse_key, n_reused) VALUES (?, 'complete', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     run_id,
                     min(p.row["started_at"] for p in parts),
@@ -170,6 +175,8 @@ def _write_merged(db: str, run_id: str, parts: list[Part], config: dict[str, Any
                     totals[2],
                     json.dumps(summary),
                     None,
+                    reuse_keys.pop() if len(reuse_keys) == 1 else None,
+                    totals[3],
                 ],
             )
     return totals

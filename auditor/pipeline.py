@@ -34,7 +34,14 @@ from auditor.store.schema import wide_schema
 
 ON_ERROR = ("fail", "skip")
 # Settings that do not change any score: excluded from the resume key.
-_NOT_RESULT_SETTINGS = ("out_dir", "report", "top_n", "db", "resume")
+_NOT_RESULT_SETTINGS = ("out_dir", "report", "top_n", "db", "resume", "reuse")
+# The settings (besides the model, the vectors and the generation dtype) that change a sample's
+# projections: the reuse key of incremental scans. Batch sizes and chunking change them only
+# at float rounding level, as the rows sharing a forward do, so they are not part of it.
+_PROJECTION_SETTINGS = ("baseline", "max_new_tokens", "max_prompt_tokens", "generator", "layers_path", "pairs")
+# Bump when the scoring arithmetic changes (aggregation, masks, projection): stored scores of
+# earlier versions are then never reused.
+SCORING_VERSION = 1
 
 
 @dataclass
@@ -78,6 +85,7 @@ class ScanConfig:
     limit: int | None = None  # --limit N: the first N records
     sample: int | None = None  # --sample N: N records by seeded hash (auditor.sources.preview)
     seed: int = 0
+    reuse: bool = True  # take unchanged samples' scores from earlier complete runs (auditor.store.reuse)
     pairs: bool | None = None  # preference pairs (a margin run); None: decided from the first record
 
     def mapping(self) -> FieldMap:
@@ -120,6 +128,24 @@ class ScanConfig:
         settings["vectors"] = vector_hashes
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
+    def reuse_key(self, lm: Any, vector_hashes: dict[str, str], generation_dtype: str) -> str:
+        """Hash of everything besides a sample's text that decides its projections (incremental scans)."""
+        from auditor import __version__
+
+        settings = {k: getattr(self, k) for k in _PROJECTION_SETTINGS}
+        if self.baseline != "generate":  # no base response: its settings do not matter
+            settings.update(max_new_tokens=None, generator=None)
+        settings.update(
+            model_fingerprint=lm.fingerprint,
+            dtype=str(lm.dtype),
+            device=str(lm.device).split(":")[0],
+            generation_dtype=generation_dtype if self.baseline == "generate" else None,
+            vectors=vector_hashes,
+            scoring=SCORING_VERSION,
+            persona_audit=__version__,
+        )
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
 
 @dataclass
 class TraitSummary:
@@ -160,6 +186,12 @@ class ScanResult:
     model_name: str
     rejects: list[Rejected] = field(default_factory=list)
     resumed_chunks: int = 0
+    n_reused: int = 0  # of n_scored: taken from an earlier complete run, not computed
+    heat_maps: dict[str, int] = field(default_factory=dict)  # where the report's heat maps came from: forward, earlier_run, second_pass
+
+    @property
+    def n_computed(self) -> int:
+        return self.n_scored - self.n_reused
 
     @property
     def scores(self):
@@ -173,10 +205,12 @@ class ScoredSample:
     """One sample through the chunk step: its encoded response, its base, and per-trait projections.
 
     ``proj_base`` is empty with --baseline none; a trait whose base response was empty maps to None.
+    A sample reused from an earlier run (incremental scans) has no ``row``: its token counts
+    and projections are the stored ones.
     """
 
     sample: Sample
-    row: Any  # auditor.activations.EncodedRow of prompt + response
+    row: Any  # auditor.activations.EncodedRow of prompt + response; None when reused
     base_response: str | None = None
     n_base_tokens: int | None = None
     proj_response: dict[str, float] = field(default_factory=dict)
@@ -184,6 +218,32 @@ class ScoredSample:
     # preference pairs: the rejected answer's encoded row and projections (proj_response is the chosen one's)
     rejected_row: Any = None
     proj_rejected: dict[str, float] = field(default_factory=dict)
+    n_prompt_tokens: int | None = None
+    n_response_tokens: int | None = None
+    token_values: dict[str, list[float]] | None = None  # per response token and trait, for the heat maps (computed samples)
+    n_rejected_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.row is not None:
+            self.n_prompt_tokens, self.n_response_tokens = self.row.start, self.row.end - self.row.start
+        if self.rejected_row is not None:
+            self.n_rejected_tokens = self.rejected_row.end - self.rejected_row.start
+
+    @classmethod
+    def reused(cls, sample: Sample, stored: Any) -> ScoredSample:
+        """A sample whose values come from an earlier run (``auditor.store.reuse.SampleValues``)."""
+        return cls(
+            sample,
+            None,
+            base_response=stored.base_response,
+            n_base_tokens=stored.n_base_tokens,
+            proj_response=dict(stored.proj_response),
+            proj_base=dict(stored.proj_base),
+            n_prompt_tokens=stored.n_prompt_tokens,
+            n_response_tokens=stored.n_response_tokens,
+            proj_rejected=dict(stored.proj_rejected or {}),
+            n_rejected_tokens=stored.n_rejected_tokens,
+        )
 
 
 @dataclass
@@ -203,6 +263,8 @@ class ChunkOutput:
     n_cached: int
     tokens: int
     seconds: dict[str, float]
+    n_reused: int = 0
+    heat: Any = None  # pyarrow.Table (store.schema.heat_part_schema): this chunk's heat-map candidates
 
     @property
     def n_rejected(self) -> int:
@@ -278,6 +340,11 @@ def resolve_thresholds(config: ScanConfig, vectors: list[Any]) -> tuple[ScoreMea
     return meaning, out
 
 
+def vector_hashes(vectors: list[Any]) -> dict[str, str]:
+    """trait -> the vector file's sha256 and the layer used."""
+    return {pv.trait: f"{pv.sha256}@{pv.layer}" for pv in vectors}
+
+
 def resolve_generation_dtype(requested: str, lm: Any) -> str:
     """``auto``: float32 on CPU, the scoring model's dtype elsewhere.
 
@@ -320,6 +387,7 @@ class ChunkScorer:
         self.max_len = lm.max_length
         self.pairs = bool(config.pairs)
         self.schema = wide_schema([pv.trait for pv in vectors], self.pairs)
+        self.reuse_key = config.reuse_key(lm, vector_hashes(vectors), self.generation_dtype)
 
     def generation_lm(self) -> Any:
         """The model that generates base responses: the scoring model, or its copy in the generation dtype."""
@@ -332,8 +400,11 @@ class ChunkScorer:
             )
         return self._generation_lm
 
-    def prepare(self, items: list[Sample | Rejected]) -> tuple[list[tuple[Sample, str, Any]], list[Rejected]]:
-        """Prompts and token ids of the usable samples; everything else becomes a Rejected."""
+    def prepare(self, items: list[Sample | Rejected], skip: set[str] | None = None) -> tuple[list[tuple[Sample, str, Any]], list[Rejected]]:
+        """Prompts and token ids of the usable samples; everything else becomes a Rejected.
+
+        Samples whose content hash is in ``skip`` (reused from an earlier run) are left out.
+        """
         from auditor.activations import encode_pair
 
         tok = self.lm.tokenizer
@@ -342,6 +413,8 @@ class ChunkScorer:
         for item in items:
             if isinstance(item, Rejected):
                 rejects.append(item)
+                continue
+            if skip and item.content_hash in skip:
                 continue
             try:
                 prompt = build_prompt(tok, item)
@@ -381,16 +454,45 @@ class ChunkScorer:
 
         return sorted({prompt_hash(p) for _, p, *_ in ready})
 
-    def score(self, index: int, items: list[Sample | Rejected], cached: dict[str, tuple[str, int]] | None = None, prepared: tuple | None = None) -> ChunkOutput:
-        """The chunk step: prepare -> base responses -> one forward -> flags -> rows for the store."""
-        ready, rejects = prepared if prepared is not None else self.prepare(items)
+    def score(
+        self,
+        index: int,
+        items: list[Sample | Rejected],
+        cached: dict[str, tuple[str, int]] | None = None,
+        prepared: tuple | None = None,
+        reused: dict[str, Any] | None = None,
+    ) -> ChunkOutput:
+        """The chunk step: prepare -> base responses -> one forward -> flags -> rows for the store.
+
+        ``reused``: content hash -> values an earlier complete run stored (auditor.store.reuse);
+        those samples skip the first two steps.
+        """
+        from auditor.heatmaps import chunk_candidates
+
+        reused = reused or {}
+        ready, rejects = prepared if prepared is not None else self.prepare(items, skip=set(reused))
         if rejects and self.config.on_error == "fail":
             raise rejects[0].error or InputError(rejects[0].source, rejects[0].line, rejects[0].reason)
         base, new_base, n_cached, seconds = self.base_responses(ready, cached or {})
         t0 = time.perf_counter()
-        scored, tokens = self.forward(ready, base)
+        computed, tokens = self.forward(ready, base)
         seconds["forward"] = time.perf_counter() - t0
+        scored = self.in_order(items, computed, reused)
         wide, samples, scores = self.rows(scored)
+        heat = chunk_candidates(
+            [
+                (
+                    x.sample.id,
+                    {t: self.score_of(x, t) for t in self.directions},
+                    x.row.ids[x.row.start : x.row.end],
+                    x.token_values,
+                )
+                for x in computed
+                if x.token_values is not None
+            ],
+            list(self.directions),
+            self.config.top_n,
+        )
         return ChunkOutput(
             index=index,
             fingerprint=chunk_fingerprint(items),
@@ -400,12 +502,41 @@ class ChunkScorer:
             rejects=rejects,
             new_base=self.cache_rows(new_base),
             n_read=len(items),
-            n_scored=len(ready),
+            n_scored=len(scored),
             n_generated=len(new_base),
             n_cached=n_cached,
             tokens=tokens + sum(n for _, n in new_base.values()),
             seconds=seconds,
+            n_reused=len(scored) - len(computed),
+            heat=heat,
         )
+
+    @staticmethod
+    def in_order(items: list[Sample | Rejected], computed: list[ScoredSample], reused: dict[str, Any]) -> list[ScoredSample]:
+        """The chunk's scored samples in dataset order: computed ones, and the reused ones from their stored values."""
+        by_id = {x.sample.id: x for x in computed}
+        out = []
+        for item in items:
+            if isinstance(item, Sample):
+                if item.id in by_id:
+                    out.append(by_id[item.id])
+                elif item.content_hash in reused:
+                    out.append(ScoredSample.reused(item, reused[item.content_hash]))
+        return out
+
+    @staticmethod
+    def delta(item: ScoredSample, trait: str) -> float | None:
+        pb = item.proj_base.get(trait)
+        return item.proj_response[trait] - pb if pb is not None else None
+
+    @staticmethod
+    def margin(item: ScoredSample, trait: str) -> float | None:
+        prej = item.proj_rejected.get(trait)
+        return item.proj_response[trait] - prej if prej is not None else None
+
+    def score_of(self, item: ScoredSample, trait: str) -> float | None:
+        """The value this run flags and ranks on (``ScoreMeaning.pick``)."""
+        return self.meaning.pick(self.delta(item, trait), item.proj_response[trait], self.margin(item, trait))
 
     def base_responses(
         self, ready: list[tuple[Sample, str, Any]], cached: dict[str, tuple[str, int]]
@@ -458,13 +589,16 @@ class ChunkScorer:
                 else:
                     base_at.append(None)  # the model answered nothing: no activation, so no delta
         all_rows = rows + rejected_rows + base_rows
-        results = score_rows(lm.model, all_rows, self.directions, tok.pad_token_id, self.batch_tokens, None, cfg.layers_path) if ready else []
+        # The dataset responses' per-token projections feed the report's heat maps (auditor.heatmaps);
+        # a pair run's heat maps show both answers and come from heat_map_tokens' second pass.
+        want_tokens = [cfg.top_n > 0 and not self.pairs] * len(rows) + [False] * (len(rejected_rows) + len(base_rows))
+        results = score_rows(lm.model, all_rows, self.directions, tok.pad_token_id, self.batch_tokens, want_tokens, cfg.layers_path) if ready else []
         scored = []
         for i, (sample, p, row, rrow) in enumerate(ready):
             res = results[i]
-            item = ScoredSample(sample, row, proj_response=dict(res.proj))
+            item = ScoredSample(sample, row, proj_response=dict(res.proj), token_values=res.token_values)
             if self.pairs:
-                item.rejected_row, item.proj_rejected = rrow, dict(results[len(rows) + i].proj)
+                item = ScoredSample(sample, row, proj_response=dict(res.proj), rejected_row=rrow, proj_rejected=dict(results[len(rows) + i].proj))
             if cfg.baseline == "generate":
                 bi = base_at[i]
                 item.base_response = base[prompt_hash(p)][0]
@@ -485,19 +619,19 @@ class ChunkScorer:
         samples: dict[str, list[Any]] = {k: [] for k in SAMPLE_COLUMNS}
         long: dict[str, list[Any]] = {k: [] for k in SCORE_COLUMNS}
         for item in scored:
-            sample, row = item.sample, item.row
+            sample = item.sample
             common = {
                 "sample_id": sample.id,
                 "source": sample.source,
                 "line": sample.line,
                 "turn": sample.turn,
                 "content_hash": sample.content_hash,
-                "n_prompt_tokens": row.start,
-                "n_response_tokens": row.end - row.start,
+                "n_prompt_tokens": item.n_prompt_tokens,
+                "n_response_tokens": item.n_response_tokens,
                 "n_base_tokens": item.n_base_tokens,
             }
             if self.pairs:
-                common["n_rejected_tokens"] = item.rejected_row.end - item.rejected_row.start
+                common["n_rejected_tokens"] = item.n_rejected_tokens
             for k, v in common.items():
                 wide[k].append(v)
                 samples[k].append(v)
@@ -512,10 +646,8 @@ class ChunkScorer:
             for pv in self.vectors:
                 t = pv.trait
                 pr, pb = item.proj_response[t], item.proj_base.get(t)
-                delta = pr - pb if pb is not None else None
-                prej = item.proj_rejected.get(t)
-                margin = pr - prej if prej is not None else None
-                flagged = self.meaning.flags(self.meaning.pick(delta, pr, margin), self.thresholds[t][0])
+                delta, prej, margin = self.delta(item, t), item.proj_rejected.get(t), self.margin(item, t)
+                flagged = self.meaning.flags(self.score_of(item, t), self.thresholds[t][0])
                 for col, val in (("proj_response", pr), ("proj_base", pb), ("delta", delta), ("flagged", flagged)):
                     wide[f"{t}_{col}"].append(val)
                     long[col].append(val)
@@ -553,7 +685,7 @@ def open_run(config: ScanConfig, lm: Any, vectors: list[Any], scorer: ChunkScore
     """Register a new run, or find the unfinished one to resume: (run_id, out_dir, done chunks)."""
     from auditor.store.runs import find_resumable, register_run, resume_run
 
-    key = config.result_key(lm.fingerprint, {pv.trait: f"{pv.sha256}@{pv.layer}" for pv in vectors})
+    key = config.result_key(lm.fingerprint, vector_hashes(vectors))
     resumable = find_resumable(config.db, key) if config.resume else None
     if config.resume and resumable is None:
         raise AuditorError(f"nothing to resume in {config.db}: no unfinished run with these settings and this model; run the scan without --resume")
@@ -589,6 +721,7 @@ def open_run(config: ScanConfig, lm: Any, vectors: list[Any], scorer: ChunkScore
             "vectors": json.dumps(vector_info),
             "versions": json.dumps(_versions()),
             "result_key": key,
+            "reuse_key": scorer.reuse_key,
         }
         register_run(config.db, row)
     scorer.run_id = run_id
@@ -659,6 +792,19 @@ def mark_run(config: ScanConfig, run_id: str, exc: BaseException) -> None:
     mark_stopped(config.db, run_id, "interrupted" if is_interruption(exc) else "failed")
 
 
+def new_counts() -> dict[str, int]:
+    return {"read": 0, "scored": 0, "rejected": 0, "generated": 0, "cached": 0, "tokens": 0, "reused": 0}
+
+
+def lookup_reused(db: str, scorer: ChunkScorer, items: list[Sample | Rejected]) -> dict[str, Any]:
+    """Stored values of this chunk's samples that an earlier complete run computed (none with reuse off)."""
+    from auditor.store.reuse import find_reusable
+
+    if not scorer.config.reuse:
+        return {}
+    return find_reusable(db, scorer.reuse_key, [i.content_hash for i in items if isinstance(i, Sample)], list(scorer.directions))
+
+
 def add_counts(counts: dict[str, int], out: ChunkOutput) -> None:
     for k, v in (
         ("read", out.n_read),
@@ -667,6 +813,7 @@ def add_counts(counts: dict[str, int], out: ChunkOutput) -> None:
         ("generated", out.n_generated),
         ("cached", out.n_cached),
         ("tokens", out.tokens),
+        ("reused", out.n_reused),
     ):
         counts[k] += v
 
@@ -698,12 +845,13 @@ def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, A
     scorer = ChunkScorer(config, lm, vectors, run_id="")
     run_id, out_dir, done = open_run(config, lm, vectors, scorer)
     parts_dir = os.path.join(out_dir, "parts")
-    counts = {"read": 0, "scored": 0, "rejected": 0, "generated": 0, "cached": 0, "tokens": 0}
+    counts = new_counts()
     try:
         for index, items in pending_chunks(config, run_id, done):
-            prepared = scorer.prepare(items)
+            reused = lookup_reused(config.db, scorer, items)
+            prepared = scorer.prepare(items, skip=set(reused))
             cached = lookup_base(config.db, lm.fingerprint, scorer.settings_key, scorer.prompt_hashes(prepared[0])) if config.baseline == "generate" else {}
-            out = scorer.score(index, items, cached, prepared=prepared)
+            out = scorer.score(index, items, cached, prepared=prepared, reused=reused)
             t0 = time.perf_counter()
             commit_chunk(config.db, run_id, parts_dir, out)
             timings["write"] += time.perf_counter() - t0
@@ -774,7 +922,9 @@ def finalize_run(
                 **trait_totals(config.db, run_id, pv.trait),
             )
         )
-    token_table = heat_map_tokens(config, run_id, lm.tokenizer, scorer, score_fn or local_score_fn(lm, config, scorer))
+    t_heat = time.perf_counter()
+    token_table, heat_sources = heat_map_tokens(config, run_id, lm.tokenizer, scorer, score_fn or local_score_fn(lm, config, scorer), parts_dir, chunks)
+    timings["heat_maps"] = time.perf_counter() - t_heat
     timings["total"] = time.perf_counter() - started
     n_read, n_scored, n_rejected = totals["n_read"], totals["n_scored"], totals["n_rejected"]
     fields = {
@@ -782,6 +932,7 @@ def finalize_run(
         "n_read": n_read,
         "n_scored": n_scored,
         "n_rejected": n_rejected,
+        "n_reused": totals["n_reused"],
         "summary": json.dumps([asdict(s) for s in summaries]),
     }
     rejects = [Rejected(src, ln, r) for src, ln, r in complete_run(config.db, run_id, token_table, fields)]
@@ -813,50 +964,60 @@ def finalize_run(
         model_name=lm.name,
         rejects=rejects,
         resumed_chunks=resumed,
+        n_reused=totals["n_reused"],
+        heat_maps=heat_sources,
     )
 
 
-def heat_map_tokens(config: ScanConfig, run_id: str, tokenizer: Any, scorer: ChunkScorer, score_fn: Callable[[list[Any]], list[Any]]):
-    """Each response token's projection for the report's top samples per trait (both answers of a pair).
+def heat_map_tokens(
+    config: ScanConfig, run_id: str, tokenizer: Any, scorer: ChunkScorer, score_fn: Callable[[list[Any]], list[Any]], parts_dir: str, chunks: list[int]
+):
+    """Each response token's projection for the report's top samples per trait (auditor.heatmaps).
 
-    Computed once at the end (a small second forward over at most ``top_n`` samples per
-    trait) rather than kept during the scan, so it is the same for resumed runs. The
-    samples are the store's ranking (top_samples), the ones the report lists.
+    The samples are the store's ranking (top_samples), the ones the report lists. Their heat
+    maps come from the chunks' candidate parts (the scan's own forward); for samples reused
+    from an earlier run, from that run's stored heat maps; anything still missing (a chunk
+    stored by an older version) from a second forward over just those samples. Returns the
+    token_scores rows and how many heat maps came from each source.
     """
     import pyarrow as pa
 
-    from auditor.activations import encode_pair
+    from auditor.heatmaps import decode_pieces, pair_heat_rows, read_parts, second_pass
+    from auditor.store.reuse import stored_heat_maps
     from auditor.store.runs import heat_map_candidates
     from auditor.store.schema import token_scores_schema
 
     schema = token_scores_schema()
     rows: dict[str, list[Any]] = {name: [] for name in schema.names}
+    sources = {"forward": 0, "earlier_run": 0, "second_pass": 0}
     if config.top_n <= 0:
-        return pa.table(rows, schema=schema)
-    tok = tokenizer
-    by_sample: dict[str, tuple[list[Any], list[str]]] = {}
-    for trait, sid, context, response, rejected in heat_map_candidates(config.db, run_id, config.top_n):
-        if sid not in by_sample:
-            prompt = tok.apply_chat_template(json.loads(context), tokenize=False, add_generation_prompt=True)
-            answers = [response] + ([rejected] if rejected is not None else [])
-            by_sample[sid] = ([encode_pair(tok, prompt, text, config.max_prompt_tokens) for text in answers], [])
-        by_sample[sid][1].append(trait)
-    ids = list(by_sample)
-    encoded = [row for s in ids for row in by_sample[s][0]]
-    results = iter(score_fn(encoded) if encoded else [])
-    for sid in ids:
-        answer_rows, traits = by_sample[sid]
-        scored = [(row, next(results)) for row in answer_rows]
-        pieces = [[tok.decode([i]) for i in row.ids[row.start : row.end]] for row, _ in scored]
-        for trait in sorted(traits):
-            rows["run_id"].append(run_id)
-            rows["sample_id"].append(sid)
-            rows["trait"].append(trait)
-            rows["tokens"].append(pieces[0])
-            rows["token_values"].append(scored[0][1].token_values[trait])
-            rows["rejected_tokens"].append(pieces[1] if len(scored) > 1 else None)
-            rows["rejected_token_values"].append(scored[1][1].token_values[trait] if len(scored) > 1 else None)
-    return pa.table(rows, schema=schema)
+        return pa.table(rows, schema=schema), sources
+    wanted = heat_map_candidates(config.db, run_id, config.top_n)
+    if scorer.pairs:  # both answers of each pair: the plain second pass (auditor.heatmaps.pair_heat_rows)
+        sources["second_pass"] = len(wanted)
+        for row in pair_heat_rows(tokenizer, run_id, wanted, config.max_prompt_tokens, score_fn):
+            for name, value in zip(schema.names, row):
+                rows[name].append(value)
+        return pa.table(rows, schema=schema), sources
+    keys = {(sid, trait): (context, response, h) for trait, sid, context, response, _rejected, h in wanted}
+    found = {k: (decode_pieces(tokenizer, ids), values) for k, (ids, values) in read_parts(parts_dir, chunks, set(keys)).items()}
+    sources["forward"] = len(found)
+    missing = [k for k in keys if k not in found]
+    if missing and config.reuse:
+        stored = stored_heat_maps(config.db, scorer.reuse_key, [(keys[k][2], k[1]) for k in missing])
+        for k in missing:
+            if (keys[k][2], k[1]) in stored:
+                found[k] = stored[(keys[k][2], k[1])]
+                sources["earlier_run"] += 1
+    missing_texts = {k: keys[k][:2] for k in keys if k not in found}
+    for k, (ids, values) in second_pass(tokenizer, missing_texts, config.max_prompt_tokens, score_fn).items():
+        found[k] = (decode_pieces(tokenizer, ids), values)
+    sources["second_pass"] = len(missing_texts)
+    for trait, sid, *_rest in wanted:
+        tokens, values = found[(sid, trait)]
+        for name, value in zip(schema.names, (run_id, sid, trait, tokens, values, None, None)):
+            rows[name].append(value)
+    return pa.table(rows, schema=schema), sources
 
 
 def scan(source: str, traits: list[str] | None = None, model: str | None = None, **settings: Any):

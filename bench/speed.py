@@ -22,6 +22,20 @@ Scaling: projection-only scans of ``--scaling`` sample counts (default 1,000 and
 short chats (one-paragraph answers, so that 10,000 fit in minutes on 2 cores), peak memory
 and seconds per sample for each.
 
+Re-scan (issue 16): a ``--rescan-samples`` dataset (default 2,000 chats with one-paragraph
+answers, ``--rescan-long`` for answers of several hundred tokens: short answers make the
+per-sample compute small against the fixed costs, so the ratio is the least favourable) is
+scanned into a database, ``--rescan-changed`` records (default
+20, spread evenly) are edited, and the changed file is scanned again into the same
+database, which reuses the stored scores of every unchanged sample. Reported: both scans'
+seconds (model loading excluded, as above) and wall time, how many samples the re-scan
+computed and reused, and the ratio re-scan / full scan. ``--rescan-baseline`` (default
+``none``: the cheapest full scan, so the least favourable ratio; ``generate`` costs about an
+hour for the full scan on 2 cores).
+
+Machine: CPU model and flags, cores, memory, torch threads and the load average before each
+job (the machine may be shared: compare the ratios, which come from one run).
+
 Agreement: the baseline prints its first five scores; the scanner's scores of the same
 samples are compared with them (both bf16; greedy generations in bf16 may take another
 token somewhere, so the generate job's agreement is reported, not asserted: the test suite
@@ -29,7 +43,8 @@ checks every fast path against the plain computation).
 
 Data: ``bench/data.py`` (synthetic chats with answers of several hundred tokens).
 
-    python bench/speed.py [--proj-samples 320] [--gen-samples 48] [--scaling 1000,10000] [--out bench/results/speed.json]
+    python bench/speed.py [--proj-samples 320] [--gen-samples 48] [--scaling 1000,10000]
+                          [--rescan-samples 2000] [--rescan-changed 20] [--jobs all] [--out bench/results/speed.json]
 """
 
 from __future__ import annotations
@@ -49,6 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 REFERENCE = ROOT / "bench" / "reference_scan.py"
+JOBS = ("projection", "prompt_last", "projection_difference", "projection_difference_bf16_decoding", "scaling", "rescan")
 TRAIT = "sycophancy"
 AUDIT = [sys.executable, "-c", "import sys; from auditor.cli import main; sys.argv[0] = 'audit'; main()"]
 
@@ -68,6 +84,8 @@ def run_measured(cmd: list[str], log: Path) -> tuple[str, float, int]:
 
 
 def reference(data: Path, vector_pt: Path, layer: int, max_new_tokens: int, base: bool, work: Path, name: str) -> dict:
+    if not REFERENCE.exists():
+        raise SystemExit(f"{REFERENCE} is missing: the reference implementation of the published method; run only the scanner jobs with --jobs scaling,rescan")
     cmd = [sys.executable, str(REFERENCE), str(data), str(vector_pt), str(layer), "--max-new-tokens", str(max_new_tokens)]
     if not base:
         cmd.append("--no-base")
@@ -77,10 +95,11 @@ def reference(data: Path, vector_pt: Path, layer: int, max_new_tokens: int, base
     return result
 
 
-def scanner(data: Path, baseline: str, max_new_tokens: int, work: Path, name: str, extra: list[str] | None = None) -> dict:
+def scanner(data: Path, baseline: str, max_new_tokens: int, work: Path, name: str, extra: list[str] | None = None, db: Path | None = None) -> dict:
+    """One ``audit scan`` process; its run is the newest in ``db`` (default: a database of its own)."""
     import duckdb
 
-    db, out_dir = work / f"{name}.duckdb", work / name
+    db, out_dir = db or work / f"{name}.duckdb", work / name
     cmd = [
         *AUDIT,
         "scan",
@@ -103,13 +122,16 @@ def scanner(data: Path, baseline: str, max_new_tokens: int, work: Path, name: st
     ]
     _out, wall, rss = run_measured(cmd, work / f"{name}.log")
     con = duckdb.connect(str(db), read_only=True)
-    timings, n_scored, dtype = con.execute("SELECT timings, n_scored, dtype FROM runs").fetchone()
-    tokens = con.execute("SELECT sum(tokens) FROM run_chunks").fetchone()[0]
+    run_id, timings, n_scored, dtype = con.execute("SELECT run_id, timings, n_scored, dtype FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
+    reused = _reused(con, run_id)
+    tokens = con.execute("SELECT sum(tokens) FROM run_chunks WHERE run_id = ?", [run_id]).fetchone()[0]
     col = "delta" if baseline != "none" else "proj_response"
     first = [
         v
         for (v,) in con.execute(
-            f"SELECT {col} FROM scores ORDER BY (SELECT line FROM samples s WHERE s.sample_id = scores.sample_id AND s.run_id = scores.run_id) LIMIT 5"
+            f"SELECT {col} FROM scores WHERE run_id = ? "
+            "ORDER BY (SELECT line FROM samples s WHERE s.sample_id = scores.sample_id AND s.run_id = scores.run_id) LIMIT 5",
+            [run_id],
         ).fetchall()
     ]
     con.close()
@@ -117,6 +139,7 @@ def scanner(data: Path, baseline: str, max_new_tokens: int, work: Path, name: st
     seconds = timings["total"] - timings.get("load_model", 0.0)
     return {
         "samples": int(n_scored),
+        "reused": reused,
         "tokens": int(tokens),
         "seconds": round(seconds, 2),
         "dtype": dtype,
@@ -127,6 +150,62 @@ def scanner(data: Path, baseline: str, max_new_tokens: int, work: Path, name: st
         "peak_rss_mib": rss,
         "wall_seconds": round(wall, 2),
     }
+
+
+def _reused(con, run_id: str) -> int | None:
+    """Samples the run took from an earlier run (None for a database without the column)."""
+    try:
+        (n,) = con.execute("SELECT n_reused FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    except Exception:
+        return None
+    return None if n is None else int(n)
+
+
+def change_records(path: Path, n: int) -> list[int]:
+    """Edit ``n`` records spread evenly over the file (their last answer gains a sentence); returns their 0-based indices."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    step = max(len(lines) // max(n, 1), 1)
+    changed = list(range(step // 2, len(lines), step))[:n]
+    for i in changed:
+        record = json.loads(lines[i])
+        record["messages"][-1]["content"] += " (Edited for the re-scan benchmark: one more sentence at the end.)"
+        lines[i] = json.dumps(record, ensure_ascii=False)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return changed
+
+
+def rescan(work: Path, samples: int, changed: int, baseline: str, max_new_tokens: int, long: bool = False) -> dict:
+    """Full scan, edit ``changed`` records, scan again into the same database (it reuses the rest)."""
+    import data as bench_data
+
+    path = Path(bench_data.write(str(work / "rescan.jsonl"), samples, seed=3, short=not long))
+    db = work / "rescan.duckdb"
+    load = os.getloadavg()[0]
+    print(f"[rescan] audit scan --baseline {baseline} on {samples:,} chats ...", file=sys.stderr, flush=True)
+    full = scanner(path, baseline, max_new_tokens, work, "rescan-full", db=db)
+    edited = change_records(path, changed)
+    print(f"[rescan] {len(edited)} records changed; audit scan again into the same database ...", file=sys.stderr, flush=True)
+    again = scanner(path, baseline, max_new_tokens, work, "rescan-again", db=db)
+    out = {
+        "samples": samples,
+        "changed": len(edited),
+        "answers": "several hundred tokens" if long else "one paragraph",
+        "baseline": baseline,
+        "load_average_before": round(load, 2),
+        "full": full,
+        "rescan": again,
+        "computed": again["samples"] - (again["reused"] or 0),
+        "reused": again["reused"],
+        "ratio": round(again["seconds"] / full["seconds"], 4),
+        "wall_ratio": round(again["wall_seconds"] / full["wall_seconds"], 4),
+    }
+    print(
+        f"[rescan] full {full['seconds']:.1f} s, re-scan {again['seconds']:.1f} s ({again['reused']} reused, {out['computed']} computed): "
+        f"{100 * out['ratio']:.1f}% of the full scan ({100 * out['wall_ratio']:.1f}% wall, model loading included)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return out
 
 
 def versions() -> dict:
@@ -155,7 +234,26 @@ def machine() -> dict:
         flags = open("/proc/cpuinfo").read()
     except OSError:
         flags = ""
-    return {"cpu": cpu, "cores": os.cpu_count(), "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags, "platform": platform.platform()}
+    import torch
+
+    memory = None
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal:"):
+                memory = round(int(line.split()[1]) / 1024**2, 1)
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": memory,
+        "torch_threads": torch.get_num_threads(),
+        "amx_bf16": "amx_bf16" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "platform": platform.platform(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,8 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen-samples", type=int, default=48, help="Chats for the full projection difference (the baseline takes ~6 s each).")
     ap.add_argument("--max-new-tokens", type=int, default=256, help="Base response cap, the same for both sides.")
     ap.add_argument("--scaling", default="1000,10000", help="Sample counts for the memory/linearity check ('' to skip).")
+    ap.add_argument("--rescan-samples", type=int, default=2000, help="Chats in the incremental re-scan job.")
+    ap.add_argument("--rescan-changed", type=int, default=20, help="Records edited before the re-scan.")
+    ap.add_argument("--rescan-long", action="store_true", help="Re-scan job: answers of several hundred tokens instead of one paragraph.")
+    ap.add_argument("--rescan-baseline", default="none", choices=["none", "prompt-last", "generate"], help="--baseline of both re-scan job scans.")
+    ap.add_argument("--jobs", default="all", help=f"Comma-separated subset of {', '.join(JOBS)} (default: all).")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "speed.json"))
     a = ap.parse_args(argv)
+    selected = set(JOBS) if a.jobs == "all" else {j.strip() for j in a.jobs.split(",") if j.strip()}
+    if selected - set(JOBS):
+        raise SystemExit(f"unknown --jobs {', '.join(sorted(selected - set(JOBS)))}; use {', '.join(JOBS)}")
 
     import data as bench_data
     import torch
@@ -181,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         "layer": pv.layer,
         "max_new_tokens": a.max_new_tokens,
         "data": "bench/data.py (seed 0)",
+        "selected_jobs": sorted(selected, key=JOBS.index),
         "jobs": {},
     }
     with tempfile.TemporaryDirectory(prefix="persona-audit-bench-") as tmp:
@@ -200,12 +307,15 @@ def main(argv: list[str] | None = None) -> int:
         ]
         ref_cache: dict[str, dict] = {}
         for name, path, baseline, with_base, unit, extra in jobs:
+            if name not in selected:
+                continue
             key = f"{path.name}:{with_base}"
             if key not in ref_cache:
                 print(f"[{name}] baseline: reference_scan.py on {path.name} ...", file=sys.stderr, flush=True)
                 ref_cache[key] = reference(path, vector_pt, pv.layer, a.max_new_tokens, with_base, work, f"ref-{name}")
             ref = ref_cache[key]
             print(f"[{name}] persona-audit: audit scan --baseline {baseline} {' '.join(extra)}...", file=sys.stderr, flush=True)
+            load = os.getloadavg()[0]
             ours = scanner(path, baseline, a.max_new_tokens, work, f"scan-{name}", extra)
             ratio = ours[unit] / ref[unit]
             agree = max(abs(x - y) for x, y in zip(ours["first_scores"], ref["first_scores"])) if baseline != "prompt-last" else None
@@ -214,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                 "baseline": ref,
                 "persona_audit": ours,
                 "ratio": round(ratio, 2),
+                "load_average_before": round(load, 2),
                 "max_abs_diff_first_scores": None if agree is None else round(agree, 4),
             }
             print(
@@ -223,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
-        counts = [int(x) for x in a.scaling.split(",") if x.strip()]
+        counts = [int(x) for x in a.scaling.split(",") if x.strip()] if "scaling" in selected else []
         if counts:
             results["scaling"] = []
             for n in counts:
@@ -252,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
                     "time_per_sample_ratio": round((hi["seconds"] / hi["samples"]) / (lo["seconds"] / lo["samples"]), 3),
                 }
 
+        if "rescan" in selected:
+            results["rescan"] = rescan(work, a.rescan_samples, a.rescan_changed, a.rescan_baseline, a.max_new_tokens, a.rescan_long)
+
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
@@ -270,6 +384,12 @@ def table(results: dict) -> str:
         )
     for s in results.get("scaling", []):
         rows.append(f"| scaling: {s['samples']:,} chats, `--baseline none` | s per 1k chats | | {s['seconds_per_1k']:,} | | {s['peak_rss_mib']:,} MiB |")
+    r = results.get("rescan")
+    if r:
+        rows.append(
+            f"| re-scan: {r['samples']:,} chats, {r['changed']} changed, `--baseline {r['baseline']}` | s (full / re-scan) | | "
+            f"{r['full']['seconds']:,} / {r['rescan']['seconds']:,} | **{100 * r['ratio']:.1f}%** | {r['full']['peak_rss_mib']:,} / {r['rescan']['peak_rss_mib']:,} MiB |"
+        )
     return "\n".join(rows)
 
 

@@ -99,7 +99,7 @@ def test_second_scan_hits_the_cache(tmp_path, embedded_lm_fp32):
     lm = embedded_lm_fp32
     vec_dir = make_vectors(tmp_path / "v", lm.num_layers, lm.hidden_size, fingerprint=lm.fingerprint)
     first = _scan(tmp_path, lm, vec_dir, max_new_tokens=16)
-    second = _scan(tmp_path, lm, vec_dir, max_new_tokens=16)
+    second = _scan(tmp_path, lm, vec_dir, max_new_tokens=16, reuse=False)  # compute the samples again (not their stored scores)
     assert first.n_generated == len(SMALL_CHATS) and first.n_cached == 0
     assert second.n_generated == 0 and second.n_cached == len(SMALL_CHATS)
     a, b = first.scores, second.scores

@@ -407,3 +407,22 @@ def test_sharded_pair_runs_merge_into_the_unsharded_run(tmp_path, tiny_lm, tiny_
     for s, w in zip(merged_summary, whole.summaries):
         assert [t["sample_id"] for t in s["top"]] == [t["sample_id"] for t in w.top]
         assert s["mean_margin"] == pytest.approx(w.mean_margin, abs=1e-12)
+
+
+def test_a_pair_rescan_reuses_margins_and_equals_a_full_scan(pair_run, tiny_lm, tmp_path):
+    """Incremental scans cover preference runs: the rejected answer's projection comes back with the chosen one's."""
+    import polars as pl
+    from polars.testing import assert_frame_equal
+
+    db = str(tmp_path / "audit.duckdb")
+    common = dict(source=pair_run["path"], vectors=pair_run["vectors"], db=db, baseline="none", top_n=3, thresholds=pair_run["thresholds"], chunk_size=7)
+    first = scan_run(ScanConfig(out_dir=str(tmp_path / "a"), **common), lm=tiny_lm)
+    again = scan_run(ScanConfig(out_dir=str(tmp_path / "b"), **common), lm=tiny_lm)
+    fresh = scan_run(ScanConfig(out_dir=str(tmp_path / "c"), reuse=False, **common), lm=tiny_lm)
+    assert first.n_reused == 0 and fresh.n_reused == 0
+    assert again.n_reused == again.n_scored == len(read_pairs())
+    expected = pl.read_parquet(fresh.parquet_path)
+    assert any(c.endswith("_margin") for c in expected.columns)
+    assert_frame_equal(pl.read_parquet(again.parquet_path), expected)
+    html = Path(again.report_path).read_text(encoding="utf-8")
+    assert html.count("rejected answer \u00b7 token heat map") == 3 * len(TRAITS)  # both heat maps for reused pairs too

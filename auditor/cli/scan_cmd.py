@@ -115,6 +115,12 @@ def scan_options(fn):
         click.option("--trust-remote-code", is_flag=True, help="Allow a model's own Python code to run (only for models you trust)."),
         click.option("--layers-path", default=None, help="Dotted path of the decoder block list, for architectures persona-audit does not know."),
         click.option("--resume", is_flag=True, help="Continue the last unfinished run with the same settings after its last stored chunk."),
+        click.option(
+            "--no-reuse",
+            is_flag=True,
+            help="Compute every sample. By default a sample whose text, model, vectors and projection settings match a sample of an earlier "
+            "complete run in --db takes that run's scores (docs/incremental.md).",
+        ),
         click.option("--num-shards", default=1, show_default=True, type=int, help="Split the dataset into this many deterministic slices (by chunk)."),
         click.option(
             "--shard-index", default=0, show_default=True, type=int, help="Which slice this process scans (0-based); merge the parts with audit merge."
@@ -153,6 +159,7 @@ def config_from_options(source: str, policy_path: str | None = None, use_policy:
     layers = {k: int(v) for k, v in parse_pairs(kw.pop("layers"), "--layer", int).items()}
     thresholds = parse_pairs(kw.pop("thresholds"), "--threshold", float)
     max_prompt = kw.pop("max_prompt_tokens")
+    reuse = not kw.pop("no_reuse", False)
     return ScanConfig(
         source=source,
         traits=split_list(kw.pop("traits")),
@@ -162,6 +169,7 @@ def config_from_options(source: str, policy_path: str | None = None, use_policy:
         thresholds=thresholds,
         format=kw.pop("fmt"),
         max_prompt_tokens=max_prompt or None,
+        reuse=reuse,
         **kw,
     )
 
@@ -313,8 +321,9 @@ def print_summary(result, console=None) -> None:
             for i, t in enumerate(s.top[:2] or [None]):
                 text = "-" if t is None else f"{t['score']:+8.2f}  {t['sample_id']}"
                 console.print(f"  {s.trait if i == 0 else '':<{name_width}}  {text}", markup=False, highlight=False, no_wrap=True, overflow="ellipsis")
+    reused = f" ({result.n_computed} computed, {result.n_reused} reused from earlier runs)" if result.n_reused else ""
     console.print(
-        f"read {result.n_read} rows: {result.n_scored} scored, {result.n_rejected} rejected; "
+        f"read {result.n_read} rows: {result.n_scored} scored{reused}, {result.n_rejected} rejected; "
         f"base responses: {result.n_generated} generated, {result.n_cached} from cache; "
         f"{result.seconds:.1f} s ({result.n_scored / max(result.seconds, 1e-9):.2f} samples/s)"
     )

@@ -16,11 +16,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from auditor.errors import StoreError
-from auditor.store.schema import TABLES
+from auditor.store.schema import MIGRATIONS, TABLES
 
 DEFAULT_DB = os.path.join("reports", "audit.duckdb")
 NOTE_AFTER = 3.0  # seconds of waiting for a busy database before saying so on stderr
-SCHEMA_VERSION = 2  # 2: preference pairs (rejected answer, proj_rejected, margin)
+SCHEMA_VERSION = 3  # 2: preference pairs; 3: incremental scans (reuse_key, n_reused)
 
 
 def _is_lock_error(e: Exception) -> bool:
@@ -98,15 +98,16 @@ def _has_current_schema(con: Any) -> bool:
 
 
 def ensure_schema(con: Any) -> None:
-    """Create the tables and views, or refuse a database written by a newer version."""
+    """Create the tables and views, migrate an older file step by step, or refuse one written by a newer version."""
     with transaction(con):
-        row = _schema_version(con)
-        if row is not None and row > SCHEMA_VERSION:
-            raise StoreError(f"the database was written by a newer persona-audit (schema {row}, this one knows {SCHEMA_VERSION}); upgrade persona-audit")
-        if row is not None and row < 2:
-            con.execute(MIGRATE_TO_2)  # before the views, which name the new columns
-        con.execute(TABLES)
         version = _schema_version(con)
+        if version is not None and version > SCHEMA_VERSION:
+            raise StoreError(f"the database was written by a newer persona-audit (schema {version}, this one knows {SCHEMA_VERSION}); upgrade persona-audit")
+        if version is not None:
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS.get(step, ()):
+                    con.execute(statement)  # before the views, which name the new columns
+        con.execute(TABLES)
         if version is None or version < SCHEMA_VERSION:
             con.execute("INSERT INTO schema_info VALUES (?)", [SCHEMA_VERSION])
 
@@ -121,17 +122,6 @@ def transaction(con: Any) -> Iterator[Any]:
         con.execute("ROLLBACK")
         raise
     con.execute("COMMIT")
-
-
-# Schema 1 -> 2: the preference-pair columns (NULL for every earlier run).
-MIGRATE_TO_2 = """
-ALTER TABLE samples ADD COLUMN IF NOT EXISTS rejected_response VARCHAR;
-ALTER TABLE samples ADD COLUMN IF NOT EXISTS n_rejected_tokens INTEGER;
-ALTER TABLE scores ADD COLUMN IF NOT EXISTS proj_rejected DOUBLE;
-ALTER TABLE scores ADD COLUMN IF NOT EXISTS margin DOUBLE;
-ALTER TABLE token_scores ADD COLUMN IF NOT EXISTS rejected_tokens VARCHAR[];
-ALTER TABLE token_scores ADD COLUMN IF NOT EXISTS rejected_token_values DOUBLE[];
-"""
 
 
 def _schema_version(con: Any) -> int | None:

@@ -17,12 +17,18 @@ from auditor.store.db import connect, insert_arrow, transaction
 # A scan waits this long for a reader to let go of the database before a chunk write fails:
 # long enough to outlast a big export or filter, instead of losing a scored chunk.
 WRITE_WAIT = 600.0
-_CHUNK_TOTALS = ("n_read", "n_scored", "n_rejected", "n_generated", "n_cached", "tokens")
+_CHUNK_TOTALS = ("n_read", "n_scored", "n_rejected", "n_generated", "n_cached", "tokens", "n_reused")
 
 
 def part_path(out_dir: str, chunk: int) -> str:
     """Where chunk ``chunk`` of a run keeps its Parquet part until the run completes."""
     return os.path.join(out_dir, "parts", f"part-{chunk:06d}.parquet")
+
+
+def heat_part_path(parts_dir: str, chunk: int) -> str:
+    """Where chunk ``chunk`` keeps its heat-map candidates until the run completes (a folder of
+    their own: the parts folder holds one scores part per stored chunk, nothing else)."""
+    return os.path.join(parts_dir, "heat", f"heat-{chunk:06d}.parquet")
 
 
 def find_resumable(db: str, key: str) -> tuple[str, str] | None:
@@ -85,6 +91,11 @@ def commit_chunk(db: str, run_id: str, parts_dir: str, out: Any) -> None:
     part = os.path.join(parts_dir, f"part-{out.index:06d}.parquet")
     if not os.path.isdir(parts_dir):
         raise StoreError(f"run {run_id}: {parts_dir} is gone: another process finished this run meanwhile, or the folder was deleted; see audit runs")
+    if out.heat is not None and out.heat.num_rows:  # the chunk's heat-map candidates (auditor.heatmaps), before the part that marks it written
+        heat = heat_part_path(parts_dir, out.index)
+        os.makedirs(os.path.dirname(heat), exist_ok=True)
+        pq.write_table(out.heat, heat + ".tmp")
+        os.replace(heat + ".tmp", heat)
     pq.write_table(out.wide, part + ".tmp")
     os.replace(part + ".tmp", part)  # a reader sees the old part or the new one, never half of one
     with connect(db, timeout=WRITE_WAIT) as con, transaction(con):
@@ -108,8 +119,9 @@ def commit_chunk(db: str, run_id: str, parts_dir: str, out: Any) -> None:
             }
             insert_arrow(con, "rejects", pa.table(rejects))
         con.execute(
-            "INSERT INTO run_chunks (run_id, chunk, n_read, n_scored, n_rejected, fingerprint, n_generated, n_cached, tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [run_id, out.index, out.n_read, out.n_scored, out.n_rejected, out.fingerprint, out.n_generated, out.n_cached, out.tokens],
+            "INSERT INTO run_chunks (run_id, chunk, n_read, n_scored, n_rejected, fingerprint, n_generated, n_cached, tokens, n_reused) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [run_id, out.index, out.n_read, out.n_scored, out.n_rejected, out.fingerprint, out.n_generated, out.n_cached, out.tokens, out.n_reused],
         )
 
 
@@ -151,11 +163,11 @@ def trait_totals(db: str, run_id: str, trait: str, top: int = 5) -> dict[str, An
     }
 
 
-def heat_map_candidates(db: str, run_id: str, top_n: int) -> list[tuple[str, str, str, str, str | None]]:
-    """(trait, sample_id, context JSON, response, rejected response) of each trait's ``top_n`` samples, as the report ranks them."""
+def heat_map_candidates(db: str, run_id: str, top_n: int) -> list[tuple[str, str, str, str, str | None, str]]:
+    """(trait, sample_id, context JSON, response, rejected response, content hash) of each trait's ``top_n`` samples, as the report ranks them."""
     with connect(db) as con:
         return con.execute(
-            """SELECT s.trait, m.sample_id, m.context, m.response, m.rejected_response FROM top_samples s
+            """SELECT s.trait, m.sample_id, m.context, m.response, m.rejected_response, m.content_hash FROM top_samples s
                JOIN samples m ON m.run_id = s.run_id AND m.sample_id = s.sample_id
                WHERE s.run_id = ? AND s.rank <= ? ORDER BY s.trait, s.rank""",
             [run_id, top_n],

@@ -34,7 +34,9 @@ CREATE TABLE IF NOT EXISTS runs (
     n_scored BIGINT,
     n_rejected BIGINT,
     summary JSON,
-    result_key VARCHAR                  -- hash of everything that determines the scores (resume)
+    result_key VARCHAR,                 -- hash of everything that determines the scores (resume)
+    reuse_key VARCHAR,                  -- hash of what decides a sample's projections besides its text (incremental scans)
+    n_reused BIGINT                     -- samples whose scores came from an earlier complete run (n_scored = computed + reused)
 );
 CREATE TABLE IF NOT EXISTS samples (
     run_id VARCHAR NOT NULL,
@@ -92,6 +94,7 @@ CREATE TABLE IF NOT EXISTS run_chunks (
     n_generated BIGINT,
     n_cached BIGINT,
     tokens BIGINT,
+    n_reused BIGINT,
     PRIMARY KEY (run_id, chunk)
 );
 CREATE TABLE IF NOT EXISTS token_scores (
@@ -131,6 +134,26 @@ CREATE OR REPLACE VIEW dataset_summary AS
     FROM scores s JOIN runs r USING (run_id)
     GROUP BY s.run_id, r.dataset, s.trait;
 """
+
+# Schema version -> the statements that bring a database of the version before up to it.
+# They run before the tables and views are (re)created, since the views name the new columns.
+MIGRATIONS = {
+    # 2: preference pairs (rejected answer, proj_rejected, margin); NULL for every earlier run.
+    2: (
+        "ALTER TABLE samples ADD COLUMN IF NOT EXISTS rejected_response VARCHAR",
+        "ALTER TABLE samples ADD COLUMN IF NOT EXISTS n_rejected_tokens INTEGER",
+        "ALTER TABLE scores ADD COLUMN IF NOT EXISTS proj_rejected DOUBLE",
+        "ALTER TABLE scores ADD COLUMN IF NOT EXISTS margin DOUBLE",
+        "ALTER TABLE token_scores ADD COLUMN IF NOT EXISTS rejected_tokens VARCHAR[]",
+        "ALTER TABLE token_scores ADD COLUMN IF NOT EXISTS rejected_token_values DOUBLE[]",
+    ),
+    # 3: incremental scans; earlier runs have no reuse_key, so nothing of theirs is reused.
+    3: (
+        "ALTER TABLE runs ADD COLUMN IF NOT EXISTS reuse_key VARCHAR",
+        "ALTER TABLE runs ADD COLUMN IF NOT EXISTS n_reused BIGINT",
+        "ALTER TABLE run_chunks ADD COLUMN IF NOT EXISTS n_reused BIGINT",
+    ),
+}
 
 # Columns of the samples table, in the order a chunk fills them.
 SAMPLE_COLUMNS = (
@@ -226,3 +249,11 @@ def token_scores_schema() -> Any:
             ("rejected_token_values", pa.list_(pa.float64())),
         ]
     )
+
+
+@cache
+def heat_part_schema() -> Any:
+    """A chunk's heat-map candidates (auditor.heatmaps), kept beside its scores part until the run completes."""
+    import pyarrow as pa
+
+    return pa.schema([("sample_id", pa.string()), ("trait", pa.string()), ("token_ids", pa.list_(pa.int64())), ("token_values", pa.list_(pa.float64()))])

@@ -27,7 +27,7 @@ def test_fp32_scores_are_identical_run_to_run(tmp_path, tiny_lm):
     vectors = make_vectors(tmp_path / "v", tiny_lm.num_layers, tiny_lm.hidden_size, fingerprint=tiny_lm.fingerprint)
     first = _scan(tmp_path, tiny_lm, vectors, "one.duckdb")
     fresh = _scan(tmp_path, tiny_lm, vectors, "two.duckdb")  # a new database: base responses generated again
-    cached = _scan(tmp_path, tiny_lm, vectors, "one.duckdb")  # the same database: base responses from the cache
+    cached = _scan(tmp_path, tiny_lm, vectors, "one.duckdb", reuse=False)  # the same database: base responses from the cache, scores computed again
     assert first.height == len(SMALL_CHATS)
     assert first["evil_delta"].null_count() == 0
     assert first.equals(fresh)
