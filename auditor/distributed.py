@@ -70,24 +70,49 @@ def _scorer_actor(ray: Any):
                 "path": lm.path,
             }
 
-        def score(self, run_id: str, index: int, items: list, cached: dict, prepared: tuple, reused: dict):
+        def score_group(self, run_id: str, group: list):
             self.scorer.run_id = run_id
-            return self.scorer.score(index, items, cached, prepared=prepared, reused=reused)
+            return self.scorer.score_group(group)
 
         def token_values(self, rows: list):
-            from auditor.scoring import score_rows
+            from auditor.pipeline import LocalExecutor
 
-            return score_rows(
-                self.lm.model,
-                rows,
-                self.scorer.directions,
-                self.lm.tokenizer.pad_token_id,
-                self.scorer.batch_tokens,
-                [True] * len(rows),
-                self.config.layers_path,
-            )
+            return LocalExecutor(self.scorer).token_values(rows)
 
     return ScorerActor
+
+
+class RayExecutor:
+    """Hands each group of chunks to a free actor; the driver commits what comes back (``auditor.pipeline.run_chunks``)."""
+
+    def __init__(self, ray: Any, actors: list[Any], run_id: str):
+        self.ray, self.actors, self.run_id = ray, actors, run_id
+        self._in_flight: dict[Any, Any] = {}  # object ref -> the actor computing it
+        self._idle = list(actors)
+        self._finished: list[Any] = []
+
+    def submit(self, group: list[Any]) -> None:
+        if not self._idle:
+            self._collect(until=len(self.actors) - 1)  # wait for a free actor
+        actor = self._idle.pop()
+        self._in_flight[actor.score_group.remote(self.run_id, group)] = actor
+
+    def _collect(self, until: int) -> None:
+        while len(self._in_flight) > until:
+            ready, _ = self.ray.wait(list(self._in_flight), num_returns=1)
+            self._idle.append(self._in_flight.pop(ready[0]))
+            self._finished.extend(self.ray.get(ready[0]))
+
+    def finished(self) -> list[Any]:
+        out, self._finished = self._finished, []
+        return out
+
+    def drain(self) -> list[Any]:
+        self._collect(until=0)
+        return self.finished()
+
+    def token_values(self, rows: list[Any]) -> list[Any]:
+        return self.ray.get(self.actors[0].token_values.remote(rows))
 
 
 def scan_run_ray(
@@ -99,23 +124,8 @@ def scan_run_ray(
     progress: Callable[[dict[str, Any]], None] | None = None,
 ):
     """Scan with ``workers`` Ray actors; returns the same ScanResult as the local engine."""
-    from auditor.model.loading import LoadedModel, load_tokenizer
-    from auditor.pipeline import (
-        ChunkScorer,
-        add_counts,
-        commit_chunk,
-        finalize_run,
-        lookup_base,
-        lookup_reused,
-        mark_run,
-        new_counts,
-        open_run,
-        pending_chunks,
-        resolve_pairs,
-    )
+    from auditor.pipeline import ChunkScorer, finalize_run, open_run, resolve_pairs, run_chunks
     from auditor.sources import expand_paths
-    from auditor.vectors import load_vectors
-    from auditor.vectors.persona import default_vectors_dir
 
     ray = _require_ray()
     config.validate()
@@ -124,13 +134,7 @@ def scan_run_ray(
     if workers < 1:
         raise AuditorError("--workers must be at least 1")
     started = time.perf_counter()
-    # Actors may run elsewhere in the cluster: hand them absolute paths.
-    fields = asdict(config)
-    if config.model and os.path.exists(config.model):
-        fields["model"] = os.path.abspath(config.model)
-    fields["vectors"] = os.path.abspath(config.vectors) if config.vectors else None
-    if num_gpus_per_worker > 0 and config.device == "auto":
-        fields["device"] = "cuda"
+    fields = actor_fields(config, num_gpus_per_worker)
     if not ray.is_initialized():
         if ray_address:
             ray.init(address=ray_address, log_to_driver=False)
@@ -138,73 +142,13 @@ def scan_run_ray(
             ray.init(num_cpus=max(int(workers * cpus_per_worker), 1), include_dashboard=False, log_to_driver=False)
     Actor = _scorer_actor(ray)
     actors = [Actor.options(num_cpus=cpus_per_worker, num_gpus=num_gpus_per_worker).remote(fields, max(int(cpus_per_worker), 1)) for _ in range(workers)]
-    info = ray.get(actors[0].describe.remote())
-    # The driver holds only the tokenizer: enough to prepare chunks and look up the cache.
-    lm = LoadedModel(
-        model=None,
-        tokenizer=load_tokenizer(fields["model"], config.trust_remote_code),
-        name=info["name"],
-        fingerprint=info["fingerprint"],
-        num_layers=info["num_layers"],
-        hidden_size=info["hidden_size"],
-        dtype=info["dtype"],
-        device=info["device"],
-        source=info["source"],
-        max_length=info["max_length"],
-        path=info["path"],
-    )
-    vectors = load_vectors(
-        fields["vectors"] or str(default_vectors_dir(lm.name)),
-        lm.name,
-        traits=config.traits,
-        layers=config.layers,
-        num_layers=lm.num_layers,
-        hidden_size=lm.hidden_size,
-        fingerprint=lm.fingerprint,
-    )
+    lm, vectors = driver_model(ray.get(actors[0].describe.remote()), fields, config)
     run_config = replace(config, vectors=fields["vectors"], model=fields["model"])
     scorer = ChunkScorer(run_config, lm, vectors, run_id="")
     run_id, out_dir, done = open_run(run_config, lm, vectors, scorer)
-    parts_dir = os.path.join(out_dir, "parts")
-    counts = new_counts()
+    executor = RayExecutor(ray, actors, run_id)
     timings = {"load_model": 0.0, "generate": 0.0, "forward": 0.0, "write": 0.0}
-    in_flight: dict[Any, int] = {}
-    idle = list(actors)
-
-    def collect(block_until: int) -> None:
-        while len(in_flight) > block_until:
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            ref = ready[0]
-            actor_index = in_flight.pop(ref)
-            idle.append(actors[actor_index])
-            out = ray.get(ref)
-            t0 = time.perf_counter()
-            commit_chunk(run_config.db, run_id, parts_dir, out)
-            timings["write"] += time.perf_counter() - t0
-            timings["generate"] += out.seconds["generate"]
-            timings["forward"] += out.seconds["forward"]
-            add_counts(counts, out)
-            if progress:
-                progress(dict(counts))
-
-    try:
-        for index, items in pending_chunks(run_config, run_id, done):
-            reused = lookup_reused(run_config.db, scorer, items)
-            prepared = scorer.prepare(items, skip=set(reused))
-            if prepared[1] and run_config.on_error == "fail":
-                first = prepared[1][0]
-                raise first.error or AuditorError(first.reason)
-            cached = (
-                lookup_base(run_config.db, lm.fingerprint, scorer.settings_key, scorer.prompt_hashes(prepared[0])) if run_config.baseline == "generate" else {}
-            )
-            collect(block_until=len(actors) - 1)  # wait for a free actor
-            actor = idle.pop()
-            in_flight[actor.score.remote(run_id, index, items, cached, prepared, reused)] = actors.index(actor)
-        collect(block_until=0)
-    except BaseException as exc:
-        mark_run(run_config, run_id, exc)
-        raise
-    score_fn = lambda rows: ray.get(actors[0].token_values.remote(rows))  # noqa: E731
+    counts = run_chunks(run_config, run_id, done, scorer, executor, os.path.join(out_dir, "parts"), timings, progress)
     return finalize_run(
         run_config,
         run_id,
@@ -216,5 +160,36 @@ def scan_run_ray(
         timings=timings,
         counts=counts,
         resumed=len(done),
-        score_fn=score_fn,
+        score_fn=executor.token_values,
     )
+
+
+def actor_fields(config: Any, num_gpus_per_worker: float) -> dict[str, Any]:
+    """The config as the actors get it: absolute paths (they may run elsewhere in the cluster), cuda when they hold GPUs."""
+    fields = asdict(config)
+    if config.model and os.path.exists(config.model):
+        fields["model"] = os.path.abspath(config.model)
+    fields["vectors"] = os.path.abspath(config.vectors) if config.vectors else None
+    if num_gpus_per_worker > 0 and config.device == "auto":
+        fields["device"] = "cuda"
+    return fields
+
+
+def driver_model(info: dict[str, Any], fields: dict[str, Any], config: Any) -> tuple[Any, list[Any]]:
+    """The driver's side of the model: the tokenizer and what the actors report (enough to prepare chunks
+    and look up the cache), and the vectors checked against it."""
+    from auditor.model.loading import LoadedModel, load_tokenizer
+    from auditor.vectors import load_vectors
+    from auditor.vectors.persona import default_vectors_dir
+
+    lm = LoadedModel(model=None, tokenizer=load_tokenizer(fields["model"], config.trust_remote_code), **info)
+    vectors = load_vectors(
+        fields["vectors"] or str(default_vectors_dir(lm.name)),
+        lm.name,
+        traits=config.traits,
+        layers=config.layers,
+        num_layers=lm.num_layers,
+        hidden_size=lm.hidden_size,
+        fingerprint=lm.fingerprint,
+    )
+    return lm, vectors

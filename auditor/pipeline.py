@@ -271,6 +271,21 @@ class ChunkOutput:
         return len(self.rejects)
 
 
+@dataclass
+class ChunkWork:
+    """One chunk, ready for the chunk step: its records, what earlier runs already scored, the prepared rest and its cached base responses."""
+
+    index: int
+    items: list[Sample | Rejected]
+    reused: dict[str, Any]  # content hash -> stored values (auditor.store.reuse.SampleValues)
+    prepared: tuple[list[Any], list[Rejected]]  # ChunkScorer.prepare: (samples to compute, rejects)
+    cached: dict[str, tuple[str, int]]  # prompt hash -> cached base response
+
+    @property
+    def n_compute(self) -> int:
+        return len(self.prepared[0])
+
+
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -462,31 +477,51 @@ class ChunkScorer:
         prepared: tuple | None = None,
         reused: dict[str, Any] | None = None,
     ) -> ChunkOutput:
-        """The chunk step: prepare -> base responses -> one forward -> flags -> rows for the store.
+        """The chunk step for one chunk: prepare -> base responses -> one forward -> flags -> rows for the store.
 
         ``reused``: content hash -> values an earlier complete run stored (auditor.store.reuse);
         those samples skip the first two steps.
         """
-        from auditor.heatmaps import chunk_candidates
-
         reused = reused or {}
-        ready, rejects = prepared if prepared is not None else self.prepare(items, skip=set(reused))
-        if rejects and self.config.on_error == "fail":
-            raise rejects[0].error or InputError(rejects[0].source, rejects[0].line, rejects[0].reason)
-        base, new_base, n_cached, seconds = self.base_responses(ready, cached or {})
+        prepared = prepared if prepared is not None else self.prepare(items, skip=set(reused))
+        return self.score_group([ChunkWork(index, items, reused, prepared, cached or {})])[0]
+
+    def score_group(self, group: list[ChunkWork]) -> list[ChunkOutput]:
+        """The chunk step for chunks planned together (``plan_work``): one generation and one forward over all
+        their samples to compute, then each chunk's rows on their own (what the store commits)."""
+        if self.config.on_error == "fail":
+            for work in group:
+                if work.prepared[1]:
+                    first = work.prepared[1][0]
+                    raise first.error or InputError(first.source, first.line, first.reason)
+        ready = [r for work in group for r in work.prepared[0]]
+        cached = {k: v for work in group for k, v in work.cached.items()}
+        base, new_base, n_cached, seconds = self.base_responses(ready, cached)
         t0 = time.perf_counter()
         computed, tokens = self.forward(ready, base)
         seconds["forward"] = time.perf_counter() - t0
-        scored = self.in_order(items, computed, reused)
+        outputs, start = [], 0
+        for k, work in enumerate(group):
+            mine = computed[start : start + len(work.prepared[0])]
+            start += len(work.prepared[0])
+            # The group's shared costs (generation, cache hits, tokens, seconds) are counted once, on its first chunk.
+            shared = k == 0
+            outputs.append(
+                self.chunk_output(work, mine, new_base if shared else {}, n_cached if shared else 0, tokens if shared else 0, seconds if shared else {})
+            )
+        return outputs
+
+    def chunk_output(
+        self, work: ChunkWork, computed: list[ScoredSample], new_base: dict[str, tuple[str, int]], n_cached: int, tokens: int, seconds: dict[str, float]
+    ) -> ChunkOutput:
+        """Step 3 for one chunk: its samples in dataset order (with the reused ones), rows, heat-map candidates."""
+        from auditor.heatmaps import chunk_candidates
+
+        scored = self.in_order(work.items, computed, work.reused)
         wide, samples, scores = self.rows(scored)
         heat = chunk_candidates(
             [
-                (
-                    x.sample.id,
-                    {t: self.score_of(x, t) for t in self.directions},
-                    x.row.ids[x.row.start : x.row.end],
-                    x.token_values,
-                )
+                (x.sample.id, {t: self.score_of(x, t) for t in self.directions}, x.row.ids[x.row.start : x.row.end], x.token_values)
                 for x in computed
                 if x.token_values is not None
             ],
@@ -494,19 +529,19 @@ class ChunkScorer:
             self.config.top_n,
         )
         return ChunkOutput(
-            index=index,
-            fingerprint=chunk_fingerprint(items),
+            index=work.index,
+            fingerprint=chunk_fingerprint(work.items),
             wide=wide,
             samples=samples,
             scores=scores,
-            rejects=rejects,
+            rejects=work.prepared[1],
             new_base=self.cache_rows(new_base),
-            n_read=len(items),
+            n_read=len(work.items),
             n_scored=len(scored),
             n_generated=len(new_base),
             n_cached=n_cached,
             tokens=tokens + sum(n for _, n in new_base.values()),
-            seconds=seconds,
+            seconds={"generate": seconds.get("generate", 0.0), "forward": seconds.get("forward", 0.0)},
             n_reused=len(scored) - len(computed),
             heat=heat,
         )
@@ -818,6 +853,103 @@ def add_counts(counts: dict[str, int], out: ChunkOutput) -> None:
         counts[k] += v
 
 
+# A re-scan computes few samples per chunk; chunks are grouped until the group holds a chunk's worth to
+# compute (one generation and one forward for all), at most this many chunks (the records they hold in memory).
+MAX_CHUNKS_PER_GROUP = 64
+
+
+def plan_work(config: ScanConfig, run_id: str, done: dict[int, str], scorer: ChunkScorer) -> Iterator[list[ChunkWork]]:
+    """The pending chunks, prepared and grouped for the chunk step.
+
+    A full scan gives groups of one chunk; when most samples are reused, consecutive chunks
+    share one group until it holds ``chunk_size`` samples to compute, so a re-scan that changed
+    a few records runs one forward of full batches instead of a small one per chunk. Each chunk
+    is still committed on its own (resume and the run's counts stay per chunk).
+    """
+    group: list[ChunkWork] = []
+    for index, items in pending_chunks(config, run_id, done):
+        reused = lookup_reused(config.db, scorer, items)
+        prepared = scorer.prepare(items, skip=set(reused))
+        if prepared[1] and config.on_error == "fail":  # before any work is spent on the group
+            first = prepared[1][0]
+            raise first.error or InputError(first.source, first.line, first.reason)
+        cached = lookup_base(config.db, scorer.lm.fingerprint, scorer.settings_key, scorer.prompt_hashes(prepared[0])) if config.baseline == "generate" else {}
+        group.append(ChunkWork(index, items, reused, prepared, cached))
+        if sum(w.n_compute for w in group) >= config.chunk_size or len(group) >= MAX_CHUNKS_PER_GROUP:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+class LocalExecutor:
+    """Runs the chunk step in this process, one group at a time."""
+
+    def __init__(self, scorer: ChunkScorer):
+        self.scorer = scorer
+        self._finished: list[ChunkOutput] = []
+
+    def submit(self, group: list[ChunkWork]) -> None:
+        self._finished.extend(self.scorer.score_group(group))
+
+    def finished(self) -> list[ChunkOutput]:
+        """Outputs ready to commit (here: everything submitted)."""
+        out, self._finished = self._finished, []
+        return out
+
+    def drain(self) -> list[ChunkOutput]:
+        return self.finished()
+
+    def token_values(self, rows: list[Any]) -> list[Any]:
+        """Per-token projections of encoded rows (the heat maps' plain second pass)."""
+        from auditor.scoring import score_rows
+
+        sc = self.scorer
+        return score_rows(sc.lm.model, rows, sc.directions, sc.lm.tokenizer.pad_token_id, sc.batch_tokens, [True] * len(rows), sc.config.layers_path)
+
+
+def run_chunks(
+    config: ScanConfig,
+    run_id: str,
+    done: dict[int, str],
+    scorer: ChunkScorer,
+    executor: Any,
+    parts_dir: str,
+    timings: dict[str, float],
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, int]:
+    """The scan loop of every engine: plan the pending chunks, hand each group to ``executor``
+    (``LocalExecutor``, or ``auditor.distributed.RayExecutor``), commit each chunk it returns.
+
+    Returns the run's counts; marks the run interrupted or failed if anything stops it.
+    """
+    counts = new_counts()
+    chunks_done = len(done)
+
+    def commit(outputs: list[ChunkOutput]) -> None:
+        nonlocal chunks_done
+        for out in outputs:
+            t0 = time.perf_counter()
+            commit_chunk(config.db, run_id, parts_dir, out)
+            timings["write"] += time.perf_counter() - t0
+            timings["generate"] += out.seconds["generate"]
+            timings["forward"] += out.seconds["forward"]
+            add_counts(counts, out)
+            chunks_done += 1
+            if progress:
+                progress(dict(counts, chunks_done=chunks_done))
+
+    try:
+        for group in plan_work(config, run_id, done, scorer):
+            executor.submit(group)
+            commit(executor.finished())
+        commit(executor.drain())
+    except BaseException as exc:
+        mark_run(config, run_id, exc)
+        raise
+    return counts
+
+
 def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, Any]], None] | None = None) -> ScanResult:
     """Scan a dataset and store the results; see the module docstring."""
     from auditor.model import load_model
@@ -844,26 +976,21 @@ def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, A
     )
     scorer = ChunkScorer(config, lm, vectors, run_id="")
     run_id, out_dir, done = open_run(config, lm, vectors, scorer)
-    parts_dir = os.path.join(out_dir, "parts")
-    counts = new_counts()
-    try:
-        for index, items in pending_chunks(config, run_id, done):
-            reused = lookup_reused(config.db, scorer, items)
-            prepared = scorer.prepare(items, skip=set(reused))
-            cached = lookup_base(config.db, lm.fingerprint, scorer.settings_key, scorer.prompt_hashes(prepared[0])) if config.baseline == "generate" else {}
-            out = scorer.score(index, items, cached, prepared=prepared, reused=reused)
-            t0 = time.perf_counter()
-            commit_chunk(config.db, run_id, parts_dir, out)
-            timings["write"] += time.perf_counter() - t0
-            timings["generate"] += out.seconds["generate"]
-            timings["forward"] += out.seconds["forward"]
-            add_counts(counts, out)
-            if progress:
-                progress(dict(counts, chunks_done=index + 1))
-    except BaseException as exc:
-        mark_run(config, run_id, exc)
-        raise
-    return finalize_run(config, run_id, out_dir, lm=lm, vectors=vectors, scorer=scorer, started=started, timings=timings, counts=counts, resumed=len(done))
+    executor = LocalExecutor(scorer)
+    counts = run_chunks(config, run_id, done, scorer, executor, os.path.join(out_dir, "parts"), timings, progress)
+    return finalize_run(
+        config,
+        run_id,
+        out_dir,
+        lm=lm,
+        vectors=vectors,
+        scorer=scorer,
+        started=started,
+        timings=timings,
+        counts=counts,
+        resumed=len(done),
+        score_fn=executor.token_values,
+    )
 
 
 def resolve_pairs(config: ScanConfig) -> None:
@@ -872,13 +999,6 @@ def resolve_pairs(config: ScanConfig) -> None:
 
     if config.pairs is None:
         config.pairs = dataset_holds_pairs(config.source, config.format, config.split, config.hf_config, config.mapping())
-
-
-def local_score_fn(lm: Any, config: ScanConfig, scorer: ChunkScorer) -> Callable[[list[Any]], list[Any]]:
-    """Per-token projections of encoded rows with the model in this process."""
-    from auditor.scoring import score_rows
-
-    return lambda rows: score_rows(lm.model, rows, scorer.directions, lm.tokenizer.pad_token_id, scorer.batch_tokens, [True] * len(rows), config.layers_path)
 
 
 def finalize_run(
@@ -891,22 +1011,72 @@ def finalize_run(
     started: float,
     timings: dict[str, float],
     counts: dict[str, int],
-    resumed: int = 0,
-    score_fn: Callable[[list[Any]], list[Any]] | None = None,
+    resumed: int,
+    score_fn: Callable[[list[Any]], list[Any]],
 ) -> ScanResult:
-    """Concatenate the parts, compute the summary from the store, heat-map tokens, report."""
-    import pyarrow.parquet as pq
+    """Concatenate the parts, compute the summary from the store, heat-map tokens, mark complete, report.
 
-    from auditor.store.runs import committed_chunks, complete_run, part_path, trait_totals
+    ``score_fn``: per-token projections of encoded rows (the executor's ``token_values``).
+    """
+    from auditor.store.runs import committed_chunks, complete_run
 
     t0 = time.perf_counter()
     parts_dir = os.path.join(out_dir, "parts")
-    parquet_path = os.path.join(out_dir, "scores.parquet")
     chunks, totals = committed_chunks(config.db, run_id)
-    with pq.ParquetWriter(parquet_path + ".tmp", scorer.schema) as writer:
+    parquet_path = write_scores_parquet(out_dir, chunks, scorer.schema)
+    summaries = trait_summaries(config.db, run_id, vectors, scorer)
+    t_heat = time.perf_counter()
+    token_table, heat_sources = heat_map_tokens(config, run_id, lm.tokenizer, scorer, score_fn, parts_dir, chunks)
+    timings["heat_maps"] = time.perf_counter() - t_heat
+    timings["total"] = time.perf_counter() - started
+    fields = {
+        "timings": json.dumps(timings),
+        **{k: totals[k] for k in ("n_read", "n_scored", "n_rejected", "n_reused")},
+        "summary": json.dumps([asdict(s) for s in summaries]),
+    }
+    rejects = [Rejected(src, ln, r) for src, ln, r in complete_run(config.db, run_id, token_table, fields)]
+    # Only now: a crash before the run is complete leaves it resumable, and resuming reads the parts.
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    timings["write"] += time.perf_counter() - t0
+    return ScanResult(
+        run_id=run_id,
+        out_dir=out_dir,
+        parquet_path=parquet_path,
+        report_path=write_report(config, run_id, out_dir),
+        db_path=config.db,
+        n_read=totals["n_read"],
+        n_scored=totals["n_scored"],
+        n_rejected=totals["n_rejected"],
+        n_generated=counts["generated"],
+        n_cached=counts["cached"],
+        seconds=time.perf_counter() - started,
+        tokens=counts["tokens"],
+        summaries=summaries,
+        model_name=lm.name,
+        rejects=rejects,
+        resumed_chunks=resumed,
+        n_reused=totals["n_reused"],
+        heat_maps=heat_sources,
+    )
+
+
+def write_scores_parquet(out_dir: str, chunks: list[int], schema: Any) -> str:
+    """scores.parquet: the committed chunks' parts in chunk order (written aside, then moved into place)."""
+    import pyarrow.parquet as pq
+
+    from auditor.store.runs import part_path
+
+    parquet_path = os.path.join(out_dir, "scores.parquet")
+    with pq.ParquetWriter(parquet_path + ".tmp", schema) as writer:
         for c in chunks:
-            writer.write_table(pq.read_table(part_path(out_dir, c), schema=scorer.schema))
+            writer.write_table(pq.read_table(part_path(out_dir, c), schema=schema))
     os.replace(parquet_path + ".tmp", parquet_path)
+    return parquet_path
+
+
+def trait_summaries(db: str, run_id: str, vectors: list[Any], scorer: ChunkScorer) -> list[TraitSummary]:
+    """Per trait: layer, threshold and where it came from, the clean reference, and the store's totals."""
+    from auditor.store.runs import trait_totals
 
     summaries = []
     for pv in vectors:
@@ -919,54 +1089,21 @@ def finalize_run(
                 threshold=scorer.thresholds[pv.trait][0],
                 threshold_source=scorer.thresholds[pv.trait][1],
                 calibration_mean=cal_entry.get("mean") if cal_entry else None,
-                **trait_totals(config.db, run_id, pv.trait),
+                **trait_totals(db, run_id, pv.trait),
             )
         )
-    t_heat = time.perf_counter()
-    token_table, heat_sources = heat_map_tokens(config, run_id, lm.tokenizer, scorer, score_fn or local_score_fn(lm, config, scorer), parts_dir, chunks)
-    timings["heat_maps"] = time.perf_counter() - t_heat
-    timings["total"] = time.perf_counter() - started
-    n_read, n_scored, n_rejected = totals["n_read"], totals["n_scored"], totals["n_rejected"]
-    fields = {
-        "timings": json.dumps(timings),
-        "n_read": n_read,
-        "n_scored": n_scored,
-        "n_rejected": n_rejected,
-        "n_reused": totals["n_reused"],
-        "summary": json.dumps([asdict(s) for s in summaries]),
-    }
-    rejects = [Rejected(src, ln, r) for src, ln, r in complete_run(config.db, run_id, token_table, fields)]
-    # Only now: a crash before the run is complete leaves it resumable, and resuming reads the parts.
-    shutil.rmtree(parts_dir, ignore_errors=True)
-    timings["write"] += time.perf_counter() - t0
-    report_path = None
-    if config.report:
-        try:
-            from auditor.report import render_report
-        except ImportError:  # the report module is optional at this layer
-            render_report = None
-        if render_report is not None:
-            report_path = render_report(run_id, db=config.db, out=os.path.join(out_dir, "report.html"), top_n=config.top_n)
-    return ScanResult(
-        run_id=run_id,
-        out_dir=out_dir,
-        parquet_path=parquet_path,
-        report_path=report_path,
-        db_path=config.db,
-        n_read=n_read,
-        n_scored=n_scored,
-        n_rejected=n_rejected,
-        n_generated=counts["generated"],
-        n_cached=counts["cached"],
-        seconds=time.perf_counter() - started,
-        tokens=counts["tokens"],
-        summaries=summaries,
-        model_name=lm.name,
-        rejects=rejects,
-        resumed_chunks=resumed,
-        n_reused=totals["n_reused"],
-        heat_maps=heat_sources,
-    )
+    return summaries
+
+
+def write_report(config: ScanConfig, run_id: str, out_dir: str) -> str | None:
+    """The run's HTML report next to its scores (none with ``report=False``)."""
+    if not config.report:
+        return None
+    try:
+        from auditor.report import render_report
+    except ImportError:  # the report module is optional at this layer
+        return None
+    return render_report(run_id, db=config.db, out=os.path.join(out_dir, "report.html"), top_n=config.top_n)
 
 
 def heat_map_tokens(

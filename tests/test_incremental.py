@@ -46,11 +46,13 @@ class ForwardLog:
 
     def __init__(self, lm):
         self.rows: list[tuple[int, ...]] = []
+        self.calls = 0
         self._handle = lm.model.base_model.register_forward_pre_hook(self._record, with_kwargs=True)
 
     def _record(self, _module, args, kwargs):
         if kwargs.get("use_cache") is False:
             ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+            self.calls += 1
             self.rows.extend(tuple(r) for r in ids.tolist())
 
     def close(self) -> None:
@@ -161,6 +163,37 @@ def test_rescan_with_default_batches_reuses_exact_values_and_stays_within_tolera
     for key, values in got.items():
         if key[0] != "tip-037":
             assert values == before[key], key
+        for g, w in zip(values, want[key]):
+            assert g == pytest.approx(w, abs=FP32_TOL), key
+
+
+def test_changed_records_spread_over_chunks_are_computed_in_one_forward(setup, tiny_lm):
+    """A re-scan groups chunks until they hold a chunk's worth of samples to compute: records changed in
+    four different chunks go through one generation and one forward together, and every chunk is still
+    committed on its own with its own counts."""
+    spread = (5, 37, 60, 90)  # chunks 0, 2, 3 and 5 of 16 records
+    tmp, vectors = setup["tmp"], setup["vectors"]
+    db = tmp / "audit.duckdb"
+    scan_run(config(setup["original"], db, vectors, top_n=0), lm=tiny_lm)
+    changed = write_jsonl(tmp / "changed.jsonl", records(changed=spread))
+    log = ForwardLog(tiny_lm)
+    try:
+        again = scan_run(config(changed, db, vectors, top_n=0), lm=tiny_lm)  # no heat maps: every forward is the chunk step's
+    finally:
+        log.close()
+    assert again.n_reused == N - len(spread)
+    assert log.calls == 1 and len(log.rows) == 2 * len(spread)  # each changed response and its base response, in one batch
+    con = duckdb.connect(str(db), read_only=True)
+    per_chunk = con.execute("SELECT chunk, n_scored, n_reused FROM run_chunks WHERE run_id = ? ORDER BY chunk", [again.run_id]).fetchall()
+    con.close()
+    assert [c for c, *_ in per_chunk] == list(range(-(-N // 16)))
+    assert sum(n for _, n, _ in per_chunk) == N and sum(r for *_, r in per_chunk) == N - len(spread)
+    assert [c for c, n, r in per_chunk if n != r] == [0, 2, 3, 5]
+    fresh = scan_run(config(changed, tmp / "fresh.duckdb", vectors, top_n=0), lm=tiny_lm)
+    got = {(r[0], r[1]): r[3:6] for r in store(str(db), again.run_id)["scores"]}
+    want = {(r[0], r[1]): r[3:6] for r in store(str(tmp / "fresh.duckdb"), fresh.run_id)["scores"]}
+    assert set(got) == set(want)
+    for key, values in got.items():
         for g, w in zip(values, want[key]):
             assert g == pytest.approx(w, abs=FP32_TOL), key
 
