@@ -287,7 +287,7 @@ def evaluate_gate(con: Any, run: RunInfo, rules: list[Rule], worst_n: int = 5) -
     stats = trait_stats(con, run)
     if not stats:
         raise PolicyError(
-            f"run {run.run_id} scored no samples; there is nothing to gate (check the rejects: audit sql \"{example_query('rejects', run.run_id)}\")"
+            f'run {run.run_id} scored no samples; there is nothing to gate (check the rejects: audit sql "{example_query("rejects", run.run_id)}")'
         )
     if not rules:
         raise PolicyError(

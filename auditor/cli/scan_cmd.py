@@ -348,9 +348,7 @@ def _print_run_footer(console, result) -> None:
     console.print(f"run {result.run_id}")
     console.print(f"  scores   {result.parquet_path}")
     console.print(f"  database {result.db_path}")
-    console.print(
-        f"  query    audit sql \"{example_query('flagged', result.run_id)}\" --db {result.db_path}", markup=False, highlight=False, soft_wrap=True
-    )
+    console.print(f'  query    audit sql "{example_query("flagged", result.run_id)}" --db {result.db_path}', markup=False, highlight=False, soft_wrap=True)
     if result.report_path:
         console.print(f"  report   {result.report_path}")
     for s in result.summaries:
@@ -365,7 +363,7 @@ def _print_run_footer(console, result) -> None:
             console.print(f"  {r.reason}", markup=False, highlight=False)
         if len(result.rejects) > shown:
             console.print(
-                f"  ... and {len(result.rejects) - shown} more: audit sql \"{example_query('rejects', result.run_id)}\"",
+                f'  ... and {len(result.rejects) - shown} more: audit sql "{example_query("rejects", result.run_id)}"',
                 markup=False,
                 highlight=False,
             )
