@@ -14,6 +14,7 @@ from auditor.score import BASELINES, FLAG_ON
 DEFAULT_DB = os.path.join("reports", "audit.duckdb")
 
 
+# long: only the list of scan options (one declaration each, with default and help); no logic to split.
 def scan_options(fn):
     """Options shared by scan and gate (declared once, shown by --help)."""
     options = [
