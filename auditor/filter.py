@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from auditor.errors import AuditorError, InputError, StoreError
-from auditor.store.queries import RunInfo, resolve_run, stream_batches
+from auditor.hashing import sha256_file
+from auditor.store.filter_queries import forbid_file_access, rejected_lines, run_sources, selection_sql
+from auditor.store.queries import RunInfo, complete_run_ids, resolve_run, stream_batches
 
 # The columns a --where clause sees (one row per sample and trait of the run); margin and
 # proj_rejected are those of preference pairs (NULL for other runs).
@@ -106,27 +108,11 @@ def file_kind(path: str) -> str:
     return kind
 
 
-def sha256_file(path: str, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _same_file(a: str, b: str) -> bool:
     try:
         return os.path.samefile(a, b)
     except OSError:
         return os.path.realpath(a) == os.path.realpath(b)
-
-
-def _run_sources(con: Any, run_id: str) -> list[str]:
-    rows = con.execute(
-        "SELECT DISTINCT source FROM samples WHERE run_id = ? UNION SELECT DISTINCT source FROM rejects WHERE run_id = ? AND source IS NOT NULL",
-        [run_id, run_id],
-    ).fetchall()
-    return sorted(r[0] for r in rows if r[0] is not None)
 
 
 def match_source(sources: list[str], path: str) -> str | None:
@@ -141,14 +127,13 @@ def match_source(sources: list[str], path: str) -> str | None:
 def resolve_filter_run(con: Any, spec: str, path: str, db: str) -> tuple[RunInfo, str]:
     """The run and its stored source name for ``path``; ``latest`` is the newest complete run that scanned it."""
     if spec == "latest":
-        ids = [r[0] for r in con.execute("SELECT run_id FROM runs WHERE status = 'complete' ORDER BY started_at DESC NULLS LAST, run_id DESC").fetchall()]
-        for run_id in ids:
-            stored = match_source(_run_sources(con, run_id), path)
+        for run_id in complete_run_ids(con):
+            stored = match_source(run_sources(con, run_id), path)
             if stored is not None:
                 return resolve_run(con, run_id, db), stored
         raise StoreError(f"{db}: no complete run scanned {path}; run audit scan {path} first, or pass --run RUN_ID (audit runs lists them)")
     run = resolve_run(con, spec, db)
-    sources = _run_sources(con, run.run_id)
+    sources = run_sources(con, run.run_id)
     stored = match_source(sources, path)
     if stored is None:
         shown = ", ".join(sources[:5]) + (", ..." if len(sources) > 5 else "")
@@ -158,70 +143,12 @@ def resolve_filter_run(con: Any, spec: str, path: str, db: str) -> tuple[RunInfo
 
 def selection_query(run: RunInfo, stored_source: str, rule: FilterRule) -> tuple[str, dict[str, Any]]:
     """SQL giving, per sample of the file in line order: line, turn, sample_id, content_hash, reasons (NULL: kept)."""
-    traits = list(run.vectors) or []
-    score = run.score().column
-    # A database older than preference pairs has no such columns: name them only for a pair run.
-    pair_columns = "s.proj_rejected, s.margin" if run.pairs else "NULL::DOUBLE AS proj_rejected, NULL::DOUBLE AS margin"
-    params: dict[str, Any] = {"run_id": run.run_id, "source": stored_source, "score_name": score}
-    thresholds = [(t, run.threshold(t)) for t in traits]
-    if thresholds:
-        values = ", ".join(f"($trait_{i}, $threshold_{i})" for i in range(len(thresholds)))
-        for i, (t, th) in enumerate(thresholds):
-            params[f"trait_{i}"] = t
-            params[f"threshold_{i}"] = th
-        threshold_cte = f"SELECT * FROM (VALUES {values}) AS t(trait, threshold)"
-    else:
-        threshold_cte = "SELECT NULL::VARCHAR AS trait, NULL::DOUBLE AS threshold WHERE false"
-    trait_cond = ""
-    if rule.traits:
-        trait_cond = " AND trait IN (SELECT unnest($traits))"
-        params["traits"] = list(rule.traits)
-    score_text = "coalesce(printf('%.4f', score), 'null')"
-    parts: list[str] = []
-    if rule.where:
-        params["where_text"] = rule.where
-        parts.append(
-            f"SELECT sample_id, printf('trait=%s %s=%s: --where %s', trait, $score_name, {score_text}, $where_text) AS reason FROM v WHERE ({rule.where}\n){trait_cond}"
-        )
-    if rule.drop_flagged:
-        parts.append(
-            f"SELECT sample_id, printf('trait=%s %s=%s: flagged (above threshold %s)', trait, $score_name, {score_text}, coalesce(printf('%.4f', threshold), '?')) AS reason "
-            f"FROM v LEFT JOIN thresholds USING (trait) WHERE flagged{trait_cond}"
-        )
-    top = rule.top_limit()
-    if top is not None:
-        kind, amount = top
-        params["top_amount"] = amount
-        params["top_text"] = str(rule.drop_top)
-        limit = "ceil(n * $top_amount / 100.0)" if kind == "percent" else "$top_amount"
-        parts.append(
-            "SELECT sample_id, printf('trait=%s %s=%s: rank %d of %d (--drop-top %s)', trait, $score_name, "
-            + score_text
-            + ", rk, n, $top_text) AS reason FROM ("
-            "SELECT *, row_number() OVER (PARTITION BY trait ORDER BY score DESC, sample_id) AS rk, count(*) OVER (PARTITION BY trait) AS n "
-            f"FROM v WHERE score IS NOT NULL{trait_cond}) WHERE rk <= {limit}"
-        )
-    if not parts:
+    query = selection_sql(
+        run, stored_source, where=rule.where, drop_flagged=rule.drop_flagged, top=rule.top_limit(), top_text=str(rule.drop_top), traits=rule.traits
+    )
+    if query is None:
         raise FilterError("no rule: give --where, --drop-top or --drop-flagged")
-    selected = "\n    UNION ALL\n    ".join(parts)
-    sql = f"""
-WITH thresholds AS ({threshold_cte}),
-v AS (
-    SELECT m.sample_id, m.source, m.line, m.turn, s.trait, s.layer, s.delta, s.proj_response, s.proj_base, s.flagged,
-           s.{score} AS score, m.response, {pair_columns}
-    FROM scores s JOIN samples m ON m.run_id = s.run_id AND m.sample_id = s.sample_id
-    WHERE s.run_id = $run_id
-),
-selected AS (
-    {selected}
-),
-reasons AS (SELECT sample_id, list(DISTINCT reason ORDER BY reason) AS reasons FROM selected GROUP BY sample_id)
-SELECT m.line, m.turn, m.sample_id, m.content_hash, r.reasons
-FROM samples m LEFT JOIN reasons r USING (sample_id)
-WHERE m.run_id = $run_id AND m.source = $source
-ORDER BY m.line, m.turn
-"""
-    return sql, params
+    return query
 
 
 def _check_read_query(sql: str, where: str | None) -> None:
@@ -321,61 +248,25 @@ def filter_dataset(
     line, sample_id, sample_ids, reasons) and the manifest (counts, sha256 of input and output,
     the rule, the run, the time).
     """
-    from auditor.sources import expand_paths
     from auditor.store.db import connect
 
-    if source.startswith("hf:"):
-        path, kind = source, "hf"
-    else:
-        paths = expand_paths(source)
-        if len(paths) != 1:
-            raise FilterError(f"{source}: names {len(paths)} files; filter one file at a time (the output is one file in the input's format)")
-        path = paths[0]
-        kind = file_kind(path)
-    out_kind = file_kind(out)
-    if kind in RECORD_KINDS:
-        if out_kind not in ("jsonl", "parquet"):
-            what = "an hf: dataset" if kind == "hf" else "a JSON array"
-            raise FilterError(f"--out {out}: {what} is written as JSONL or Parquet; name the output .jsonl or .parquet")
-    elif out_kind != kind:
-        raise FilterError(f"--out {out}: the output keeps the input's format ({kind}); give it a {kind} name, e.g. {os.path.basename(path)}")
-    if kind != "hf" and os.path.exists(out) and _same_file(out, path):
-        raise FilterError(f"--out {out} is the input file; write the filtered dataset to a new file")
+    path, kind, out_kind = _input_and_output_kinds(source, out)
     default_rejects, default_manifest = default_side_paths(out)
     rejects = rejects or default_rejects
     manifest = manifest or default_manifest
     if rule.top_limit() is None and not rule.where and not rule.drop_flagged:
         raise FilterError("no rule: give --where, --drop-top or --drop-flagged")
 
-    import duckdb
-
     with connect(db, read_only=True) as con:
         # The database is read-only already; this also keeps a --where clause from reading or writing files.
-        con.execute("SET enable_external_access = false")
+        forbid_file_access(con)
         scanned = f"hf:{path[3:]}[{split}]" if kind == "hf" else path  # how the scan's reader names it
         info, stored_source = resolve_filter_run(con, run, scanned, db)
         _check_not_a_preview(info)
-        sql, params = selection_query(info, stored_source, rule)
-        _check_read_query(sql, rule.where)
-        try:
-            selection = _Peek(_rows(stream_batches(con, sql, params, 8192)))
-        except duckdb.Error as e:
-            first = str(e).splitlines()[0]
-            if rule.where:
-                raise FilterError(f"--where {rule.where!r}: {first}; the columns are {', '.join(WHERE_COLUMNS)}") from None
-            raise StoreError(f"{db}: the selection query failed ({first})") from None
-        rejected_lines = _Peek(
-            row[0]
-            for row in _rows(
-                stream_batches(
-                    con,
-                    "SELECT DISTINCT line FROM rejects WHERE run_id = $run_id AND source = $source AND line IS NOT NULL ORDER BY line",
-                    {"run_id": info.run_id, "source": stored_source},
-                )
-            )
-        )
+        selection = _open_selection(con, info, stored_source, rule, db)
+        rejected = _Peek(rejected_lines(con, info.run_id, stored_source))
         input_digest = hashlib.sha256() if kind == "hf" else None
-        counts = _stream(path, kind, out, rejects, info, stored_source, selection, rejected_lines, split=split, input_digest=input_digest, out_kind=out_kind)
+        counts = _stream(path, kind, out, rejects, info, stored_source, selection, rejected, split=split, input_digest=input_digest, out_kind=out_kind)
 
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     out_sha = sha256_file(out)
@@ -395,13 +286,57 @@ def filter_dataset(
         "rejects": {"path": rejects, "sha256": sha256_file(rejects)},
         "counts": counts,
     }
-    tmp = manifest + ".tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(manifest)), exist_ok=True)
+    _write_json(manifest, body)
+    return FilterResult(info.run_id, path, out, rejects, manifest, counts, body)
+
+
+def _input_and_output_kinds(source: str, out: str) -> tuple[str, str, str]:
+    """(input path, its kind, the output's kind); refuses several files, an output in another format, or the input itself."""
+    from auditor.sources import expand_paths
+
+    if source.startswith("hf:"):
+        path, kind = source, "hf"
+    else:
+        paths = expand_paths(source)
+        if len(paths) != 1:
+            raise FilterError(f"{source}: names {len(paths)} files; filter one file at a time (the output is one file in the input's format)")
+        path = paths[0]
+        kind = file_kind(path)
+    out_kind = file_kind(out)
+    if kind in RECORD_KINDS:
+        if out_kind not in ("jsonl", "parquet"):
+            what = "an hf: dataset" if kind == "hf" else "a JSON array"
+            raise FilterError(f"--out {out}: {what} is written as JSONL or Parquet; name the output .jsonl or .parquet")
+    elif out_kind != kind:
+        raise FilterError(f"--out {out}: the output keeps the input's format ({kind}); give it a {kind} name, e.g. {os.path.basename(path)}")
+    if kind != "hf" and os.path.exists(out) and _same_file(out, path):
+        raise FilterError(f"--out {out} is the input file; write the filtered dataset to a new file")
+    return path, kind, out_kind
+
+
+def _open_selection(con: Any, run: RunInfo, stored_source: str, rule: FilterRule, db: str) -> _Peek:
+    """The selection's rows (line, turn, sample_id, content_hash, reasons), streamed in line order; a bad --where says which columns exist."""
+    import duckdb
+
+    sql, params = selection_query(run, stored_source, rule)
+    _check_read_query(sql, rule.where)
+    try:
+        return _Peek(_rows(stream_batches(con, sql, params, 8192)))
+    except duckdb.Error as e:
+        first = str(e).splitlines()[0]
+        if rule.where:
+            raise FilterError(f"--where {rule.where!r}: {first}; the columns are {', '.join(WHERE_COLUMNS)}") from None
+        raise StoreError(f"{db}: the selection query failed ({first})") from None
+
+
+def _write_json(path: str, body: dict[str, Any]) -> None:
+    """``body`` as indented JSON at ``path``, written whole or not at all."""
+    tmp = path + ".tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(body, fh, indent=2)
         fh.write("\n")
-    os.replace(tmp, manifest)
-    return FilterResult(info.run_id, path, out, rejects, manifest, counts, body)
+    os.replace(tmp, path)
 
 
 def _check_not_a_preview(run: RunInfo) -> None:
@@ -412,6 +347,81 @@ def _check_not_a_preview(run: RunInfo) -> None:
                 f"run {run.run_id} scanned a preview (--{option} {run.config[option]}); "
                 "the filter needs a score for every record: scan the whole dataset and filter with that run"
             )
+
+
+@dataclass
+class _Matcher:
+    """Walks the file's records beside the line-ordered selection: checks each record is the
+    scanned one, says whether it goes, and writes a rejects line for each that does."""
+
+    path: str
+    run: RunInfo
+    stored_source: str
+    selection: _Peek
+    rejected_lines: _Peek
+    counts: dict[str, int]
+    rejects_fh: Any = None
+
+    def __post_init__(self) -> None:
+        from auditor.sources import FieldMap
+
+        # How the run read records into samples, to hash them again the same way.
+        config = self.run.config
+        self.fmt = config.get("format", "auto")
+        self.all_turns = bool(config.get("score_all_turns", False))
+        self.mapping = FieldMap.parse(config.get("fields"), config.get("roles"))
+
+    def changed(self, line: int, why: str) -> FilterError:
+        return FilterError(
+            f"{self.path}:{line}: {why}: the file changed since run {self.run.run_id} scanned it; scan it again (audit scan {self.path}) and filter with that run"
+        )
+
+    def _expected(self, line: int) -> tuple[list[tuple], bool]:
+        """The selection's rows for ``line``, and whether the scan rejected that line."""
+        selection, rejected_lines = self.selection, self.rejected_lines
+        expected = []
+        if selection.peek() is not None and selection.peek()[0] < line:
+            raise self.changed(selection.peek()[0], "the run scored a record on a line that now holds none")
+        while selection.peek() is not None and selection.peek()[0] == line:
+            expected.append(selection.pop())
+        while rejected_lines.peek() is not None and rejected_lines.peek() < line:
+            rejected_lines.pop()
+        return expected, rejected_lines.peek() == line
+
+    def _check_hashes(self, line: int, record: Any, expected: list[tuple]) -> None:
+        """The record's samples must hash as the scanned ones did, turn by turn."""
+        from auditor.sources import record_to_samples
+
+        found: dict[int, str] = {}
+        try:
+            for sample in record_to_samples(record, self.stored_source, line, fmt=self.fmt, score_all_turns=self.all_turns, mapping=self.mapping):
+                found[sample.turn] = sample.content_hash
+        except InputError:
+            pass  # a later turn may fail as it did in the scan; the turns compared below decide
+        for _line, turn, _sid, content_hash, _reasons in expected:
+            if found.get(turn) != content_hash:
+                raise self.changed(line, "the record differs from the scanned one (content hash mismatch)")
+
+    def decide(self, line: int, record: Any) -> list[str] | None:
+        """The reasons to drop the record at ``line`` (None: keep it), after checking it is the scanned one."""
+        expected, was_rejected = self._expected(line)
+        if not expected:
+            if not was_rejected:
+                raise self.changed(line, "this record is not in the run")
+            self.counts["unscored_kept"] += 1
+            return None
+        if isinstance(record, InputError):
+            raise self.changed(line, f"the record no longer parses ({record.problem})")
+        self._check_hashes(line, record, expected)
+        chosen = [row for row in expected if row[4]]
+        if not chosen:
+            return None
+        self.counts["samples_selected"] += len(chosen)
+        reasons = [reason for row in chosen for reason in row[4]]
+        ids = [row[2] for row in chosen]
+        entry = {"source": self.path, "line": line, "sample_id": ids[0], "sample_ids": ids, "reasons": reasons}
+        self.rejects_fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        return reasons
 
 
 def _stream(
@@ -428,80 +438,24 @@ def _stream(
     out_kind: str | None = None,
 ) -> dict[str, int]:
     """Merge the file with the line-ordered selection; write kept records and the rejects file."""
-    from auditor.sources import FieldMap, record_to_samples
-    from auditor.sources.readers import raw_records
-
-    fmt = run.config.get("format", "auto")
-    all_turns = bool(run.config.get("score_all_turns", False))
-    mapping = FieldMap.parse(run.config.get("fields"), run.config.get("roles"))
     counts = {"read": 0, "kept": 0, "dropped": 0, "unscored_kept": 0, "samples_selected": 0}
     for target in (out, rejects):
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     tag = f".tmp-{os.getpid()}"
     writer = _Writer(out_kind or kind, out, out + tag)
     rejects_tmp = rejects + tag
-
-    def changed(line: int, why: str) -> FilterError:
-        return FilterError(
-            f"{path}:{line}: {why}: the file changed since run {run.run_id} scanned it; scan it again (audit scan {path}) and filter with that run"
-        )
-
-    def decide(line: int, record: Any) -> list[str] | None:
-        """The reasons to drop the record at ``line`` (None: keep it), after checking it is the scanned one."""
-        expected = []
-        if selection.peek() is not None and selection.peek()[0] < line:
-            raise changed(selection.peek()[0], "the run scored a record on a line that now holds none")
-        while selection.peek() is not None and selection.peek()[0] == line:
-            expected.append(selection.pop())
-        while rejected_lines.peek() is not None and rejected_lines.peek() < line:
-            rejected_lines.pop()
-        was_rejected = rejected_lines.peek() == line
-        if not expected:
-            if not was_rejected:
-                raise changed(line, "this record is not in the run")
-            counts["unscored_kept"] += 1
-            return None
-        if isinstance(record, InputError):
-            raise changed(line, f"the record no longer parses ({record.problem})")
-        found: dict[int, str] = {}
-        try:
-            for sample in record_to_samples(record, stored_source, line, fmt=fmt, score_all_turns=all_turns, mapping=mapping):
-                found[sample.turn] = sample.content_hash
-        except InputError:
-            pass  # a later turn may fail as it did in the scan; the turns compared below decide
-        for _line, turn, _sid, content_hash, _reasons in expected:
-            if found.get(turn) != content_hash:
-                raise changed(line, "the record differs from the scanned one (content hash mismatch)")
-        chosen = [row for row in expected if row[4]]
-        if not chosen:
-            return None
-        counts["samples_selected"] += len(chosen)
-        reasons = [reason for row in chosen for reason in row[4]]
-        ids = [row[2] for row in chosen]
-        rejects_fh.write(json.dumps({"source": path, "line": line, "sample_id": ids[0], "sample_ids": ids, "reasons": reasons}, ensure_ascii=False) + "\n")
-        return reasons
-
+    matcher = _Matcher(path, run, stored_source, selection, rejected_lines, counts)
     try:
-        with open(rejects_tmp, "w", encoding="utf-8") as rejects_fh:
+        with open(rejects_tmp, "w", encoding="utf-8") as matcher.rejects_fh:
             if kind in RECORD_KINDS:
-                _stream_records(path, split, run, writer, decide, counts, input_digest)
+                _stream_records(path, split, run, writer, matcher.decide, counts, input_digest)
             elif kind == "parquet":
-                _stream_parquet(path, writer, decide, counts)
+                _stream_parquet(path, writer, matcher.decide, counts)
             else:
-                writer.open()
-                for r in raw_records(path, kind):  # the scan's own reader, so both accept the same files
-                    if r.line is None:
-                        writer.fh.write(r.raw)
-                        continue
-                    counts["read"] += 1
-                    if decide(r.line, r.record) is None:
-                        writer.fh.write(r.raw)
-                        counts["kept"] += 1
-                    else:
-                        counts["dropped"] += 1
+                _stream_lines(path, kind, writer, matcher.decide, counts)
             leftover = selection.peek()
             if leftover is not None:
-                raise changed(leftover[0], f"the run scored a record at line {leftover[0]}, past the end of the file")
+                raise matcher.changed(leftover[0], f"the run scored a record at line {leftover[0]}, past the end of the file")
         writer.close()
         os.replace(writer.tmp, out)
         os.replace(rejects_tmp, rejects)
@@ -513,6 +467,23 @@ def _stream(
         raise
     assert counts["read"] == counts["kept"] + counts["dropped"]
     return counts
+
+
+def _stream_lines(path: str, kind: str, writer: _Writer, decide: Any, counts: dict[str, int]) -> None:
+    """JSONL and CSV: the scan's own reader, so both accept the same files; kept records copied byte for byte."""
+    from auditor.sources.readers import raw_records
+
+    writer.open()
+    for r in raw_records(path, kind):
+        if r.line is None:  # no record (a blank line, the CSV header): copied as it is
+            writer.fh.write(r.raw)
+            continue
+        counts["read"] += 1
+        if decide(r.line, r.record) is None:
+            writer.fh.write(r.raw)
+            counts["kept"] += 1
+        else:
+            counts["dropped"] += 1
 
 
 _CODECS = {"UNCOMPRESSED": "none", "SNAPPY": "snappy", "GZIP": "gzip", "BROTLI": "brotli", "ZSTD": "zstd", "LZ4": "lz4", "LZ4_RAW": "lz4"}

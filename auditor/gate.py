@@ -29,7 +29,7 @@ from typing import Any
 
 from auditor.errors import AuditorError
 from auditor.score import ScoreMeaning
-from auditor.store.queries import RunInfo
+from auditor.store.queries import RunInfo, count_above, example_query, gate_trait_rows, highest_samples
 
 RULE_KINDS: dict[str, str] = {
     "max-delta": "dataset-level delta (mean over samples) above a value",
@@ -246,15 +246,8 @@ def _display_path(path: str) -> str:
 
 def trait_stats(con: Any, run: RunInfo) -> dict[str, dict[str, Any]]:
     """Per trait: n, mean delta and projection, flagged count and rate, the largest sample score."""
-    margin = "margin" if run.pairs else "NULL::DOUBLE"  # older databases have no margin column
-    rows = con.execute(
-        f"""SELECT trait, any_value(layer), count(*), avg(delta), avg(proj_response), count(delta),
-                  sum(CASE WHEN flagged THEN 1 ELSE 0 END), max(delta), max(proj_response), avg({margin}), max({margin})
-           FROM scores WHERE run_id = ? GROUP BY trait ORDER BY trait""",
-        [run.run_id],
-    ).fetchall()
     out: dict[str, dict[str, Any]] = {}
-    for trait, layer, n, mean_delta, mean_proj, n_delta, n_flagged, max_delta, max_proj, mean_margin, max_margin in rows:
+    for trait, layer, n, mean_delta, mean_proj, n_delta, n_flagged, max_delta, max_proj, mean_margin, max_margin in gate_trait_rows(con, run.run_id, run.pairs):
         meaning = run.score(trait)
         score = meaning.column
         out[trait] = {
@@ -278,21 +271,7 @@ def worst_samples(con: Any, run: RunInfo, trait: str, limit: int, above: float |
     """The highest-scoring samples of ``trait`` (optionally only those above a value, or flagged)."""
     meaning = run.score(trait)
     score = meaning.column
-    cond = ""
-    params: list[Any] = [run.run_id, trait]
-    if above is not None:
-        cond += f" AND s.{score} > ?"
-        params.append(above)
-    if flagged_only:
-        cond += " AND s.flagged"
-    params.append(limit)
-    rows = con.execute(
-        f"""SELECT m.sample_id, m.source, m.line, m.turn, s.{score}, m.response
-            FROM scores s JOIN samples m USING (run_id, sample_id)
-            WHERE s.run_id = ? AND s.trait = ? AND s.{score} IS NOT NULL{cond}
-            ORDER BY {meaning.order_by("s")} LIMIT ?""",
-        params,
-    ).fetchall()
+    rows = highest_samples(con, run.run_id, trait, meaning, limit, above=above, flagged_only=flagged_only)
     return [
         {"trait": trait, "sample_id": sid, "source": src, "line": line, "turn": turn, "score_name": score, "score": value, "response": (resp or "")[:200]}
         for sid, src, line, turn, value, resp in rows
@@ -308,7 +287,7 @@ def evaluate_gate(con: Any, run: RunInfo, rules: list[Rule], worst_n: int = 5) -
     stats = trait_stats(con, run)
     if not stats:
         raise PolicyError(
-            f"run {run.run_id} scored no samples; there is nothing to gate (check the rejects: audit sql \"SELECT * FROM rejects WHERE run_id = '{run.run_id}'\")"
+            f'run {run.run_id} scored no samples; there is nothing to gate (check the rejects: audit sql "{example_query("rejects", run.run_id)}")'
         )
     if not rules:
         raise PolicyError(
@@ -381,7 +360,7 @@ def _check(con: Any, run: RunInfo, rule: Rule, s: dict[str, Any], worst_n: int) 
         if passed:
             message = f"{trait}: largest sample {name} {value:+.4f} <= {limit:+.4f} ({rule.kind})"
         else:
-            n_above = con.execute(f"SELECT count(*) FROM scores WHERE run_id = ? AND trait = ? AND {s['score']} > ?", [run.run_id, trait, limit]).fetchone()[0]
+            n_above = count_above(con, run.run_id, trait, s["score"], limit)
             message = f"{trait}: {n_above} sample(s) with {name} above {limit:+.4f}, the largest {value:+.4f} ({rule.kind})"
     else:  # rules_from_* only build known kinds
         raise PolicyError(f"unknown rule {rule.kind!r}")

@@ -182,6 +182,7 @@ def _compact(cache: Any, index: torch.Tensor) -> None:
             torch._dynamo.mark_static_address(layer.values)
 
 
+# long: one decode loop whose state (static cache, slots, positions, row owners, live rows) changes together at each step and at each compaction; split, every step would pass all of it around.
 def greedy_decode_static(
     model: Any,
     input_ids: torch.Tensor,

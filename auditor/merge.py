@@ -18,6 +18,7 @@ from typing import Any
 from auditor.errors import AuditorError, StoreError
 from auditor.score import ScoreMeaning
 from auditor.store.db import connect, transaction
+from auditor.store.merging import attach_read_only, chunk_totals, copy_run_rows, insert_complete_run, keep_top_heat_maps, sorted_scores_parquet
 from auditor.store.queries import has_run_id, run_rows, top_scores, trait_score_stats
 
 _SHARD_FIELDS = ("num_shards", "shard_index", "out_dir", "report", "top_n", "db", "resume")
@@ -106,7 +107,6 @@ def check_parts(parts: list[Part]) -> dict[str, Any]:
     return base
 
 
-# Over 60 lines for one reason: the copy, the heat-map trim and the runs row must commit in one transaction (the row's values list is a third of it).
 def _write_merged(db: str, run_id: str, parts: list[Part], config: dict[str, Any], out_dir: str) -> tuple:
     """Copy the parts' rows into run ``run_id`` of ``db`` in one transaction; returns (n_read, n_scored, n_rejected)."""
     first = parts[0]
@@ -120,71 +120,57 @@ def _write_merged(db: str, run_id: str, parts: list[Part], config: dict[str, Any
                 sources[p.run_id] = "main"
             elif p.db not in sources:
                 sources[p.db] = f"part{i}"
-                con.execute(f"ATTACH '{p.db}' AS part{i} (READ_ONLY)")
+                attach_read_only(con, p.db, f"part{i}")
+        # The copy, the heat-map trim and the runs row commit together, or not at all.
         with transaction(con):
             for p in parts:
-                src = sources.get(p.run_id) or sources[p.db]
-                for table in ("samples", "scores", "rejects", "token_scores"):
-                    cols = [c[0] for c in con.execute(f"SELECT * FROM main.{table} LIMIT 0").description]
-                    select = ", ".join("? AS run_id" if c == "run_id" else f'"{c}"' for c in cols)
-                    con.execute(f"INSERT INTO main.{table} SELECT {select} FROM {src}.{table} WHERE run_id = ?", [run_id, p.run_id])
-                ledger = "chunk, n_read, n_scored, n_rejected, fingerprint, n_generated, n_cached, tokens"
-                if "n_reused" in p.row:  # databases before incremental scans have no n_reused
-                    ledger += ", n_reused"
-                con.execute(
-                    f"INSERT INTO main.run_chunks (run_id, {ledger}) SELECT ? AS run_id, {ledger} FROM {src}.run_chunks WHERE run_id = ?",
-                    [run_id, p.run_id],
-                )
-                con.execute(f"INSERT INTO main.base_responses SELECT * FROM {src}.base_responses ON CONFLICT DO NOTHING")
+                # databases before incremental scans have no n_reused
+                copy_run_rows(con, sources.get(p.run_id) or sources[p.db], p.run_id, run_id, has_n_reused="n_reused" in p.row)
             # Keep the report's heat maps for the merged top N only.
             top_n = int(first.config.get("top_n", 50))
             # Ranked by the score the shards flagged on (they stored the same vectors, so the same meaning).
             stored_vectors = json.loads(first.row["vectors"] or "{}")
             meanings = {t: ScoreMeaning.from_column(first.row["baseline"], v.get("score")) for t, v in stored_vectors.items()}
             for trait, meaning in meanings.items():
-                con.execute(
-                    f"""DELETE FROM token_scores t WHERE t.run_id = ? AND t.trait = ? AND NOT EXISTS (
-                    SELECT 1 FROM (SELECT sample_id, row_number() OVER (ORDER BY {meaning.order_by()}) AS rank
-                                   FROM scores WHERE run_id = ? AND trait = ?) s WHERE s.sample_id = t.sample_id AND s.rank <= ?)""",
-                    [run_id, trait, run_id, trait, top_n],
-                )
-            totals = con.execute("SELECT sum(n_read), sum(n_scored), sum(n_rejected), sum(n_reused) FROM run_chunks WHERE run_id = ?", [run_id]).fetchone()
-            # Shards of one scan share the reuse key: the merged run is then a source for incremental scans too.
-            reuse_keys = {p.row.get("reuse_key") for p in parts}
+                keep_top_heat_maps(con, run_id, trait, meaning, top_n)
+            totals = chunk_totals(con, run_id)
             summary = _merged_summary(con, run_id, first, meanings)
-            con.execute(
-                "INSERT INTO runs (run_id, status, started_at, finished_at, dataset, model, model_fingerprint, baseline, dtype, device, output_dir, config, vectors, versions, timings, n_read, n_scored, n_rejected, summary, result_key, "
-                "reuse_key, n_reused) VALUES (?, 'complete', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    run_id,
-                    min(p.row["started_at"] for p in parts),
-                    _dt.datetime.now(),
-                    first.row["dataset"],
-                    first.row["model"],
-                    first.row["model_fingerprint"],
-                    first.row["baseline"],
-                    first.row["dtype"],
-                    first.row["device"],
-                    out_dir,
-                    json.dumps(config, sort_keys=True),
-                    first.row["vectors"],
-                    first.row["versions"],
-                    json.dumps({"merged_from": [f"{p.db}:{p.run_id}" for p in parts]}),
-                    totals[0],
-                    totals[1],
-                    totals[2],
-                    json.dumps(summary),
-                    None,
-                    reuse_keys.pop() if len(reuse_keys) == 1 else None,
-                    totals[3],
-                ],
-            )
+            insert_complete_run(con, _merged_run_row(run_id, parts, config, out_dir, totals, summary))
     return totals
+
+
+def _merged_run_row(run_id: str, parts: list[Part], config: dict[str, Any], out_dir: str, totals: tuple, summary: list[dict[str, Any]]) -> dict[str, Any]:
+    """The merged run's ``runs`` columns: the first part's model and vectors, the earliest start, the summed counts."""
+    first = parts[0]
+    # Shards of one scan share the reuse key: the merged run is then a source for incremental scans too.
+    reuse_keys = {p.row.get("reuse_key") for p in parts}
+    return {
+        "run_id": run_id,
+        "started_at": min(p.row["started_at"] for p in parts),
+        "finished_at": _dt.datetime.now(),
+        "dataset": first.row["dataset"],
+        "model": first.row["model"],
+        "model_fingerprint": first.row["model_fingerprint"],
+        "baseline": first.row["baseline"],
+        "dtype": first.row["dtype"],
+        "device": first.row["device"],
+        "output_dir": out_dir,
+        "config": json.dumps(config, sort_keys=True),
+        "vectors": first.row["vectors"],
+        "versions": first.row["versions"],
+        "timings": json.dumps({"merged_from": [f"{p.db}:{p.run_id}" for p in parts]}),
+        "n_read": totals[0],
+        "n_scored": totals[1],
+        "n_rejected": totals[2],
+        "summary": json.dumps(summary),
+        "result_key": None,
+        "reuse_key": reuse_keys.pop() if len(reuse_keys) == 1 else None,
+        "n_reused": totals[3],
+    }
 
 
 def _merged_parquet(parts: list[Part], out_dir: str) -> str:
     """One scores.parquet in dataset order (chunks interleave across shards); returns its path."""
-    import duckdb
     import pyarrow.parquet as pq
 
     parquet_path = os.path.join(out_dir, "scores.parquet")
@@ -192,9 +178,7 @@ def _merged_parquet(parts: list[Part], out_dir: str) -> str:
     for path in sources:
         if not os.path.exists(path):
             raise AuditorError(f"{path} is missing: copy each shard's run folder next to its database before merging")
-    mem = duckdb.connect()
-    mem.execute(f"COPY (SELECT * FROM read_parquet(?) ORDER BY source, line, turn) TO '{parquet_path}.tmp' (FORMAT PARQUET)", [sources])
-    mem.close()
+    sorted_scores_parquet(sources, parquet_path + ".tmp")
     os.replace(parquet_path + ".tmp", parquet_path)
     pq.read_metadata(parquet_path)  # fail here, not later, if the file is unreadable
     return parquet_path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 
@@ -115,6 +116,7 @@ def separation_table(report, title: str):
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print only the result line.")
 @handle_errors
+# long: a click command: its signature names the 24 options one per line and its docstring is the --help; the body (about 35 lines) only calls the library and prints.
 def extract(
     trait: str,
     model,
@@ -149,14 +151,12 @@ def extract(
     answers, the recommended layer and, with --calibrate, the clean reference distribution).
     An existing vector there is replaced, and its cosine with the new one is printed.
     """
-    from pathlib import Path
-
     from rich.console import Console
 
     from auditor.model import load_model
-    from auditor.vectors.extract import cosine_at, extract_vector
+    from auditor.vectors.extract import extract_vector
     from auditor.vectors.judges import make_judge
-    from auditor.vectors.persona import default_vectors_dir, load_vector, save_vector
+    from auditor.vectors.persona import default_vectors_dir, save_vector
     from auditor.vectors.traits import load_trait
 
     started = time.perf_counter()
@@ -181,41 +181,65 @@ def extract(
     judge_obj = make_judge(judge, lm=lm, url=judge_url, model=judge_model)
     pv, report = extract_vector(lm, definition, settings, judge=judge_obj, progress=err.print)
     folder = Path(out_dir) if out_dir else default_vectors_dir(lm.name)
-    previous = None
-    if (folder / f"{definition.name}.safetensors").exists():
-        try:
-            previous = load_vector(folder / f"{definition.name}.safetensors")
-        except Exception:  # a broken old file is simply replaced
-            previous = None
+    previous = _previous_vector(folder / f"{definition.name}.safetensors")
     path = save_vector(pv, folder)
-    if not quiet:
-        console.print(separation_table(report, f"{definition.name}: held-out separation per layer ({report.heldout_kind}, {report.n_heldout[0]} pairs)"))
-    dropped = "".join(f", {v} {k}" for k, v in report.dropped.items())
-    console.print(
-        f"{definition.name}: {report.mode} answers, {report.n_kept} of {report.n_pairs} pairs kept{dropped}; "
-        f"recommended layer {report.layer} (separation {report.separation[report.layer]:.2f}); extraction {report.seconds:.1f} s"
-    )
+    _print_extraction(console, definition.name, report, quiet)
     if previous is not None and previous.vector.shape == pv.vector.shape:
-        console.print(
-            f"replaced {path}: cosine with the previous vector at layer {pv.layer}: {cosine_at(previous, pv, pv.layer):.5f}"
-            + (f" (previous recommended layer {previous.layer})" if previous.layer != pv.layer else "")
-        )
+        _print_replaced(console, path, previous, pv)
     if calibrate:
-        from auditor.calibration import calibrate as run_calibration
-
-        t0 = time.perf_counter()
-        cal = run_calibration(
-            lm,
-            folder,
-            [definition.name],
-            reference=reference,
-            split=None if reference_split == "all" else reference_split,
-            batch_tokens=batch_tokens,
-            progress=err.print,
-        )[definition.name]
-        p95 = cal["scores"]["generate"]["delta"]["percentiles"][190]
-        console.print(
-            f"calibrated on {cal['n']} clean conversations ({cal['reference']}, split {cal['split']}) in {time.perf_counter() - t0:.1f} s: p95 delta {p95:+.3f}"
-        )
+        _calibrate_and_print(console, err, lm, folder, definition.name, reference, reference_split, batch_tokens)
     console.print(f"wrote {path} and {Path(path).with_suffix('.json')}")
     console.print(f"took {time.perf_counter() - started:.1f} s in all (model load {lm.load_seconds:.1f} s)")
+
+
+def _previous_vector(file: Path):
+    """The vector ``file`` holds now (to compare the new one with), or None: absent or broken (it is simply replaced)."""
+    from auditor.vectors.persona import load_vector
+
+    if not file.exists():
+        return None
+    try:
+        return load_vector(file)
+    except Exception:  # a broken old file is simply replaced
+        return None
+
+
+def _print_extraction(console, name: str, report, quiet: bool) -> None:
+    """The held-out separation per layer (unless ``quiet``) and the result line."""
+    if not quiet:
+        console.print(separation_table(report, f"{name}: held-out separation per layer ({report.heldout_kind}, {report.n_heldout[0]} pairs)"))
+    dropped = "".join(f", {v} {k}" for k, v in report.dropped.items())
+    console.print(
+        f"{name}: {report.mode} answers, {report.n_kept} of {report.n_pairs} pairs kept{dropped}; "
+        f"recommended layer {report.layer} (separation {report.separation[report.layer]:.2f}); extraction {report.seconds:.1f} s"
+    )
+
+
+def _print_replaced(console, path, previous, pv) -> None:
+    """How far the new vector moved from the one it replaced (cosine at the new recommended layer)."""
+    from auditor.vectors.extract import cosine_at
+
+    console.print(
+        f"replaced {path}: cosine with the previous vector at layer {pv.layer}: {cosine_at(previous, pv, pv.layer):.5f}"
+        + (f" (previous recommended layer {previous.layer})" if previous.layer != pv.layer else "")
+    )
+
+
+def _calibrate_and_print(console, err, lm, folder: Path, name: str, reference: str | None, reference_split: str, batch_tokens: int) -> None:
+    """Score the clean reference set with the new vector (stored in its sidecar) and print its p95 delta."""
+    from auditor.calibration import calibrate as run_calibration
+
+    t0 = time.perf_counter()
+    cal = run_calibration(
+        lm,
+        folder,
+        [name],
+        reference=reference,
+        split=None if reference_split == "all" else reference_split,
+        batch_tokens=batch_tokens,
+        progress=err.print,
+    )[name]
+    p95 = cal["scores"]["generate"]["delta"]["percentiles"][190]
+    console.print(
+        f"calibrated on {cal['n']} clean conversations ({cal['reference']}, split {cal['split']}) in {time.perf_counter() - t0:.1f} s: p95 delta {p95:+.3f}"
+    )

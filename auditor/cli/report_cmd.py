@@ -31,13 +31,12 @@ def report(run_id: str, db: str, out: str | None, top_n: int) -> None:
     """
     from auditor.report import render_report
     from auditor.store.db import connect
-    from auditor.store.queries import resolve_run
+    from auditor.store.queries import resolve_run, run_output_dir
 
     if out is None:
         with connect(db, read_only=True) as con:
             info = resolve_run(con, run_id, db)
-            row = con.execute("SELECT output_dir FROM runs WHERE run_id = ?", [info.run_id]).fetchone()
-        folder = row[0] if row and row[0] else os.path.join(os.path.dirname(db) or ".", "runs", info.run_id)
+            folder = run_output_dir(con, info.run_id) or os.path.join(os.path.dirname(db) or ".", "runs", info.run_id)
         out = os.path.join(folder, "report.html")
         run_id = info.run_id
     path = render_report(run_id, db=db, out=out, top_n=top_n)

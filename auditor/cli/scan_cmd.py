@@ -14,6 +14,7 @@ from auditor.score import BASELINES, FLAG_ON
 DEFAULT_DB = os.path.join("reports", "audit.duckdb")
 
 
+# long: only the list of scan options (one declaration each, with default and help); no logic to split.
 def scan_options(fn):
     """Options shared by scan and gate (declared once, shown by --help)."""
     options = [
@@ -281,16 +282,27 @@ TOP_COLUMN_MIN_WIDTH = 110
 
 
 def print_summary(result, console=None) -> None:
+    """The scan's summary on the terminal: the per-trait table, the top samples, counts, where things are, notes."""
     from rich.console import Console
-    from rich.table import Table
 
     console = console or Console()
     wide = console.width >= TOP_COLUMN_MIN_WIDTH
+    ordered = sorted(result.summaries, key=lambda s: -(s.n_flagged / s.n if s.n else 0))
+    console.print(_summary_table(result, ordered, wide))
+    if not wide and any(s.top for s in ordered):
+        _print_top_lines(console, ordered)
+    _print_run_footer(console, result)
+
+
+def _summary_table(result, ordered: list, wide: bool):
+    """One row per trait (most flagged first); the top samples as a column when the terminal is ``wide``."""
+    from rich.table import Table
+
+    from auditor.score import ScoreMeaning
+
     table = Table(title=f"persona-audit: {result.n_scored} samples scored with {result.model_name}", title_justify="left")
     table.add_column("trait")
     table.add_column("layer", justify="right")
-    from auditor.score import ScoreMeaning
-
     score = result.summaries[0].score if result.summaries else "delta"
     table.add_column(ScoreMeaning.from_column(None, score).mean_label, justify="right")
     table.add_column("clean ref", justify="right")
@@ -298,7 +310,6 @@ def print_summary(result, console=None) -> None:
     table.add_column("threshold", justify="right")
     if wide:
         table.add_column("top samples (score)", overflow="fold")
-    ordered = sorted(result.summaries, key=lambda s: -(s.n_flagged / s.n if s.n else 0))
     tops = {s.trait: "\n".join(f"{t['sample_id']} ({t['score']:+.2f})" for t in s.top[:2]) for s in ordered}  # one sample per line
     for s in ordered:
         level = s.mean_score
@@ -312,15 +323,23 @@ def print_summary(result, console=None) -> None:
             "-" if s.threshold is None else f"{s.threshold:.3f}",
         ]
         table.add_row(*cells, *([tops[s.trait]] if wide else []))
-    console.print(table)
-    if not wide and any(s.top for s in ordered):
-        console.print("top samples (score):")
-        name_width = max(len(s.trait) for s in ordered)
-        for s in ordered:
-            # One line per sample (score first), cut at the terminal's edge rather than wrapped word by word.
-            for i, t in enumerate(s.top[:2] or [None]):
-                text = "-" if t is None else f"{t['score']:+8.2f}  {t['sample_id']}"
-                console.print(f"  {s.trait if i == 0 else '':<{name_width}}  {text}", markup=False, highlight=False, no_wrap=True, overflow="ellipsis")
+    return table
+
+
+def _print_top_lines(console, ordered: list) -> None:
+    """Narrow terminals: the top samples under the table, one line per sample (score first), cut at the edge rather than wrapped."""
+    console.print("top samples (score):")
+    name_width = max(len(s.trait) for s in ordered)
+    for s in ordered:
+        for i, t in enumerate(s.top[:2] or [None]):
+            text = "-" if t is None else f"{t['score']:+8.2f}  {t['sample_id']}"
+            console.print(f"  {s.trait if i == 0 else '':<{name_width}}  {text}", markup=False, highlight=False, no_wrap=True, overflow="ellipsis")
+
+
+def _print_run_footer(console, result) -> None:
+    """Counts and timing, where the run's files are, how to query it, and notes (thresholds, resume, rejects)."""
+    from auditor.store.queries import example_query
+
     reused = f" ({result.n_computed} computed, {result.n_reused} reused from earlier runs)" if result.n_reused else ""
     console.print(
         f"read {result.n_read} rows: {result.n_scored} scored{reused}, {result.n_rejected} rejected; "
@@ -330,9 +349,7 @@ def print_summary(result, console=None) -> None:
     console.print(f"run {result.run_id}")
     console.print(f"  scores   {result.parquet_path}")
     console.print(f"  database {result.db_path}")
-    console.print(
-        f"  query    audit sql \"SELECT * FROM flagged WHERE run_id = '{result.run_id}'\" --db {result.db_path}", markup=False, highlight=False, soft_wrap=True
-    )
+    console.print(f'  query    audit sql "{example_query("flagged", result.run_id)}" --db {result.db_path}', markup=False, highlight=False, soft_wrap=True)
     if result.report_path:
         console.print(f"  report   {result.report_path}")
     for s in result.summaries:
@@ -347,7 +364,7 @@ def print_summary(result, console=None) -> None:
             console.print(f"  {r.reason}", markup=False, highlight=False)
         if len(result.rejects) > shown:
             console.print(
-                f"  ... and {len(result.rejects) - shown} more: audit sql \"SELECT * FROM rejects WHERE run_id = '{result.run_id}'\"",
+                f'  ... and {len(result.rejects) - shown} more: audit sql "{example_query("rejects", result.run_id)}"',
                 markup=False,
                 highlight=False,
             )

@@ -167,7 +167,6 @@ def import_(file, trait, layer, model, out_dir, trust_remote_code) -> None:
     click.echo("it has no calibration: scan flags need --threshold, or calibrate it with audit extract's --calibrate on your own vector")
 
 
-# Long for its --help text (the docstring) and one parameter per option; the work is in the library.
 @vectors.command("check")
 @click.argument("trait")
 @model_options
@@ -206,7 +205,6 @@ def check(
     suppressing ones. Exits 1 when expression does not rise from each alpha to the next.
     """
     from rich.console import Console
-    from rich.table import Table
 
     from auditor.model import load_model
     from auditor.vectors.judges import make_judge
@@ -215,12 +213,7 @@ def check(
     from auditor.vectors.steering import ALPHA_UNIT, steering_check
     from auditor.vectors.traits import load_trait
 
-    try:
-        alpha_values = sorted(float(a) for a in alphas.split(",") if a.strip())
-    except ValueError:
-        raise click.BadParameter(f"{alphas!r}: expected numbers separated by commas, e.g. -8,-4,0,4,8", param_hint="--alphas") from None
-    if len(alpha_values) < 2:
-        raise click.BadParameter("give at least two alphas", param_hint="--alphas")
+    alpha_values = _parse_alphas(alphas)
     definition = load_trait(trait)
     lm = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, layers_path=layers_path)
     pv = load_vector(find_vector(definition.name, lm.name, folder))
@@ -228,32 +221,8 @@ def check(
     result = steering_check(lm, pv, definition, alpha_values, judge=judge_obj, max_new_tokens=max_new_tokens, n_questions=n_questions, layer=layer)
     console = Console()
     n_q = len(definition.evaluation_questions[: n_questions or None])
-    table = Table(
-        title=f"{definition.name}: steering at layer {result.layer} of {lm.name} ({n_q} evaluation questions, greedy, {max_new_tokens} tokens)",
-        title_justify="left",
-    )
-    table.add_column("alpha", justify="right")
-    table.add_column("added norm", justify="right")
-    if judge_obj.enabled:
-        table.add_column("judge score", justify="right")
-    table.add_column("projection", justify="right")
-    if result.rows and result.rows[0].preference is not None:
-        table.add_column("preference", justify="right")
-    table.add_column("distinct tokens", justify="right")
-    if show_examples:
-        table.add_column("first answer", overflow="fold", max_width=60)
-    for r in result.rows:
-        cells = [f"{r.alpha:+g}", f"{r.added_norm:.1f}"]
-        if judge_obj.enabled:
-            cells.append("-" if r.judge is None else f"{r.judge:.1f}")
-        cells.append(f"{r.projection:+.2f}")
-        if r.preference is not None:
-            cells.append(f"{r.preference:+.3f}")
-        cells.append(f"{r.distinct:.2f}")
-        if show_examples:
-            cells.append(" ".join(r.example.split())[:160])
-        table.add_row(*cells)
-    console.print(table)
+    title = f"{definition.name}: steering at layer {result.layer} of {lm.name} ({n_q} evaluation questions, greedy, {max_new_tokens} tokens)"
+    console.print(_steering_table(result, title, judge_obj.enabled, show_examples))
     console.print(f"scale: median residual norm at layer {result.layer} is {result.residual_norm:.1f}; alpha 1 adds {result.scale:.2f} (norm / {ALPHA_UNIT:g})")
     rises = result.rises()
     label = "judge score" if judge_obj.enabled else "projection"
@@ -265,3 +234,43 @@ def check(
     else:
         console.print(f"[red]expression ({label}) does NOT rise monotonically with alpha[/]{extra}")
         sys.exit(1)
+
+
+def _parse_alphas(alphas: str) -> list[float]:
+    """``"-8,-4,0,4,8"`` as sorted floats; at least two."""
+    try:
+        alpha_values = sorted(float(a) for a in alphas.split(",") if a.strip())
+    except ValueError:
+        raise click.BadParameter(f"{alphas!r}: expected numbers separated by commas, e.g. -8,-4,0,4,8", param_hint="--alphas") from None
+    if len(alpha_values) < 2:
+        raise click.BadParameter("give at least two alphas", param_hint="--alphas")
+    return alpha_values
+
+
+def _steering_table(result, title: str, judged: bool, show_examples: bool):
+    """One row per alpha: added norm, judge score (when ``judged``), projection, preference (when measured), distinct tokens, first answer."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("alpha", justify="right")
+    table.add_column("added norm", justify="right")
+    if judged:
+        table.add_column("judge score", justify="right")
+    table.add_column("projection", justify="right")
+    if result.rows and result.rows[0].preference is not None:
+        table.add_column("preference", justify="right")
+    table.add_column("distinct tokens", justify="right")
+    if show_examples:
+        table.add_column("first answer", overflow="fold", max_width=60)
+    for r in result.rows:
+        cells = [f"{r.alpha:+g}", f"{r.added_norm:.1f}"]
+        if judged:
+            cells.append("-" if r.judge is None else f"{r.judge:.1f}")
+        cells.append(f"{r.projection:+.2f}")
+        if r.preference is not None:
+            cells.append(f"{r.preference:+.3f}")
+        cells.append(f"{r.distinct:.2f}")
+        if show_examples:
+            cells.append(" ".join(r.example.split())[:160])
+        table.add_row(*cells)
+    return table

@@ -43,7 +43,7 @@ def _tick_digits(ticks: list[float]) -> int:
     return max(0, min(4, -math.floor(math.log10(step)) + (1 if step / 10 ** math.floor(math.log10(step)) == 2.5 else 0)))
 
 
-# Over 60 lines: one SVG drawn in order (axes, bars, three marker lines, labels); split, it would pass a dozen coordinates around.
+# long: one SVG drawn in order (axes, bars, three marker lines, labels); split, it would pass a dozen coordinates around.
 def histogram_svg(hist: Histogram, score_label: str, threshold: float | None, calibration_mean: float | None, mean: float | None, title: str) -> Markup:
     """Bars of the score distribution; bins above the threshold in the flag colour; lines for
     the threshold, the dataset mean and the calibration mean (marks off the axis get an arrow)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from auditor.score import ScoreMeaning
+from auditor.store import report_queries as rq
 from auditor.store.queries import RunInfo, decode_json
 
 # A metadata key gets a breakdown table when it has at most this many distinct values.
@@ -159,37 +160,17 @@ def _histogram(con: Any, run_id: str, trait: str, col: str, lo: float, hi: float
     bins = max(8, min(40, int(math.ceil(math.sqrt(n))) * 2))
     width = (hi - lo) / bins
     counts = [0] * bins
-    rows = con.execute(
-        f"SELECT least(greatest(floor(({col} - ?) / ?)::BIGINT, 0), ?) AS b, count(*) FROM scores "
-        f"WHERE run_id = ? AND trait = ? AND {col} IS NOT NULL GROUP BY b ORDER BY b",
-        [lo, width, bins - 1, run_id, trait],
-    ).fetchall()
-    for b, c in rows:
+    for b, c in rq.histogram_counts(con, run_id, trait, col, lo, width, bins):
         counts[int(b)] = int(c)
     return Histogram(lo, hi, counts)
-
-
-# A preference run's extra columns for the ranked table; NULLs for other runs (whose database may predate them).
-PAIR_COLUMNS = "m.rejected_response, t.proj_rejected, t.margin, ts.rejected_tokens, ts.rejected_token_values, m.n_rejected_tokens"
-PAIR_NULLS = "NULL, NULL, NULL, NULL, NULL, NULL"
-
-
-def _margin_sql(run: RunInfo, agg: str | None = None, alias: str = "") -> str:
-    """``margin`` (or ``avg(margin)``) for a preference run; NULL otherwise, so older databases still answer."""
-    col = f"{alias}margin" if run.pairs else "NULL::DOUBLE"
-    return f"{agg}({col})" if agg else col
 
 
 def _trait_data(con: Any, run: RunInfo, trait: str, top_n: int) -> TraitData:
     meaning = run.score(trait)
     col = meaning.column
     info = run.vectors.get(trait, {})
-    n, n_with, n_flagged, mean_delta, mean_proj, mean_base, mean_margin, layer = con.execute(
-        f"SELECT count(*), count({col}), count(*) FILTER (WHERE flagged), avg(delta), avg(proj_response), avg(proj_base), {_margin_sql(run, 'avg')}, min(layer) "
-        "FROM scores WHERE run_id = ? AND trait = ?",
-        [run.run_id, trait],
-    ).fetchone()
-    lo, hi = con.execute(f"SELECT min({col}), max({col}) FROM scores WHERE run_id = ? AND trait = ?", [run.run_id, trait]).fetchone()
+    n, n_with, n_flagged, mean_delta, mean_proj, mean_base, mean_margin, layer = rq.trait_totals(con, run.run_id, trait, col, run.pairs)
+    lo, hi = rq.score_range(con, run.run_id, trait, col)
     threshold = run.threshold(trait)
     calibration_mean = run.calibration_mean(trait)
     hist = None
@@ -220,53 +201,54 @@ def _trait_data(con: Any, run: RunInfo, trait: str, top_n: int) -> TraitData:
     )
 
 
+def _optional_list(values: Any) -> list | None:
+    return list(values) if values is not None else None
+
+
+def _top_sample(meaning: ScoreMeaning, row: tuple) -> TopSample:
+    """One row of :func:`auditor.store.report_queries.top_sample_rows` as a ranked-table entry."""
+    rank, sid, source, line, turn, delta, pr, pb, flagged, context, response, base, metadata, tokens, values, n_resp, n_base = row[:17]
+    rejected, prej, margin, rtokens, rvalues, n_rej = row[17:]
+    return TopSample(
+        rank=int(rank),
+        sample_id=sid,
+        source=source or "",
+        line=line,
+        turn=int(turn or 0),
+        score=meaning.pick(delta, pr, margin),
+        delta=delta,
+        proj_response=pr,
+        proj_base=pb,
+        flagged=bool(flagged),
+        context=decode_json(context, []),
+        response=response or "",
+        base_response=base,
+        metadata=decode_json(metadata, {}),
+        tokens=_optional_list(tokens),
+        token_values=_optional_list(values),
+        n_response_tokens=n_resp,
+        n_base_tokens=n_base,
+        rejected_response=rejected,
+        proj_rejected=prej,
+        margin=margin,
+        rejected_tokens=_optional_list(rtokens),
+        rejected_token_values=_optional_list(rvalues),
+        n_rejected_tokens=n_rej,
+    )
+
+
 def _top_samples(con: Any, run: RunInfo, trait: str, top_n: int) -> list[TopSample]:
     # The ranking is the store's top_samples view: the run's flag score, NULLs last, then id.
-    rows = con.execute(
-        f"""SELECT t.rank, t.sample_id, m.source, m.line, m.turn, t.delta, t.proj_response, t.proj_base, t.flagged,
-                  m.context, m.response, m.base_response, m.metadata, ts.tokens, ts.token_values,
-                  m.n_response_tokens, m.n_base_tokens, {PAIR_COLUMNS if run.pairs else PAIR_NULLS}
-           FROM top_samples t
-           JOIN samples m ON m.run_id = t.run_id AND m.sample_id = t.sample_id
-           LEFT JOIN token_scores ts ON ts.run_id = t.run_id AND ts.sample_id = t.sample_id AND ts.trait = t.trait
-           WHERE t.run_id = ? AND t.trait = ? AND t.rank <= ?
-           ORDER BY t.rank""",
-        [run.run_id, trait, top_n],
-    ).fetchall()
     meaning = run.score(trait)
-    out = []
-    for row in rows:
-        rank, sid, source, line, turn, delta, pr, pb, flagged, context, response, base, metadata, tokens, values, n_resp, n_base = row[:17]
-        rejected, prej, margin, rtokens, rvalues, n_rej = row[17:]
-        out.append(
-            TopSample(
-                rank=int(rank),
-                sample_id=sid,
-                source=source or "",
-                line=line,
-                turn=int(turn or 0),
-                score=meaning.pick(delta, pr, margin),
-                delta=delta,
-                proj_response=pr,
-                proj_base=pb,
-                flagged=bool(flagged),
-                context=decode_json(context, []),
-                response=response or "",
-                base_response=base,
-                metadata=decode_json(metadata, {}),
-                tokens=list(tokens) if tokens is not None else None,
-                token_values=list(values) if values is not None else None,
-                n_response_tokens=n_resp,
-                n_base_tokens=n_base,
-                rejected_response=rejected,
-                proj_rejected=prej,
-                margin=margin,
-                rejected_tokens=list(rtokens) if rtokens is not None else None,
-                rejected_token_values=list(rvalues) if rvalues is not None else None,
-                n_rejected_tokens=n_rej,
-            )
-        )
-    return out
+    return [_top_sample(meaning, row) for row in rq.top_sample_rows(con, run.run_id, trait, top_n, run.pairs)]
+
+
+def _scores_by_sample(con: Any, run: RunInfo, sample_ids: list[str]) -> dict[str, dict[str, tuple[float | None, bool]]]:
+    """sample id -> trait -> (the run's score, flagged), for every trait of these samples."""
+    found: dict[str, dict[str, tuple[float | None, bool]]] = {}
+    for sid, trait, delta, pr, margin, flagged in rq.sample_scores(con, run.run_id, sample_ids, run.pairs):
+        found.setdefault(sid, {})[trait] = (run.score(trait).pick(delta, pr, margin), bool(flagged))
+    return found
 
 
 def _attach_all_scores(con: Any, run: RunInfo, traits: list[TraitData]) -> None:
@@ -274,12 +256,7 @@ def _attach_all_scores(con: Any, run: RunInfo, traits: list[TraitData]) -> None:
     wanted = sorted({s.sample_id for t in traits for s in t.top})
     if not wanted:
         return
-    found: dict[str, dict[str, tuple[float | None, bool]]] = {}
-    for sid, trait, delta, pr, margin, flagged in con.execute(
-        f"SELECT sample_id, trait, delta, proj_response, {_margin_sql(run)}, flagged FROM scores WHERE run_id = ? AND sample_id IN (SELECT unnest(?)) ORDER BY sample_id, trait",
-        [run.run_id, wanted],
-    ).fetchall():
-        found.setdefault(sid, {})[trait] = (run.score(trait).pick(delta, pr, margin), bool(flagged))
+    found = _scores_by_sample(con, run, wanted)
     for t in traits:
         for s in t.top:
             s.all_scores = found.get(s.sample_id, {})
@@ -287,48 +264,24 @@ def _attach_all_scores(con: Any, run: RunInfo, traits: list[TraitData]) -> None:
 
 def _cross(con: Any, run: RunInfo, trait_names: list[str], limit: int) -> tuple[list[CrossRow], int, dict[tuple[str, str], int]]:
     """Samples flagged for two traits or more, and how often each pair of traits is flagged together."""
-    n_cross = con.execute(
-        "SELECT count(*) FROM (SELECT sample_id FROM scores WHERE run_id = ? AND flagged GROUP BY sample_id HAVING count(*) >= 2)", [run.run_id]
-    ).fetchone()[0]
-    ids = con.execute(
-        """SELECT s.sample_id, count(*) AS k FROM scores s WHERE s.run_id = ? AND s.flagged
-           GROUP BY s.sample_id HAVING count(*) >= 2 ORDER BY k DESC, s.sample_id LIMIT ?""",
-        [run.run_id, limit],
-    ).fetchall()
+    n_cross = rq.count_multi_flagged(con, run.run_id)
+    ids = rq.multi_flagged(con, run.run_id, limit)
     rows: list[CrossRow] = []
     if ids:
         wanted = [sid for sid, _ in ids]
-        meta = {
-            sid: (source, line, decode_json(context, []))
-            for sid, source, line, context in con.execute(
-                "SELECT sample_id, source, line, context FROM samples WHERE run_id = ? AND sample_id IN (SELECT unnest(?)) ORDER BY sample_id",
-                [run.run_id, wanted],
-            ).fetchall()
-        }
-        scores: dict[str, dict[str, tuple[float | None, bool]]] = {}
-        for sid, trait, delta, pr, margin, flagged in con.execute(
-            f"SELECT sample_id, trait, delta, proj_response, {_margin_sql(run)}, flagged FROM scores WHERE run_id = ? AND sample_id IN (SELECT unnest(?)) ORDER BY sample_id, trait",
-            [run.run_id, wanted],
-        ).fetchall():
-            scores.setdefault(sid, {})[trait] = (run.score(trait).pick(delta, pr, margin), bool(flagged))
+        meta = {sid: (source, line, decode_json(context, [])) for sid, source, line, context in rq.sample_places(con, run.run_id, wanted)}
+        scores = _scores_by_sample(con, run, wanted)
         for sid, k in ids:
             source, line, context = meta.get(sid, ("", None, []))
             rows.append(CrossRow(sid, source or "", line, int(k), scores.get(sid, {}), excerpt_source(context)))
-    coflags = {
-        (a, b): int(c)
-        for a, b, c in con.execute(
-            """SELECT x.trait, y.trait, count(*) FROM scores x JOIN scores y ON x.run_id = y.run_id AND x.sample_id = y.sample_id
-               WHERE x.run_id = ? AND x.flagged AND y.flagged GROUP BY x.trait, y.trait ORDER BY x.trait, y.trait""",
-            [run.run_id],
-        ).fetchall()
-    }
+    coflags = {(a, b): int(c) for a, b, c in rq.coflag_counts(con, run.run_id)}
     return rows, int(n_cross), coflags
 
 
-def _group_rows(con: Any, run: RunInfo, sql: str, params: list[Any], trait_names: list[str]) -> dict[str, GroupRow]:
+def _group_rows(run: RunInfo, rows: list[tuple]) -> dict[str, GroupRow]:
     """Rows (key, trait, n, avg delta, avg proj_response, flagged[, avg margin]) folded into one GroupRow per key."""
     out: dict[str, GroupRow] = {}
-    for key, trait, n, mean_delta, mean_proj, flagged, *margin in con.execute(sql, params).fetchall():
+    for key, trait, n, mean_delta, mean_proj, flagged, *margin in rows:
         key = "" if key is None else str(key)
         row = out.setdefault(key, GroupRow(key, int(n), {}))
         row.per_trait[trait] = (run.score(trait).pick(mean_delta, mean_proj, margin[0] if margin else None), int(flagged))
@@ -336,41 +289,16 @@ def _group_rows(con: Any, run: RunInfo, sql: str, params: list[Any], trait_names
 
 
 def _by_source(con: Any, run: RunInfo, trait_names: list[str]) -> Breakdown:
-    rows = _group_rows(
-        con,
-        run,
-        f"""SELECT m.source, s.trait, count(*), avg(s.delta), avg(s.proj_response), count(*) FILTER (WHERE s.flagged), {_margin_sql(run, "avg", "s.")}
-           FROM scores s JOIN samples m ON m.run_id = s.run_id AND m.sample_id = s.sample_id
-           WHERE s.run_id = ? GROUP BY m.source, s.trait ORDER BY m.source, s.trait""",
-        [run.run_id],
-        trait_names,
-    )
+    rows = _group_rows(run, rq.by_source_rows(con, run.run_id, run.pairs))
     ordered = sorted(rows.values(), key=lambda r: (-r.n, r.key))
     return Breakdown("By source file", "source", ordered[:MAX_SOURCES], len(ordered))
 
 
 def _by_metadata(con: Any, run: RunInfo, trait_names: list[str]) -> list[Breakdown]:
     """One breakdown per metadata key with few distinct scalar values (a category, a language...)."""
-    keys = con.execute(
-        """SELECT j.key, count(DISTINCT j.value) AS k FROM samples m, json_each(m.metadata) j
-           WHERE m.run_id = ? AND j.type IN ('VARCHAR', 'BIGINT', 'UBIGINT', 'BOOLEAN')
-           GROUP BY j.key HAVING count(DISTINCT j.value) BETWEEN 2 AND ? ORDER BY j.key LIMIT ?""",
-        [run.run_id, MAX_METADATA_VALUES, MAX_METADATA_KEYS],
-    ).fetchall()
     out = []
-    for key, _k in keys:
-        rows = _group_rows(
-            con,
-            run,
-            f"""WITH v AS (
-                   SELECT m.sample_id, j.value ->> '$' AS value FROM samples m, json_each(m.metadata) j
-                   WHERE m.run_id = ? AND j.key = ? AND j.type IN ('VARCHAR', 'BIGINT', 'UBIGINT', 'BOOLEAN'))
-               SELECT v.value, s.trait, count(*), avg(s.delta), avg(s.proj_response), count(*) FILTER (WHERE s.flagged), {_margin_sql(run, "avg", "s.")}
-               FROM scores s JOIN v ON v.sample_id = s.sample_id
-               WHERE s.run_id = ? GROUP BY v.value, s.trait ORDER BY v.value, s.trait""",
-            [run.run_id, key, run.run_id],
-            trait_names,
-        )
+    for key, _k in rq.category_keys(con, run.run_id, MAX_METADATA_VALUES, MAX_METADATA_KEYS):
+        rows = _group_rows(run, rq.by_metadata_rows(con, run.run_id, key, run.pairs))
         ordered = sorted(rows.values(), key=lambda r: (-r.n, r.key))
         out.append(Breakdown(f"By metadata: {key}", key, ordered, len(ordered)))
     return out
@@ -378,12 +306,9 @@ def _by_metadata(con: Any, run: RunInfo, trait_names: list[str]) -> list[Breakdo
 
 def load_report_data(con: Any, run: RunInfo, top_n: int) -> ReportData:
     """Everything the page shows, for one complete run."""
-    # One thread: parallel aggregation may add floats in a different order from one call to the next.
-    con.execute("SET threads = 1")
-    started_at, finished_at, fingerprint, dtype, device, timings, versions = con.execute(
-        "SELECT started_at, finished_at, model_fingerprint, dtype, device, timings, versions FROM runs WHERE run_id = ?", [run.run_id]
-    ).fetchone()
-    trait_names = [t for (t,) in con.execute("SELECT DISTINCT trait FROM scores WHERE run_id = ? ORDER BY trait", [run.run_id]).fetchall()]
+    rq.single_threaded(con)
+    started_at, finished_at, fingerprint, dtype, device, timings, versions = rq.run_details(con, run.run_id)
+    trait_names = rq.scored_traits(con, run.run_id)
     for t in sorted(run.vectors):
         if t not in trait_names:  # a trait with no scored sample still gets its (empty) section
             trait_names.append(t)
@@ -391,10 +316,8 @@ def load_report_data(con: Any, run: RunInfo, top_n: int) -> ReportData:
     traits = [_trait_data(con, run, t, top_n) for t in trait_names]
     _attach_all_scores(con, run, traits)
     cross, n_cross, coflags = _cross(con, run, trait_names, max(top_n, 1))
-    n_rejects = con.execute("SELECT count(*) FROM rejects WHERE run_id = ?", [run.run_id]).fetchone()[0]
-    rejects = con.execute(
-        "SELECT source, line, reason FROM rejects WHERE run_id = ? ORDER BY source, line NULLS LAST, reason LIMIT ?", [run.run_id, MAX_REJECTS]
-    ).fetchall()
+    n_rejects = rq.count_rejects(con, run.run_id)
+    rejects = rq.first_rejects(con, run.run_id, MAX_REJECTS)
     return ReportData(
         run=run,
         started_at=started_at,

@@ -207,3 +207,62 @@ def top_scores(con: Any, run_id: str, trait: str, meaning: ScoreMeaning, limit: 
         f"SELECT sample_id, {col} FROM scores WHERE run_id = ? AND trait = ? AND {col} IS NOT NULL ORDER BY {meaning.order_by()} LIMIT ?",
         [run_id, trait, limit],
     ).fetchall()
+
+
+def run_output_dir(con: Any, run_id: str) -> str | None:
+    """The folder a run wrote its files to (None when the row names none)."""
+    row = con.execute("SELECT output_dir FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    return row[0] if row and row[0] else None
+
+
+def complete_run_ids(con: Any) -> list[str]:
+    """The ids of the complete runs, newest first (the order ``latest`` picks in)."""
+    return [r[0] for r in con.execute("SELECT run_id FROM runs WHERE status = 'complete' ORDER BY started_at DESC NULLS LAST, run_id DESC").fetchall()]
+
+
+def example_query(view: str, run_id: str) -> str:
+    """A query a user can paste into ``audit sql`` to see a run's rows of a table or view (``flagged``, ``rejects``)."""
+    return f"SELECT * FROM {view} WHERE run_id = '{run_id}'"
+
+
+# ---------------------------------------------------------------- the gate's questions
+
+
+def gate_trait_rows(con: Any, run_id: str, pairs: bool) -> list[tuple]:
+    """Per trait, by name: (trait, layer, n, mean delta, mean proj_response, n with a delta, n flagged,
+    max delta, max proj_response, mean margin, max margin); margin is NULL unless ``pairs``."""
+    margin = "margin" if pairs else "NULL::DOUBLE"  # older databases have no margin column
+    return con.execute(
+        f"""SELECT trait, any_value(layer), count(*), avg(delta), avg(proj_response), count(delta),
+                  sum(CASE WHEN flagged THEN 1 ELSE 0 END), max(delta), max(proj_response), avg({margin}), max({margin})
+           FROM scores WHERE run_id = ? GROUP BY trait ORDER BY trait""",
+        [run_id],
+    ).fetchall()
+
+
+def highest_samples(
+    con: Any, run_id: str, trait: str, meaning: ScoreMeaning, limit: int, above: float | None = None, flagged_only: bool = False
+) -> list[tuple[str, str, int | None, int, float, str | None]]:
+    """(sample_id, source, line, turn, score, response) of a trait's highest-scoring samples, ranked as ``meaning`` ranks;
+    only those whose score is above ``above`` when given, only flagged ones with ``flagged_only``."""
+    score = meaning.column
+    cond = ""
+    params: list[Any] = [run_id, trait]
+    if above is not None:
+        cond += f" AND s.{score} > ?"
+        params.append(above)
+    if flagged_only:
+        cond += " AND s.flagged"
+    params.append(limit)
+    return con.execute(
+        f"""SELECT m.sample_id, m.source, m.line, m.turn, s.{score}, m.response
+            FROM scores s JOIN samples m USING (run_id, sample_id)
+            WHERE s.run_id = ? AND s.trait = ? AND s.{score} IS NOT NULL{cond}
+            ORDER BY {meaning.order_by("s")} LIMIT ?""",
+        params,
+    ).fetchall()
+
+
+def count_above(con: Any, run_id: str, trait: str, column: str, limit: float) -> int:
+    """How many samples of a trait have ``column`` strictly above ``limit``."""
+    return con.execute(f"SELECT count(*) FROM scores WHERE run_id = ? AND trait = ? AND {column} > ?", [run_id, trait, limit]).fetchone()[0]

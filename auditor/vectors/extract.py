@@ -318,18 +318,7 @@ def extract_vector(
     started = time.perf_counter()
     timings: dict[str, float] = {}
     responses, kept, dropped = _judged_pairs(lm, trait, settings, judge, say, timings)
-    t0 = time.perf_counter()
-    say(f"reading activations of {2 * len(kept)} answers at {lm.num_layers + 1} layers")
-    vector = mean_difference(lm, kept, settings)
-    timings["activations"] = time.perf_counter() - t0
-    removed: dict[str, str] = {}
-    if trait.orthogonal_to:
-        t0 = time.perf_counter()
-        say(f"removing the directions of {', '.join(trait.orthogonal_to)} (their written pairs) at every layer")
-        others, removed = other_directions(lm, trait, settings)
-        vector = remove_directions(vector, others)
-        timings["orthogonal_to"] = time.perf_counter() - t0
-
+    vector, removed = _direction(lm, trait, settings, kept, say, timings)
     t0 = time.perf_counter()
     kind, held, separation = _heldout_separation(lm, trait, settings, judge, vector, say)
     timings["heldout"] = time.perf_counter() - t0
@@ -364,6 +353,25 @@ def extract_vector(
         timings=timings,
     )
     return pv, report
+
+
+def _direction(
+    lm: Any, trait: Trait, settings: ExtractSettings, kept: list, say: Callable[[str], None], timings: dict[str, float]
+) -> tuple[Any, dict[str, str]]:
+    """The mean difference of the kept pairs at every layer ([L+1, d]), minus the directions of
+    ``trait.orthogonal_to``; and what was removed (name -> definition sha256)."""
+    t0 = time.perf_counter()
+    say(f"reading activations of {2 * len(kept)} answers at {lm.num_layers + 1} layers")
+    vector = mean_difference(lm, kept, settings)
+    timings["activations"] = time.perf_counter() - t0
+    removed: dict[str, str] = {}
+    if trait.orthogonal_to:
+        t0 = time.perf_counter()
+        say(f"removing the directions of {', '.join(trait.orthogonal_to)} (their written pairs) at every layer")
+        others, removed = other_directions(lm, trait, settings)
+        vector = remove_directions(vector, others)
+        timings["orthogonal_to"] = time.perf_counter() - t0
+    return vector, removed
 
 
 def _heldout_separation(
