@@ -23,7 +23,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from auditor.config import default_of
 from auditor.errors import AuditorError, InputError, StoreError
+from auditor.store.db import DEFAULT_DB
 from auditor.store.queries import RunInfo, resolve_run, stream_batches
 
 # The columns a --where clause sees (one row per sample and trait of the run); margin and
@@ -310,10 +312,10 @@ def filter_dataset(
     out: str,
     rule: FilterRule,
     run: str = "latest",
-    db: str = os.path.join("reports", "audit.duckdb"),
+    db: str = DEFAULT_DB,
     rejects: str | None = None,
     manifest: str | None = None,
-    split: str = "train",
+    split: str = default_of("split"),
 ) -> FilterResult:
     """Write ``source`` minus the records ``rule`` selects in run ``run``; see the module docstring.
 

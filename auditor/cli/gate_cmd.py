@@ -143,7 +143,7 @@ def gate(
     run_ids: list[str] = []
     for kind, target in todo:
         if kind == "scan":
-            config = config_from_options(target, policy_path=policy_path, use_policy=not no_policy, report=report, out_dir=None, top_n=50, **dict(scan_kw))
+            config = config_from_options(target, policy_path=policy_path, use_policy=not no_policy, report=report, **dict(scan_kw))
             try:
                 result = run_with_progress(config, quiet=quiet, engine=engine)
             except KeyboardInterrupt:
