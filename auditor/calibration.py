@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from auditor.config import default_of
 from auditor.score import BASELINES
 from auditor.vectors.calibrate import DEFAULT_SPLIT, default_cache_db, find_reference, split_rows, store_calibration
 
@@ -26,8 +27,8 @@ def calibrate(
     split: str | None = DEFAULT_SPLIT,
     baselines: Sequence[str] = BASELINES,
     db: str | None = None,
-    max_new_tokens: int = 256,
-    max_prompt_tokens: int | None = 512,
+    max_new_tokens: int = default_of("max_new_tokens"),
+    max_prompt_tokens: int | None = default_of("max_prompt_tokens"),
     batch_tokens: int = 0,
     generation_batch_size: int = 0,
     progress: Callable[[str], None] | None = None,
@@ -39,7 +40,8 @@ def calibrate(
     """
     import pyarrow.parquet as pq
 
-    from auditor.pipeline import ScanConfig, resolve_generation_dtype, scan_run
+    from auditor.generation import resolve_generation_dtype
+    from auditor.pipeline import ScanConfig, scan_run
 
     say = progress or (lambda _msg: None)
     ref = find_reference(reference)

@@ -44,7 +44,13 @@ def _scorer_actor(ray: Any):
             if threads > 0:
                 torch.set_num_threads(threads)
             self.config = ScanConfig(**config_fields)
-            self.lm = load_model(self.config.model, dtype=self.config.dtype, device=self.config.device, trust_remote_code=self.config.trust_remote_code)
+            self.lm = load_model(
+                self.config.model,
+                dtype=self.config.dtype,
+                device=self.config.device,
+                trust_remote_code=self.config.trust_remote_code,
+                layers_path=self.config.layers_path,
+            )
             self.vectors = load_vectors(
                 self.config.vectors,
                 self.lm.name,

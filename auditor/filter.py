@@ -23,8 +23,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from auditor.config import default_of
 from auditor.errors import AuditorError, InputError, StoreError
 from auditor.hashing import sha256_file
+from auditor.store.db import DEFAULT_DB
 from auditor.store.filter_queries import forbid_file_access, rejected_lines, run_sources, selection_sql
 from auditor.store.queries import RunInfo, complete_run_ids, resolve_run, stream_batches
 
@@ -237,10 +239,10 @@ def filter_dataset(
     out: str,
     rule: FilterRule,
     run: str = "latest",
-    db: str = os.path.join("reports", "audit.duckdb"),
+    db: str = DEFAULT_DB,
     rejects: str | None = None,
     manifest: str | None = None,
-    split: str = "train",
+    split: str = default_of("split"),
 ) -> FilterResult:
     """Write ``source`` minus the records ``rule`` selects in run ``run``; see the module docstring.
 

@@ -11,18 +11,23 @@ from typing import Any
 
 import torch
 
+from auditor.config import GENERATORS
 from auditor.errors import AuditorError
-from auditor.model.loading import LoadedModel
+from auditor.model.loading import LoadedModel, cuda_budget
+
+# Prompts decoded together on CPU (bench/NOTES.md: 32 beat 16 and 64 on 2 cores with AVX-512 BF16).
+CPU_GENERATION_BATCH = 32
+MAX_GPU_GENERATION_BATCH = 256
 
 
 @dataclass(frozen=True, slots=True)
 class GenerationSettings:
     """Everything that changes a base response; part of the cache key."""
 
-    max_new_tokens: int = 256
-    max_prompt_tokens: int | None = 512
-    dtype: str = "float32"
-    generator: str = "hf"
+    max_new_tokens: int
+    max_prompt_tokens: int | None
+    dtype: str
+    generator: str = "hf"  # keys made before --generator existed had no generator: they are hf's
 
     def key(self) -> str:
         payload = json.dumps(
@@ -36,6 +41,36 @@ class GenerationSettings:
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def default_generation_batch_size(lm: LoadedModel, max_new_tokens: int, max_prompt_tokens: int | None) -> int:
+    """Prompts generated together: ``CPU_GENERATION_BATCH`` on CPU; on CUDA as many as the KV
+    cache of full-length rows fits in a quarter of the free memory (16 to 256)."""
+    budget = cuda_budget(lm)
+    if budget is None:
+        return CPU_GENERATION_BATCH
+    available, cfg, element = budget
+    heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    length = (max_prompt_tokens or 2048) + max_new_tokens
+    per_row = 2 * int(cfg.num_hidden_layers) * heads * head_dim * length * element
+    return max(16, min(MAX_GPU_GENERATION_BATCH, available // per_row))
+
+
+def resolve_generation_dtype(requested: str, lm: LoadedModel) -> str:
+    """``auto``: float32 on CPU, the scoring model's dtype elsewhere.
+
+    Greedy decoding in bfloat16 is not batch-invariant: measured on the embedded model, only
+    11 of 32 base responses (128 tokens) were the same generated 32 at a time as 8 at a
+    time, against 32 of 32 in float32, at half the speed (bench/NOTES.md "Throughput"). A
+    base response that changes with the batch size moves that sample's delta by up to ~10,
+    so on CPU base responses are generated in float32 by default (the scoring forward stays
+    bfloat16, within the documented tolerance). On a GPU a float32 copy of a large model
+    costs too much memory; pass --generation-dtype float32 there to get the same guarantee.
+    """
+    if requested != "auto":
+        return requested
+    return "float32" if str(lm.device).startswith("cpu") else lm.dtype
 
 
 def prompt_hash(prompt: str) -> str:
@@ -286,7 +321,6 @@ def generate_greedy(
     return out  # type: ignore[return-value]
 
 
-GENERATORS = ("hf", "vllm")
 # Share of GPU memory vLLM may take: the scoring model and its batches need the rest.
 VLLM_MEMORY_SHARE = 0.5
 _VLLM_ENGINES: dict[str, Any] = {}

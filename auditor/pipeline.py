@@ -26,125 +26,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from auditor.config import ScanConfig  # declared there; importable from here too
 from auditor.errors import AuditorError, InputError
-from auditor.score import BASELINES, FLAG_ON, ScoreMeaning
-from auditor.sources import FORMATS, FieldMap, Rejected, Sample, check_preview, iter_samples
+from auditor.score import ScoreMeaning
+from auditor.sources import Rejected, Sample, iter_samples
 from auditor.store.runs import WRITE_WAIT, commit_chunk, lookup_base  # noqa: F401 (WRITE_WAIT: part of this module's API)
 from auditor.store.schema import wide_schema
-
-ON_ERROR = ("fail", "skip")
-# Settings that do not change any score: excluded from the resume key.
-_NOT_RESULT_SETTINGS = ("out_dir", "report", "top_n", "db", "resume", "reuse")
-# The settings (besides the model, the vectors and the generation dtype) that change a sample's
-# projections: the reuse key of incremental scans. Batch sizes and chunking change them only
-# at float rounding level, as the rows sharing a forward do, so they are not part of it.
-_PROJECTION_SETTINGS = ("baseline", "max_new_tokens", "max_prompt_tokens", "generator", "layers_path", "pairs")
-# Bump when the scoring arithmetic changes (aggregation, masks, projection): stored scores of
-# earlier versions are then never reused.
-SCORING_VERSION = 1
-
-
-@dataclass
-class ScanConfig:
-    """Every setting of a scan; stored with the run."""
-
-    source: str
-    traits: list[str] | None = None
-    model: str | None = None
-    vectors: str | None = None
-    layers: dict[str, int] = field(default_factory=dict)
-    baseline: str = "generate"
-    format: str = "auto"
-    split: str = "train"
-    hf_config: str | None = None
-    score_all_turns: bool = False
-    max_new_tokens: int = 256
-    max_prompt_tokens: int | None = 512
-    dtype: str = "auto"
-    device: str = "auto"
-    batch_tokens: int = 0  # 0: auto (scoring.default_batch_tokens)
-    generation_batch_size: int = 0  # 0: auto (scoring.default_generation_batch_size)
-    generator: str = "hf"
-    generation_dtype: str = "auto"  # auto: float32 on CPU (batch-invariant greedy tokens), the model's dtype on a GPU
-    chunk_size: int = 256
-    flag_percentile: float = 95.0
-    flag_on: str = "delta"  # delta | projection (proj_response); baseline none always flags on the projection
-    thresholds: dict[str, float] = field(default_factory=dict)
-    on_error: str = "fail"
-    db: str = os.path.join("reports", "audit.duckdb")
-    out_dir: str | None = None
-    report: bool = True
-    top_n: int = 50
-    trust_remote_code: bool = False
-    layers_path: str | None = None
-    resume: bool = False
-    num_shards: int = 1
-    shard_index: int = 0
-    fields: dict[str, str] = field(default_factory=dict)  # --field OURS=THEIRS (auditor.sources.mapping)
-    roles: dict[str, str] = field(default_factory=dict)  # --role OURS=THEIRS
-    limit: int | None = None  # --limit N: the first N records
-    sample: int | None = None  # --sample N: N records by seeded hash (auditor.sources.preview)
-    seed: int = 0
-    reuse: bool = True  # take unchanged samples' scores from earlier complete runs (auditor.store.reuse)
-    pairs: bool | None = None  # preference pairs (a margin run); None: decided from the first record
-
-    def mapping(self) -> FieldMap:
-        return FieldMap.parse(self.fields, self.roles)
-
-    def validate(self) -> None:
-        if self.baseline not in BASELINES:
-            raise AuditorError(f"unknown --baseline {self.baseline!r}; use one of {', '.join(BASELINES)}")
-        from auditor.generation import GENERATORS
-
-        if self.generator not in GENERATORS:
-            raise AuditorError(f"unknown --generator {self.generator!r}; use one of {', '.join(GENERATORS)}")
-        if self.on_error not in ON_ERROR:
-            raise AuditorError(f"unknown --on-error {self.on_error!r}; use fail or skip")
-        if not 0 < self.flag_percentile < 100:
-            raise AuditorError("--flag-percentile must be between 0 and 100 (e.g. 95)")
-        for name in ("chunk_size", "max_new_tokens", "num_shards"):
-            if getattr(self, name) < 1:
-                raise AuditorError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("batch_tokens", "generation_batch_size"):
-            if getattr(self, name) < 0:
-                raise AuditorError(f"--{name.replace('_', '-')} must be at least 1 (or 0 for automatic)")
-        from auditor.model.loading import DTYPES
-
-        if self.generation_dtype not in DTYPES:
-            raise AuditorError(f"unknown --generation-dtype {self.generation_dtype!r}; use one of {', '.join(DTYPES)}")
-        if self.flag_on not in FLAG_ON:
-            raise AuditorError(f"unknown --flag-on {self.flag_on!r}; use one of {', '.join(FLAG_ON)}")
-        if not 0 <= self.shard_index < self.num_shards:
-            raise AuditorError(f"--shard-index must be between 0 and {self.num_shards - 1} for --num-shards {self.num_shards}")
-        if self.format not in FORMATS:
-            raise AuditorError(f"unknown --format {self.format!r}; use one of {', '.join(FORMATS)}")
-        check_preview(self.limit, self.sample)
-        self.mapping()  # a malformed mapping fails before the model loads
-
-    def result_key(self, model_fingerprint: str, vector_hashes: dict[str, str]) -> str:
-        """Hash of everything that determines the scores: equal keys give equal results."""
-        settings = {k: v for k, v in asdict(self).items() if k not in _NOT_RESULT_SETTINGS}
-        settings["model_fingerprint"] = model_fingerprint
-        settings["vectors"] = vector_hashes
-        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-    def reuse_key(self, lm: Any, vector_hashes: dict[str, str], generation_dtype: str) -> str:
-        """Hash of everything besides a sample's text that decides its projections (incremental scans)."""
-        from auditor import __version__
-
-        settings = {k: getattr(self, k) for k in _PROJECTION_SETTINGS}
-        if self.baseline != "generate":  # no base response: its settings do not matter
-            settings.update(max_new_tokens=None, generator=None)
-        settings.update(
-            model_fingerprint=lm.fingerprint,
-            dtype=str(lm.dtype),
-            device=str(lm.device).split(":")[0],
-            generation_dtype=generation_dtype if self.baseline == "generate" else None,
-            vectors=vector_hashes,
-            scoring=SCORING_VERSION,
-            persona_audit=__version__,
-        )
-        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 @dataclass
@@ -360,22 +247,6 @@ def vector_hashes(vectors: list[Any]) -> dict[str, str]:
     return {pv.trait: f"{pv.sha256}@{pv.layer}" for pv in vectors}
 
 
-def resolve_generation_dtype(requested: str, lm: Any) -> str:
-    """``auto``: float32 on CPU, the scoring model's dtype elsewhere.
-
-    Greedy decoding in bfloat16 is not batch-invariant: measured on the embedded model, only
-    11 of 32 base responses (128 tokens) were the same generated 32 at a time as 8 at a
-    time, against 32 of 32 in float32, at half the speed (bench/NOTES.md "Throughput"). A
-    base response that changes with the batch size moves that sample's delta by up to ~10,
-    so on CPU base responses are generated in float32 by default (the scoring forward stays
-    bfloat16, within the documented tolerance). On a GPU a float32 copy of a large model
-    costs too much memory; pass --generation-dtype float32 there to get the same guarantee.
-    """
-    if requested != "auto":
-        return requested
-    return "float32" if str(lm.device).startswith("cpu") else lm.dtype
-
-
 class ChunkScorer:
     """Scores one chunk of samples: base responses (cached or generated), one forward, flags.
 
@@ -384,8 +255,8 @@ class ChunkScorer:
     """
 
     def __init__(self, config: ScanConfig, lm: Any, vectors: list[Any], run_id: str):
-        from auditor.generation import GenerationSettings
-        from auditor.scoring import default_batch_tokens, default_generation_batch_size
+        from auditor.generation import GenerationSettings, default_generation_batch_size, resolve_generation_dtype
+        from auditor.scoring import default_batch_tokens
 
         self.config = config
         self.lm = lm
@@ -403,6 +274,7 @@ class ChunkScorer:
         self.pairs = bool(config.pairs)
         self.schema = wide_schema([pv.trait for pv in vectors], self.pairs)
         self.reuse_key = config.reuse_key(lm, vector_hashes(vectors), self.generation_dtype)
+        self.layers_path = config.layers_path or lm.layers_path  # where the decoder blocks are; None: found by name
 
     def generation_lm(self) -> Any:
         """The model that generates base responses: the scoring model, or its copy in the generation dtype."""
@@ -411,7 +283,11 @@ class ChunkScorer:
 
             lm = self.lm
             self._generation_lm = load_model(
-                None if lm.source == "embedded" else lm.source, dtype=self.generation_dtype, device=lm.device, trust_remote_code=self.config.trust_remote_code
+                None if lm.source == "embedded" else lm.source,
+                dtype=self.generation_dtype,
+                device=lm.device,
+                trust_remote_code=self.config.trust_remote_code,
+                layers_path=self.layers_path,
             )
         return self._generation_lm
 
@@ -627,7 +503,7 @@ class ChunkScorer:
         # The dataset responses' per-token projections feed the report's heat maps (auditor.heatmaps);
         # a pair run's heat maps show both answers and come from heat_map_tokens' second pass.
         want_tokens = [cfg.top_n > 0 and not self.pairs] * len(rows) + [False] * (len(rejected_rows) + len(base_rows))
-        results = score_rows(lm.model, all_rows, self.directions, tok.pad_token_id, self.batch_tokens, want_tokens, cfg.layers_path) if ready else []
+        results = score_rows(lm.model, all_rows, self.directions, tok.pad_token_id, self.batch_tokens, want_tokens, self.layers_path) if ready else []
         scored = []
         for i, (sample, p, row, rrow) in enumerate(ready):
             res = results[i]
@@ -905,7 +781,7 @@ class LocalExecutor:
         from auditor.scoring import score_rows
 
         sc = self.scorer
-        return score_rows(sc.lm.model, rows, sc.directions, sc.lm.tokenizer.pad_token_id, sc.batch_tokens, [True] * len(rows), sc.config.layers_path)
+        return score_rows(sc.lm.model, rows, sc.directions, sc.lm.tokenizer.pad_token_id, sc.batch_tokens, [True] * len(rows), sc.layers_path)
 
 
 def run_chunks(
@@ -963,7 +839,7 @@ def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, A
     started = time.perf_counter()
     timings: dict[str, float] = {"load_model": 0.0, "generate": 0.0, "forward": 0.0, "write": 0.0}
     if lm is None:
-        lm = load_model(config.model, dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code)
+        lm = load_model(config.model, dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code, layers_path=config.layers_path)
         timings["load_model"] = lm.load_seconds
     vectors = load_vectors(
         config.vectors,

@@ -15,32 +15,12 @@ from dataclasses import dataclass
 import torch
 
 from auditor.activations import EncodedRow, forward_batches, length_batches, project  # noqa: F401 (length_batches: part of this module's API)
+from auditor.model.loading import cuda_budget
 
 # Padded tokens per forward on CPU. Rows of a few hundred tokens already fill the matrix
 # units (AMX, AVX-512 BF16) one at a time, so larger batches only add padding; short rows still get
 # grouped. Measured in bench/NOTES.md ("Throughput": 1,024-8,192 within noise, 16,384 slower).
 CPU_BATCH_TOKENS = 4096
-# Prompts decoded together on CPU (bench/NOTES.md: 32 beat 16 and 64 on 2 cores with AVX-512 BF16).
-CPU_GENERATION_BATCH = 32
-# Share of free GPU memory the scoring forward may use for its activations, and the
-# generation batch for its KV cache.
-GPU_MEMORY_SHARE = 0.25
-MAX_GPU_GENERATION_BATCH = 256
-
-
-def _cuda_budget(lm):
-    """(bytes the batches may use, the text config, bytes per element) when ``lm`` runs on CUDA, else None.
-
-    None also for a model-less LoadedModel (a Ray driver, which never runs the model).
-    """
-    import torch
-
-    model = lm.model
-    if model is None or model.device.type != "cuda" or not torch.cuda.is_available():
-        return None
-    free, _total = torch.cuda.mem_get_info(model.device)
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return int(free * GPU_MEMORY_SHARE), cfg, torch.finfo(model.dtype).bits // 8
 
 
 def default_batch_tokens(lm) -> int:
@@ -50,7 +30,7 @@ def default_batch_tokens(lm) -> int:
     (the residual stream of every captured layer plus one block's attention and MLP
     intermediates, doubled for the allocator's slack) against a quarter of the free memory.
     """
-    budget = _cuda_budget(lm)
+    budget = cuda_budget(lm)
     if budget is None:
         return CPU_BATCH_TOKENS
     available, cfg, element = budget
@@ -58,20 +38,6 @@ def default_batch_tokens(lm) -> int:
     intermediate = int(getattr(cfg, "intermediate_size", 4 * d) or 4 * d)
     per_token = 2 * element * (int(cfg.num_hidden_layers) * d + 8 * d + 3 * intermediate)
     return max(CPU_BATCH_TOKENS, min(available // per_token, 1 << 20) // 1024 * 1024)
-
-
-def default_generation_batch_size(lm, max_new_tokens: int, max_prompt_tokens: int | None) -> int:
-    """Prompts generated together: ``CPU_GENERATION_BATCH`` on CPU; on CUDA as many as the KV
-    cache of full-length rows fits in a quarter of the free memory (16 to 256)."""
-    budget = _cuda_budget(lm)
-    if budget is None:
-        return CPU_GENERATION_BATCH
-    available, cfg, element = budget
-    heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
-    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-    length = (max_prompt_tokens or 2048) + max_new_tokens
-    per_row = 2 * int(cfg.num_hidden_layers) * heads * head_dim * length * element
-    return max(16, min(MAX_GPU_GENERATION_BATCH, available // per_row))
 
 
 @dataclass

@@ -69,9 +69,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from data import chats
 
-    from auditor.generation import _eos_ids, _left_padded, greedy_decode, greedy_decode_static, prompt_ids
+    from auditor.generation import _eos_ids, _left_padded, default_generation_batch_size, greedy_decode, greedy_decode_static, prompt_ids
     from auditor.model import load_model
-    from auditor.scoring import default_generation_batch_size
 
     lm = load_model(None, dtype="float32", device="cpu")
     batch = default_generation_batch_size(lm, args.max_new_tokens, 512)

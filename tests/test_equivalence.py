@@ -140,7 +140,7 @@ def test_prompt_last_baseline_tiny(tmp_path, tiny_lm, tiny_vectors):
 
 
 def test_generation_dtype_auto_is_float32_on_cpu(tiny_lm, embedded_lm_bf16):
-    from auditor.pipeline import resolve_generation_dtype
+    from auditor.generation import resolve_generation_dtype
 
     assert resolve_generation_dtype("auto", embedded_lm_bf16) == "float32"
     assert resolve_generation_dtype("bfloat16", embedded_lm_bf16) == "bfloat16"

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "auditor"
-LOWER = ["vectors", "store", "model", "sources", "score.py", "scoring.py", "activations.py", "generation.py", "errors.py"]
+LOWER = ["vectors", "store", "model", "sources", "score.py", "scoring.py", "activations.py", "generation.py", "errors.py", "config.py"]
 UPPER = ("auditor.pipeline", "auditor.distributed", "auditor.calibration", "auditor.cli")
 
 

@@ -33,8 +33,9 @@ def test_flag_on_projection_flags_by_the_raw_projection(tmp_path, tiny_lm, tiny_
 def test_auto_batch_sizes_resolve_per_device(tiny_lm):
     from dataclasses import replace
 
+    from auditor.generation import CPU_GENERATION_BATCH
     from auditor.pipeline import ChunkScorer, ScanConfig
-    from auditor.scoring import CPU_BATCH_TOKENS, CPU_GENERATION_BATCH
+    from auditor.scoring import CPU_BATCH_TOKENS
 
     auto = ChunkScorer(ScanConfig(source="x.jsonl"), tiny_lm, [], run_id="")
     assert (auto.batch_tokens, auto.generation_batch_size) == (CPU_BATCH_TOKENS, CPU_GENERATION_BATCH)

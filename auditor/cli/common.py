@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from auditor.config import split_list, trait_values  # noqa: F401 (split_list: the commands' comma lists)
 from auditor.errors import AuditorError
 
 DEBUG_ENV = "AUDIT_DEBUG"
@@ -65,21 +66,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def parse_pairs(values: tuple[str, ...], option: str, cast: Callable[[str], Any] = float) -> dict[str, Any]:
-    """``("evil=20", "sycophancy=18")`` -> dict; a bare value applies to every trait as ``*``."""
-    out: dict[str, Any] = {}
-    for value in values:
-        if "=" in value:
-            key, raw = value.split("=", 1)
-        else:
-            key, raw = "*", value
-        try:
-            out[key.strip()] = cast(raw)
-        except ValueError:
-            raise click.BadParameter(f"{value!r}: expected TRAIT=NUMBER or NUMBER", param_hint=option) from None
-    return out
-
-
-def split_list(value: str | None) -> list[str] | None:
-    if not value:
-        return None
-    return [v.strip() for v in value.split(",") if v.strip()]
+    """``("evil=20", "sycophancy=18")`` -> dict; a bare value applies to every trait as ``*`` (``auditor.config.trait_values``)."""
+    try:
+        return trait_values(values, cast)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=option) from None

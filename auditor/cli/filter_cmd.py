@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from auditor.cli.common import handle_errors, split_list
+from auditor.config import default_of
 from auditor.store.db import DEFAULT_DB
 
 
@@ -37,7 +38,7 @@ from auditor.store.db import DEFAULT_DB
     metavar="P%|N",
     help="Drop the top P percent (rounded up) or top N samples of each trait by the run's score (delta, projection or margin).",
 )
-@click.option("--split", default="train", show_default=True, help="Split, for hf: datasets (as scanned).")
+@click.option("--split", default=default_of("split"), show_default=True, help="Split, for hf: datasets (as scanned).")
 @click.option("--drop-flagged", is_flag=True, help="Drop records with a sample flagged for any trait.")
 @click.option("--traits", default=None, help="Comma-separated traits the rules look at (default: every trait of the run).")
 @click.option(

@@ -159,7 +159,7 @@ def _run_ids(todo: list[tuple[str, str]], scan_kw: dict, policy_path: str | None
         if kind != "scan":
             run_ids.append(target)
             continue
-        config = config_from_options(target, policy_path=policy_path, use_policy=use_policy, report=report, out_dir=None, top_n=50, **dict(scan_kw))
+        config = config_from_options(target, policy_path=policy_path, use_policy=use_policy, report=report, **dict(scan_kw))
         try:
             result = run_with_progress(config, quiet=quiet, engine=engine)
         except KeyboardInterrupt:

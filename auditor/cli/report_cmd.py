@@ -7,6 +7,7 @@ import os
 import click
 
 from auditor.cli.common import handle_errors
+from auditor.config import default_of
 from auditor.store.db import DEFAULT_DB
 
 
@@ -14,7 +15,13 @@ from auditor.store.db import DEFAULT_DB
 @click.argument("run_id", metavar="RUN_ID|latest")
 @click.option("--db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False), help="DuckDB database to read (opened read-only).")
 @click.option("--out", "out", default=None, type=click.Path(dir_okay=False), help="HTML file to write (default: report.html in the run's output folder).")
-@click.option("--top-n", default=50, show_default=True, type=click.IntRange(min=0), help="Samples per trait in the ranked tables, with details and heat maps.")
+@click.option(
+    "--top-n",
+    default=default_of("top_n"),
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Samples per trait in the ranked tables, with details and heat maps.",
+)
 @handle_errors
 def report(run_id: str, db: str, out: str | None, top_n: int) -> None:
     """Rebuild a run's HTML report from the database alone (the model is not loaded).

@@ -2,177 +2,113 @@
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import sys
 import time
 
 import click
 
-from auditor.cli.common import handle_errors, parse_pairs, split_list
-from auditor.score import BASELINES, FLAG_ON
+from auditor.cli.common import handle_errors
 
-DEFAULT_DB = os.path.join("reports", "audit.duckdb")
+# Options of the scan that are not settings of its results: how and where the work runs.
+ENGINE_OPTION_LIST = [
+    click.option(
+        "--engine",
+        type=click.Choice(["local", "ray"]),
+        default="local",
+        show_default=True,
+        help="local: this process; ray: a pool of Ray actors (pip install 'persona-audit[ray]').",
+    ),
+    click.option("--workers", default=2, show_default=True, type=int, help="Ray actors, each holding one copy of the model (--engine ray)."),
+    click.option("--num-gpus-per-worker", default=0.0, show_default=True, type=float, help="GPUs per Ray actor (--engine ray)."),
+    click.option("--ray-address", default=None, help="Existing Ray cluster to join, e.g. ray://head:10001 or auto (default: start a local one)."),
+]
 
 
-# long: only the list of scan options (one declaration each, with default and help); no logic to split.
-def scan_options(fn):
-    """Options shared by scan and gate (declared once, shown by --help)."""
-    options = [
-        click.option("--traits", "-t", default=None, help="Comma-separated traits to score (default: every vector found)."),
-        click.option("--model", "-m", default=None, help="Hugging Face id or local model folder (default: the embedded SmolLM2-135M-Instruct)."),
-        click.option("--vectors", default=None, type=click.Path(), help="Vector folder or file (.safetensors, or published .pt) (default: vectors/<model>/)."),
-        click.option("--layer", "layers", multiple=True, help="Layer to use, TRAIT=L or L for all (default: the vector's recommended layer). Repeatable."),
-        click.option(
-            "--baseline",
-            type=click.Choice(list(BASELINES)),
-            default="generate",
-            show_default=True,
-            help="What to subtract: the base model's own response (generate), the last prompt token (prompt-last), or nothing (raw projection).",
-        ),
-        click.option(
-            "--format",
-            "fmt",
-            type=click.Choice(["auto", "messages", "sharegpt", "alpaca", "prompt-response", "preference"]),
-            default="auto",
-            show_default=True,
-            help="Record format (docs/formats.md); preference: prompt/chosen/rejected pairs, scored by their margin.",
-        ),
-        click.option(
-            "--field",
-            "fields",
-            multiple=True,
-            metavar="OURS=THEIRS",
-            help="Read one of our fields from the dataset's: prompt=question, response=best_answer, messages=conversation, role=speaker ... Repeatable.",
-        ),
-        click.option(
-            "--role", "roles", multiple=True, metavar="OURS=THEIRS", help="Read a role under the dataset's name: user=human, assistant=bot. Repeatable."
-        ),
-        click.option("--limit", default=None, type=int, help="Scan only the first N records (a preview)."),
-        click.option("--sample", default=None, type=int, help="Scan N records spread over the whole dataset, chosen by --seed (streamed; a preview)."),
-        click.option("--seed", default=0, show_default=True, type=int, help="Seed of --sample: the same seed gives the same records."),
-        click.option("--split", default="train", show_default=True, help="Split, for hf: datasets."),
-        click.option("--config", "hf_config", default=None, help="Config name, for hf: datasets."),
-        click.option("--score-all-turns", is_flag=True, help="Score every assistant turn of multi-turn conversations as its own row."),
-        click.option("--max-new-tokens", default=256, show_default=True, type=int, help="Length cap of generated base responses."),
-        click.option(
-            "--max-prompt-tokens", default=512, show_default=True, type=int, help="Prompts longer than this lose tokens from their start (0: no cap)."
-        ),
-        click.option(
-            "--dtype",
-            type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-            default="auto",
-            show_default=True,
-            help="auto: bfloat16 where the hardware runs it fast (AMX CPUs, GPUs), else float32.",
-        ),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps."),
-        click.option(
-            "--batch-tokens",
-            default=0,
-            show_default=True,
-            type=int,
-            help="Padded tokens per forward batch; 0: automatic (4096 on CPU, from free memory on a GPU).",
-        ),
-        click.option(
-            "--generation-batch-size",
-            default=0,
-            show_default=True,
-            type=int,
-            help="Prompts generated together; 0: automatic (32 on CPU, from free memory on a GPU).",
-        ),
-        click.option(
-            "--generation-dtype",
-            type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-            default="auto",
-            show_default=True,
-            help="dtype of the model copy that generates base responses; auto: float32 on CPU (greedy tokens then do not depend on the batch), the model's dtype on a GPU.",
-        ),
-        click.option(
-            "--generator",
-            type=click.Choice(["hf", "vllm"]),
-            default="hf",
-            show_default=True,
-            help="Base responses with transformers (hf) or vLLM (pip install 'persona-audit[vllm]', a CUDA GPU).",
-        ),
-        click.option("--chunk-size", default=256, show_default=True, type=int, help="Records per stored chunk (memory and resume granularity)."),
-        click.option(
-            "--flag-on",
-            type=click.Choice(list(FLAG_ON)),
-            default="delta",
-            show_default=True,
-            help="Per-sample score that flags use: the projection difference (delta, the paper's measure) or the raw projection of the response (bench/NOTES.md compares them).",
-        ),
-        click.option(
-            "--flag-percentile", default=95.0, show_default=True, type=float, help="Flag samples above this percentile of the vector's clean calibration set."
-        ),
-        click.option("--threshold", "thresholds", multiple=True, help="Absolute flag threshold, TRAIT=VALUE (overrides calibration). Repeatable."),
-        click.option(
-            "--on-error",
-            type=click.Choice(["fail", "skip"]),
-            default="fail",
-            show_default=True,
-            help="Bad records: stop with an error, or skip them and record why.",
-        ),
-        click.option("--db", default=DEFAULT_DB, show_default=True, type=click.Path(), help="DuckDB database that accumulates runs."),
-        click.option("--trust-remote-code", is_flag=True, help="Allow a model's own Python code to run (only for models you trust)."),
-        click.option("--layers-path", default=None, help="Dotted path of the decoder block list, for architectures persona-audit does not know."),
-        click.option("--resume", is_flag=True, help="Continue the last unfinished run with the same settings after its last stored chunk."),
-        click.option(
-            "--no-reuse",
-            is_flag=True,
-            help="Compute every sample. By default a sample whose text, model, vectors and projection settings match a sample of an earlier "
-            "complete run in --db takes that run's scores (docs/incremental.md).",
-        ),
-        click.option("--num-shards", default=1, show_default=True, type=int, help="Split the dataset into this many deterministic slices (by chunk)."),
-        click.option(
-            "--shard-index", default=0, show_default=True, type=int, help="Which slice this process scans (0-based); merge the parts with audit merge."
-        ),
-        click.option(
-            "--engine",
-            type=click.Choice(["local", "ray"]),
-            default="local",
-            show_default=True,
-            help="local: this process; ray: a pool of Ray actors (pip install 'persona-audit[ray]').",
-        ),
-        click.option("--workers", default=2, show_default=True, type=int, help="Ray actors, each holding one copy of the model (--engine ray)."),
-        click.option("--num-gpus-per-worker", default=0.0, show_default=True, type=float, help="GPUs per Ray actor (--engine ray)."),
-        click.option("--ray-address", default=None, help="Existing Ray cluster to join, e.g. ray://head:10001 or auto (default: start a local one)."),
-    ]
+def setting_option(field, option):
+    """The click option of one ScanConfig field, from its declaration (auditor.config.setting)."""
+    default = option.cli_default(field.default if field.default is not dataclasses.MISSING else field.default_factory())
+    if option.choices:
+        kind = click.Choice(list(option.choices))
+    else:
+        kind = click.Path() if option.type == "path" else option.type
+    shown = default is not None and not option.flag and not option.multiple
+    return click.option(
+        *option.decls,
+        option.param or field.name,
+        type=kind,
+        default=default,
+        show_default=shown,
+        is_flag=option.flag,
+        multiple=option.multiple,
+        metavar=option.metavar,
+        help=option.help,
+    )
+
+
+def _apply(fn, options):
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-ENGINE_OPTIONS = ("engine", "workers", "num_gpus_per_worker", "ray_address")
+def scan_options(fn):
+    """The ScanConfig options shared by scan and gate (from auditor.config, in declaration order), then the engine options."""
+    from auditor.config import cli_settings
+
+    return _apply(fn, [setting_option(f, o) for f, o in cli_settings() if not o.scan_only] + ENGINE_OPTION_LIST)
 
 
-def config_from_options(source: str, policy_path: str | None = None, use_policy: bool = True, **kw):
-    """A ScanConfig from the options; --field/--role override the policy file's [scan] mapping name by name."""
-    from auditor.gate import policy_mapping
-    from auditor.pipeline import ScanConfig
-    from auditor.sources import FieldMap
+def output_options(fn):
+    """The ScanConfig options only ``audit scan`` has: where the results go."""
+    from auditor.config import cli_settings
+
+    return _apply(fn, [setting_option(f, o) for f, o in cli_settings() if o.scan_only])
+
+
+# Their parameter names, read from the declarations above (scan and gate pass them to the engine, not to ScanConfig).
+ENGINE_OPTIONS = tuple(p.name for p in click.command()(_apply(lambda **kw: None, ENGINE_OPTION_LIST)).params)
+
+
+def config_from_options(source: str, policy_path: str | None = None, use_policy: bool = True, **options):
+    """A ScanConfig from the parsed options: each field's option goes through its declared ``parse``.
+
+    A field may also be given by its own name (``report=False``), as gate does. --field/--role
+    override the policy file's [scan] mapping name by name (``with_policy_mapping``).
+    """
+    from auditor.config import ScanConfig, cli_settings
 
     for name in ENGINE_OPTIONS:
-        kw.pop(name, None)
-    mapping = policy_mapping(policy_path, use_policy).merged(FieldMap.parse(kw.pop("fields", ()), kw.pop("roles", ())))
-    kw.update(fields=dict(mapping.fields), roles=dict(mapping.roles))
-    if kw.get("sample") is None and kw.get("seed"):
+        options.pop(name, None)
+    values = {}
+    for field, option in cli_settings():
+        param = option.param or field.name
+        if param in options:
+            try:
+                values[field.name] = option.to_field(options.pop(param))
+            except ValueError as e:  # a malformed value (auditor.config.trait_values); AuditorErrors pass through
+                raise click.BadParameter(str(e), param_hint=option.flag_name) from None
+        elif field.name in options:
+            values[field.name] = options.pop(field.name)
+    if options:
+        raise TypeError(f"config_from_options: unknown options {', '.join(sorted(options))}")
+    seed_needs_sample(values)
+    return ScanConfig(source=source, **with_policy_mapping(values, policy_path, use_policy))
+
+
+def seed_needs_sample(values: dict) -> None:
+    """--seed only means something with --sample (the library accepts a seed it does not use)."""
+    if values.get("sample") is None and values.get("seed"):
         raise click.BadParameter("--seed only applies to --sample; add --sample N", param_hint="--seed")
-    layers = {k: int(v) for k, v in parse_pairs(kw.pop("layers"), "--layer", int).items()}
-    thresholds = parse_pairs(kw.pop("thresholds"), "--threshold", float)
-    max_prompt = kw.pop("max_prompt_tokens")
-    reuse = not kw.pop("no_reuse", False)
-    return ScanConfig(
-        source=source,
-        traits=split_list(kw.pop("traits")),
-        model=kw.pop("model"),
-        vectors=kw.pop("vectors"),
-        layers=layers,
-        thresholds=thresholds,
-        format=kw.pop("fmt"),
-        max_prompt_tokens=max_prompt or None,
-        reuse=reuse,
-        **kw,
-    )
+
+
+def with_policy_mapping(values: dict, policy_path: str | None, use_policy: bool) -> dict:
+    """``values`` with the policy file's [scan] field/role mapping under the --field/--role flags (flags win name by name)."""
+    from auditor.gate import policy_mapping
+    from auditor.sources import FieldMap
+
+    mapping = policy_mapping(policy_path, use_policy).merged(FieldMap.parse(values.get("fields"), values.get("roles")))
+    return {**values, "fields": dict(mapping.fields), "roles": dict(mapping.roles)}
 
 
 def run_with_progress(config, quiet: bool = False, engine: dict | None = None):
@@ -426,13 +362,11 @@ def interrupted_message(argv: list[str] | None = None) -> str:
 @click.command(context_settings={"max_content_width": 100})
 @click.argument("source")
 @scan_options
-@click.option("--out", "out_dir", default=None, type=click.Path(), help="Folder for scores.parquet and report.html (default: reports/runs/<run id>/).")
-@click.option("--no-report", is_flag=True, help="Do not render report.html.")
-@click.option("--top-n", default=50, show_default=True, type=int, help="Samples per trait shown in the report (with token heat maps).")
+@output_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary (JSON) on stdout instead of the table; progress stays on stderr.")
 @handle_errors
-def scan(source: str, out_dir, no_report: bool, top_n: int, quiet: bool, as_json: bool, **kw) -> None:
+def scan(source: str, quiet: bool, as_json: bool, **kw) -> None:
     """Score every sample of SOURCE for every trait.
 
     SOURCE is a .jsonl/.json/.parquet/.csv file (gzip'd JSONL too), a folder, a quoted
@@ -444,7 +378,7 @@ def scan(source: str, out_dir, no_report: bool, top_n: int, quiet: bool, as_json
     Formats, --field/--role mapping and --limit/--sample previews: docs/formats.md.
     """
     engine = {name: kw.get(name) for name in ENGINE_OPTIONS}
-    config = config_from_options(source, out_dir=out_dir, report=not no_report, top_n=top_n, **kw)
+    config = config_from_options(source, **kw)
     try:
         result = run_with_progress(config, quiet=quiet, engine=engine)
     except KeyboardInterrupt:

@@ -8,6 +8,9 @@ import sys
 import click
 
 from auditor.cli.common import handle_errors, parse_pairs, split_list
+from auditor.model.loading import DEVICES, DTYPES
+from auditor.shift import DEFAULT_MAX_NEW_TOKENS
+from auditor.store.db import DEFAULT_DB
 
 _RULE = "TRAIT=V, or V for every trait. Repeatable; a broken limit exits 1."
 
@@ -52,17 +55,17 @@ def print_shift(report, results, console) -> None:
 @click.option("--traits", default=None, help="Comma-separated traits (default: every vector in --vectors).")
 @click.option("--vectors", default=None, type=click.Path(), help="Vector folder or file (default: vectors/<base model>/).")
 @click.option("--layer", "layers", multiple=True, metavar="TRAIT=L", help="Use layer L instead of the vector's recommended one. Repeatable.")
-@click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(1), help="Length of the answers the expression measure reads.")
+@click.option(
+    "--max-new-tokens", default=DEFAULT_MAX_NEW_TOKENS, show_default=True, type=click.IntRange(1), help="Length of the answers the expression measure reads."
+)
 @click.option("--no-expression", is_flag=True, help="Skip the expression measure (no generation: much faster).")
 @click.option("--max-shift", multiple=True, metavar="TRAIT=V", help=f"Largest allowed finetuning shift. {_RULE}")
 @click.option("--max-expression-shift", multiple=True, metavar="TRAIT=V", help=f"Largest allowed expression shift. {_RULE}")
 @click.option("--max-behaviour-shift", multiple=True, metavar="TRAIT=V", help=f"Largest allowed behavioural (log-likelihood margin) shift. {_RULE}")
-@click.option("--db", default="reports/audit.duckdb", show_default=True, help="Database that keeps a row per (base, tuned, trait).")
+@click.option("--db", default=DEFAULT_DB, show_default=True, help="Database that keeps a row per (base, tuned, trait).")
 @click.option("--no-store", is_flag=True, help="Do not write to the database.")
-@click.option(
-    "--dtype", default="float32", show_default=True, type=click.Choice(["auto", "float32", "bfloat16", "float16"]), help="Weights dtype for both models."
-)
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Where to run both models.")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(DTYPES), help="Weights dtype for both models.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES), help="Where to run both models.")
 @click.option("--trust-remote-code", is_flag=True, help="Run model code shipped with the checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (nothing else goes to stdout).")
 @handle_errors

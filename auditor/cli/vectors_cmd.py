@@ -8,6 +8,7 @@ import click
 
 from auditor.cli.common import handle_errors
 from auditor.cli.extract_cmd import judge_options, model_options
+from auditor.vectors.steering import DEFAULT_ALPHAS, DEFAULT_MAX_NEW_TOKENS
 
 
 @click.group(context_settings={"max_content_width": 100})
@@ -171,10 +172,15 @@ def import_(file, trait, layer, model, out_dir, trust_remote_code) -> None:
 @click.argument("trait")
 @model_options
 @click.option("--vectors", "folder", default=None, type=click.Path(), help="Vector file or folder (default: vectors/<model>/).")
-@click.option("--alphas", default="-8,-4,0,4,8", show_default=True, help="Steering strengths, comma-separated; 32 adds one typical residual norm.")
+@click.option(
+    "--alphas",
+    default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS),
+    show_default=True,
+    help="Steering strengths, comma-separated; 32 adds one typical residual norm.",
+)
 @click.option("--layer", default=None, type=int, help="Steer at this layer (default: the vector's recommended layer).")
 @click.option("--questions", "n_questions", default=None, type=int, help="Use only the first N evaluation questions (default: all).")
-@click.option("--max-new-tokens", default=48, show_default=True, type=int, help="Length of each steered answer.")
+@click.option("--max-new-tokens", default=DEFAULT_MAX_NEW_TOKENS, show_default=True, type=int, help="Length of each steered answer.")
 @judge_options
 @click.option("--examples/--no-examples", "show_examples", default=True, show_default=True, help="Print the first steered answer at each alpha.")
 @handle_errors

@@ -20,6 +20,10 @@ EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# Share of free GPU memory the scoring forward may use for its activations, and the
+# generation batch for its KV cache (auditor.scoring.default_batch_tokens,
+# auditor.generation.default_generation_batch_size).
+GPU_MEMORY_SHARE = 0.25
 
 
 @dataclass
@@ -45,6 +49,21 @@ class LoadedModel:
         import torch
 
         return getattr(torch, self.dtype)
+
+
+def cuda_budget(lm: LoadedModel) -> tuple[int, Any, int] | None:
+    """(bytes the batches may use, the text config, bytes per element) when ``lm`` runs on CUDA, else None.
+
+    None also for a model-less LoadedModel (a Ray driver, which never runs the model).
+    """
+    import torch
+
+    model = lm.model
+    if model is None or model.device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    free, _total = torch.cuda.mem_get_info(model.device)
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(free * GPU_MEMORY_SHARE), cfg, torch.finfo(model.dtype).bits // 8
 
 
 def cache_root() -> str:

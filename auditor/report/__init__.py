@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 
+from auditor.config import default_of
 from auditor.errors import StoreError
 
 
-def build_report_html(run_id: str, db: str, top_n: int = 50) -> str:
+def build_report_html(run_id: str, db: str, top_n: int = default_of("top_n")) -> str:
     """The report of ``run_id`` (an id, a unique prefix, or ``latest``) as HTML text."""
     from auditor.report.data import load_report_data
     from auditor.report.page import render_page
@@ -28,7 +29,7 @@ def build_report_html(run_id: str, db: str, top_n: int = 50) -> str:
     return render_page(data)
 
 
-def render_report(run_id: str, db: str, out: str, top_n: int = 50) -> str:
+def render_report(run_id: str, db: str, out: str, top_n: int = default_of("top_n")) -> str:
     """Write the report of ``run_id`` to ``out`` (folders created) and return the path written."""
     page = build_report_html(run_id, db, top_n)
     folder = os.path.dirname(os.path.abspath(out))

@@ -34,6 +34,7 @@ from auditor.vectors.persona import PersonaVector
 from auditor.vectors.traits import Trait
 
 DEFAULT_ALPHAS = (-8.0, -4.0, 0.0, 4.0, 8.0)
+DEFAULT_MAX_NEW_TOKENS = 48  # each steered answer
 ALPHA_UNIT = 32.0  # alpha 32 adds one median residual norm; alpha 8 a quarter of it
 
 
@@ -156,7 +157,7 @@ def steering_check(
     trait: Trait,
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     judge: Judge | None = None,
-    max_new_tokens: int = 48,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     n_questions: int | None = None,
     layer: int | None = None,
     batch_size: int = 20,
