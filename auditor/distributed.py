@@ -130,7 +130,7 @@ def scan_run_ray(
     progress: Callable[[dict[str, Any]], None] | None = None,
 ):
     """Scan with ``workers`` Ray actors; returns the same ScanResult as the local engine."""
-    from auditor.pipeline import ChunkScorer, finalize_run, open_run, resolve_pairs, run_chunks
+    from auditor.pipeline import execute_scan, resolve_pairs
     from auditor.sources import expand_paths
 
     ray = _require_ray()
@@ -150,24 +150,8 @@ def scan_run_ray(
     actors = [Actor.options(num_cpus=cpus_per_worker, num_gpus=num_gpus_per_worker).remote(fields, max(int(cpus_per_worker), 1)) for _ in range(workers)]
     lm, vectors = driver_model(ray.get(actors[0].describe.remote()), fields, config)
     run_config = replace(config, vectors=fields["vectors"], model=fields["model"])
-    scorer = ChunkScorer(run_config, lm, vectors, run_id="")
-    run_id, out_dir, done = open_run(run_config, lm, vectors, scorer)
-    executor = RayExecutor(ray, actors, run_id)
     timings = {"load_model": 0.0, "generate": 0.0, "forward": 0.0, "write": 0.0}
-    counts = run_chunks(run_config, run_id, done, scorer, executor, os.path.join(out_dir, "parts"), timings, progress)
-    return finalize_run(
-        run_config,
-        run_id,
-        out_dir,
-        lm=lm,
-        vectors=vectors,
-        scorer=scorer,
-        started=started,
-        timings=timings,
-        counts=counts,
-        resumed=len(done),
-        score_fn=executor.token_values,
-    )
+    return execute_scan(run_config, lm, vectors, lambda scorer, run_id: RayExecutor(ray, actors, run_id), started, timings, progress)
 
 
 def actor_fields(config: Any, num_gpus_per_worker: float) -> dict[str, Any]:

@@ -153,161 +153,17 @@ def greedy_decode(
     return tokens
 
 
-# Decoding with a static KV cache and a compiled decode step (issue 16). The batch runs at
-# fixed sizes (powers of two) and a cache of fixed length (a multiple of STATIC_LENGTH_STEP),
-# so the compiled step is reused: rows that end keep running until the live rows fit the
-# next smaller size, then the batch is compacted to it.
-STATIC_LENGTH_STEP = 128
-DECODERS = ("dynamic", "static")
-_COMPILED_STEPS: dict[tuple[int, str], Any] = {}
-
-
-def _bucket(n: int) -> int:
-    """The batch size a static decode runs at for n live rows: the next power of two."""
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def _prefill_mask(prompt_mask: torch.Tensor, length: int) -> torch.Tensor:
-    """prompt_mask [B, T] (1 = real token, left-padded) -> boolean attention mask [B, 1, T, length]:
-    causal over the prompt's real tokens; cache slots from T on are empty. A padding position
-    attends to itself only (a row with nothing to attend to would give NaN keys and values)."""
-    width = prompt_mask.shape[1]
-    q = torch.arange(width, device=prompt_mask.device)[:, None]
-    kv = torch.arange(length, device=prompt_mask.device)[None, :]
-    causal = (kv <= q) & (kv < width)
-    real = torch.zeros((prompt_mask.shape[0], length), dtype=torch.bool, device=prompt_mask.device)
-    real[:, :width] = prompt_mask.bool()
-    return ((causal[None] & real[:, None, :]) | (kv == q)[None])[:, None]
-
-
-def _decode_step(model: Any, token: torch.Tensor, position: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
-    """One greedy step: token, position [B, 1], mask [B, 1, 1, L] (boolean), static cache -> next token [B]."""
-    out = model(input_ids=token, attention_mask=mask, position_ids=position, cache=cache, use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1].float().argmax(dim=-1)
-
-
-def compiled_decode_step(model: Any) -> Any:
-    """``torch.compile`` of :func:`_decode_step` for this model, made once per process (the
-    warm-up is paid once per process). On CUDA it also captures the step as CUDA graphs (mode
-    ``reduce-overhead``, one graph per batch bucket and cache length): written for GPUs,
-    never run on one (no GPU on the project machine), measured only on CPU."""
-    device = str(model.device).split(":")[0]
-    key = (id(model), device)
-    if key not in _COMPILED_STEPS:
-        import torch._dynamo
-
-        # Symbolic batch size and cache length: one graph serves every bucket (a batch of one is
-        # specialised: a second graph), instead of one multi-minute CPU compile per shape.
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
-        mode = "reduce-overhead" if device == "cuda" else None
-        _COMPILED_STEPS[key] = torch.compile(_decode_step, dynamic=True, mode=mode)
-    return _COMPILED_STEPS[key]
-
-
-def _compact(cache: Any, index: torch.Tensor) -> None:
-    """Keeps the rows ``index`` of a static cache (in that order), in place of the old tensors."""
-    for layer in cache.layers:
-        layer.keys = layer.keys.index_select(0, index)
-        layer.values = layer.values.index_select(0, index)
-        layer.batch_size = len(index)
-        if layer.keys.is_cuda:  # CUDA graphs need the cache at fixed addresses
-            import torch._dynamo
-
-            torch._dynamo.mark_static_address(layer.keys)
-            torch._dynamo.mark_static_address(layer.values)
-
-
-# long: one decode loop whose state (static cache, slots, positions, row owners, live rows) changes together at each step and at each compaction; split, every step would pass all of it around.
-def greedy_decode_static(
-    model: Any,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    max_new_tokens: int,
-    eos_ids: set[int],
-    compile: bool = True,
-) -> list[list[int]]:
-    """:func:`greedy_decode` with a static KV cache and a compiled decode step: the same contract
-    and the same tokens (tested against it and against one-prompt ``generate``).
-
-    The batch is padded to a power of two (copies of its last row) and the cache to a multiple
-    of ``STATIC_LENGTH_STEP`` slots, so the compiled step sees few shapes. A row that ends stays
-    in the batch (its tokens are ignored) until the live rows fit half the batch; then the cache
-    is compacted to the next power of two. Needs SDPA or eager attention and a model whose
-    layers write the cache through ``cache.update`` (transformers' ``StaticCache``).
-    """
-    from transformers import StaticCache
-
-    device = model.device
-    batch, width = input_ids.shape
-    size = _bucket(batch)
-    pad = torch.full((size - batch,), batch - 1, dtype=torch.long)
-    rows = torch.cat([torch.arange(batch), pad])
-    ids, mask = input_ids[rows].to(device), attention_mask[rows].to(device)
-    length = -(-(width + max_new_tokens) // STATIC_LENGTH_STEP) * STATIC_LENGTH_STEP
-    cache = StaticCache(config=model.config, max_cache_len=length)
-    step_fn = compiled_decode_step(model) if compile else _decode_step
-    eager = getattr(model.config, "_attn_implementation", "sdpa") == "eager"
-    graphs = compile and device.type == "cuda"
-
-    def as_attention(m: torch.Tensor) -> torch.Tensor:
-        # SDPA takes the boolean mask; eager attention adds it to the scores.
-        return torch.zeros(m.shape, dtype=model.dtype, device=device).masked_fill_(~m, torch.finfo(model.dtype).min) if eager else m
-
-    tokens: list[list[int]] = [[] for _ in range(batch)]
-    owner = rows.tolist()  # owner[r]: the input row that batch row r decodes
-    live = [r < batch for r in range(size)]  # padding copies are never live
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    slots = torch.zeros((size, length), dtype=torch.bool, device=device)
-    slots[:, :width] = mask.bool()
-    with torch.inference_mode():
-        out = model(
-            input_ids=ids, attention_mask=as_attention(_prefill_mask(mask, length)), position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
-        )
-        chosen = out.logits[:, -1].float().argmax(dim=-1)
-        next_position = positions[:, -1:] + 1
-        for step in range(max_new_tokens):
-            chosen_list = chosen.tolist()
-            for r, t in enumerate(chosen_list):
-                if live[r]:
-                    if t in eos_ids:
-                        live[r] = False
-                    else:
-                        tokens[owner[r]].append(t)
-            alive = [r for r in range(len(live)) if live[r]]
-            if not alive or step == max_new_tokens - 1:
-                break
-            if _bucket(len(alive)) < len(live):
-                keep = alive + [alive[-1]] * (_bucket(len(alive)) - len(alive))
-                index = torch.tensor(keep, device=device)
-                _compact(cache, index)
-                slots, next_position, chosen = slots[index], next_position[index], chosen[index]
-                owner = [owner[r] for r in keep]
-                live = [True] * len(alive) + [False] * (len(keep) - len(alive))
-            slots[:, width + step] = True
-            if graphs:  # a CUDA graph's output is overwritten by its next replay: keep a copy
-                torch.compiler.cudagraph_mark_step_begin()
-            chosen = step_fn(model, chosen[:, None], next_position, as_attention(slots[:, None, None, :]), cache)
-            chosen = chosen.clone() if graphs else chosen
-            next_position = next_position + 1
-    return tokens
-
-
 def generate_greedy(
     lm: LoadedModel,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
     batch_size: int = 16,
-    decoder: str = "dynamic",
 ) -> list[tuple[str, int]]:
     """Greedy continuations of token-id prompts -> [(text, generated token count)], in input order.
 
-    Prompts are sorted by length and left-padded in batches of ``batch_size``; ``decoder``
-    is ``dynamic`` (:func:`greedy_decode`) or ``static`` (:func:`greedy_decode_static`),
-    both the same tokens as ``generate(do_sample=False)``.
+    Prompts are sorted by length and left-padded in batches of ``batch_size``; the tokens are
+    those of ``generate(do_sample=False)`` (:func:`greedy_decode`).
     """
-    if decoder not in DECODERS:
-        raise ValueError(f"unknown decoder {decoder!r}; use one of {', '.join(DECODERS)}")
-    decode = greedy_decode if decoder == "dynamic" else greedy_decode_static
     tok = lm.tokenizer
     eos_ids = _eos_ids(lm)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -315,7 +171,7 @@ def generate_greedy(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         ids, mask = _left_padded([prompts[i] for i in chunk], tok.pad_token_id)
-        new = decode(lm.model, ids, mask, max_new_tokens, eos_ids)
+        new = greedy_decode(lm.model, ids, mask, max_new_tokens, eos_ids)
         for row, i in enumerate(chunk):
             out[i] = (tok.decode(new[row], skip_special_tokens=True), len(new[row]))
     return out  # type: ignore[return-value]

@@ -737,8 +737,9 @@ MAX_CHUNKS_PER_GROUP = 64
 def plan_work(config: ScanConfig, run_id: str, done: dict[int, str], scorer: ChunkScorer) -> Iterator[list[ChunkWork]]:
     """The pending chunks, prepared and grouped for the chunk step.
 
-    A full scan gives groups of one chunk; when most samples are reused, consecutive chunks
-    share one group until it holds ``chunk_size`` samples to compute, so a re-scan that changed
+    A chunk with nothing reused is a group of its own (so a scan without reuse batches exactly
+    as before); chunks with reused samples share one group until it holds ``chunk_size``
+    samples to compute, so a re-scan that changed
     a few records runs one forward of full batches instead of a small one per chunk. Each chunk
     is still committed on its own (resume and the run's counts stay per chunk).
     """
@@ -750,7 +751,14 @@ def plan_work(config: ScanConfig, run_id: str, done: dict[int, str], scorer: Chu
             first = prepared[1][0]
             raise first.error or InputError(first.source, first.line, first.reason)
         cached = lookup_base(config.db, scorer.lm.fingerprint, scorer.settings_key, scorer.prompt_hashes(prepared[0])) if config.baseline == "generate" else {}
-        group.append(ChunkWork(index, items, reused, prepared, cached))
+        work = ChunkWork(index, items, reused, prepared, cached)
+        if not reused:  # nothing reused: the chunk goes alone, batched exactly as in a scan without reuse
+            if group:
+                yield group
+                group = []
+            yield [work]
+            continue
+        group.append(work)
         if sum(w.n_compute for w in group) >= config.chunk_size or len(group) >= MAX_CHUNKS_PER_GROUP:
             yield group
             group = []
@@ -850,9 +858,22 @@ def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, A
         hidden_size=lm.hidden_size,
         fingerprint=lm.fingerprint,
     )
+    return execute_scan(config, lm, vectors, lambda scorer, run_id: LocalExecutor(scorer), started, timings, progress)
+
+
+def execute_scan(
+    config: ScanConfig,
+    lm: Any,
+    vectors: list[Any],
+    make_executor: Callable[[ChunkScorer, str], Any],
+    started: float,
+    timings: dict[str, float],
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> ScanResult:
+    """Register (or resume) the run, score its pending chunks with the executor ``make_executor(scorer, run_id)`` gives, finalize."""
     scorer = ChunkScorer(config, lm, vectors, run_id="")
     run_id, out_dir, done = open_run(config, lm, vectors, scorer)
-    executor = LocalExecutor(scorer)
+    executor = make_executor(scorer, run_id)
     counts = run_chunks(config, run_id, done, scorer, executor, os.path.join(out_dir, "parts"), timings, progress)
     return finalize_run(
         config,
