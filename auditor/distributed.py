@@ -38,8 +38,7 @@ def _scorer_actor(ray: Any):
             import torch
 
             from auditor.model import load_model
-            from auditor.pipeline import ChunkScorer, ScanConfig
-            from auditor.vectors import load_vectors
+            from auditor.pipeline import ChunkScorer, ScanConfig, scan_vectors
 
             if threads > 0:
                 torch.set_num_threads(threads)
@@ -51,15 +50,7 @@ def _scorer_actor(ray: Any):
                 trust_remote_code=self.config.trust_remote_code,
                 layers_path=self.config.layers_path,
             )
-            self.vectors = load_vectors(
-                self.config.vectors,
-                self.lm.name,
-                traits=self.config.traits,
-                layers=self.config.layers,
-                num_layers=self.lm.num_layers,
-                hidden_size=self.lm.hidden_size,
-                fingerprint=self.lm.fingerprint,
-            )
+            self.vectors = scan_vectors(self.config, self.lm)
             self.scorer = ChunkScorer(self.config, self.lm, self.vectors, run_id="")
 
         def describe(self) -> dict[str, Any]:
@@ -169,17 +160,8 @@ def driver_model(info: dict[str, Any], fields: dict[str, Any], config: Any) -> t
     """The driver's side of the model: the tokenizer and what the actors report (enough to prepare chunks
     and look up the cache), and the vectors checked against it."""
     from auditor.model.loading import LoadedModel, load_tokenizer
-    from auditor.vectors import load_vectors
-    from auditor.vectors.persona import default_vectors_dir
+    from auditor.pipeline import scan_vectors
 
     lm = LoadedModel(model=None, tokenizer=load_tokenizer(fields["model"], config.trust_remote_code), **info)
-    vectors = load_vectors(
-        fields["vectors"] or str(default_vectors_dir(lm.name)),
-        lm.name,
-        traits=config.traits,
-        layers=config.layers,
-        num_layers=lm.num_layers,
-        hidden_size=lm.hidden_size,
-        fingerprint=lm.fingerprint,
-    )
+    vectors = scan_vectors(replace(config, vectors=fields["vectors"]), lm)
     return lm, vectors

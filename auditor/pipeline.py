@@ -838,7 +838,6 @@ def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, A
     """Scan a dataset and store the results; see the module docstring."""
     from auditor.model import load_model
     from auditor.sources import check_not_empty, expand_paths
-    from auditor.vectors import load_vectors
 
     config.validate()
     expand_paths(config.source)  # a missing file fails now, not after the model has loaded
@@ -849,7 +848,14 @@ def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, A
     if lm is None:
         lm = load_model(config.model, dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code, layers_path=config.layers_path)
         timings["load_model"] = lm.load_seconds
-    vectors = load_vectors(
+    return execute_scan(config, lm, scan_vectors(config, lm), lambda scorer, run_id: LocalExecutor(scorer), started, timings, progress)
+
+
+def scan_vectors(config: ScanConfig, lm: Any) -> list[Any]:
+    """The run's vectors (``--vectors``, or the shipped ones of the model), checked against the model."""
+    from auditor.vectors import load_vectors
+
+    return load_vectors(
         config.vectors,
         lm.name,
         traits=config.traits,
@@ -858,7 +864,6 @@ def scan_run(config: ScanConfig, lm: Any = None, progress: Callable[[dict[str, A
         hidden_size=lm.hidden_size,
         fingerprint=lm.fingerprint,
     )
-    return execute_scan(config, lm, vectors, lambda scorer, run_id: LocalExecutor(scorer), started, timings, progress)
 
 
 def execute_scan(
