@@ -26,39 +26,19 @@ ROOT = Path(__file__).resolve().parents[1]
 def record(out: Path, embedded: bool) -> None:
     import duckdb
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import SMALL_CHATS, make_vectors, write_jsonl
+    from conftest import SMALL_CHATS, make_vectors, save_tiny_llama, write_jsonl
 
     from auditor.model import load_model
-    from auditor.model.loading import _embedded_dir
     from auditor.pipeline import ScanConfig, scan_run
 
     torch.set_num_threads(1)
     shutil.rmtree(out, ignore_errors=True)
     work = out / "work"
     work.mkdir(parents=True)
-    tokenizer = AutoTokenizer.from_pretrained(_embedded_dir()[0])
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(work / "tiny")
-    tokenizer.save_pretrained(work / "tiny")
+    save_tiny_llama(work / "tiny")
     tiny = load_model(str(work / "tiny"), dtype="float32", device="cpu")
     vectors = make_vectors(work / "vectors", tiny.num_layers, tiny.hidden_size, fingerprint=tiny.fingerprint)
 

@@ -32,15 +32,13 @@ def embedded_lm_bf16():
     return load_model(None, dtype="bfloat16", device="cpu")
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A randomly initialised 4-layer Llama with the embedded model's tokenizer, saved as a local folder."""
+def save_tiny_llama(folder) -> str:
+    """A randomly initialised (seed 0) 4-layer Llama with the embedded model's tokenizer, saved in ``folder``."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from auditor.model.loading import _embedded_dir
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
     tokenizer = AutoTokenizer.from_pretrained(_embedded_dir()[0])
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -61,6 +59,12 @@ def tiny_model_dir(tmp_path_factory):
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """The tiny Llama of ``save_tiny_llama`` as a local folder, once per test session."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")
