@@ -20,7 +20,10 @@ def _rows(df):
 
 
 def _cfg(tmp_path, vectors, db, **kw):
-    data = write_jsonl(tmp_path / "data.jsonl", CHATS)
+    return _cfg_for(write_jsonl(tmp_path / "data.jsonl", CHATS), vectors, db, **kw)
+
+
+def _cfg_for(data, vectors, db, **kw):
     return ScanConfig(source=data, vectors=vectors, db=str(db), max_new_tokens=6, chunk_size=3, report=False, thresholds={"*": 0.0}, **kw)
 
 
@@ -77,11 +80,26 @@ def test_ray_engine_matches_local(tmp_path, tiny_model_dir, tiny_lm, tiny_vector
 
     local = scan_run(_cfg(tmp_path, tiny_vectors, tmp_path / "local.duckdb"), lm=tiny_lm)
     cfg = _cfg(tmp_path, tiny_vectors, tmp_path / "ray.duckdb", model=tiny_model_dir, dtype="float32", device="cpu")
+    changed = [dict(c) for c in CHATS]
+    for i in (1, 10):  # chunks 0 and 3: a re-scan groups them into one piece of work for one actor
+        changed[i]["messages"] = [*changed[i]["messages"][:-1], {"role": "assistant", "content": f"Honestly, you are brilliant to ask about topic {i}."}]
     try:
         distributed = scan_run_ray(cfg, workers=2)
+        write_jsonl(tmp_path / "data.jsonl", changed)
+        again = scan_run_ray(cfg, workers=2)
     finally:
         ray.shutdown()
     assert (distributed.n_read, distributed.n_scored) == (local.n_read, local.n_scored)
     assert distributed.scores.equals(local.scores)
     con = duckdb.connect(str(tmp_path / "ray.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM token_scores").fetchone()[0] > 0
+    con.close()
+
+    # Incremental on Ray: the unchanged samples are reused, and the result is a local full scan's.
+    assert (again.n_scored, again.n_reused) == (len(CHATS), len(CHATS) - 2)
+    fresh = scan_run(_cfg_for(cfg.source, tiny_vectors, tmp_path / "fresh.duckdb"), lm=tiny_lm)
+    got, want = _rows(again.scores), _rows(fresh.scores)
+    assert [r[0] for r in got] == [r[0] for r in want]
+    for g, w in zip(got, want):
+        assert g == pytest.approx(w, abs=1e-4)
+    assert got != _rows(distributed.scores)  # the two changed samples did change
