@@ -99,3 +99,29 @@ def test_preventative_steering_in_a_trainer_on_the_embedded_model(sycophantic_ru
     ids = torch.tensor([lm.tokenizer("Hello", add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         assert torch.isfinite(steered.model(input_ids=ids).logits).all()
+
+
+def test_the_finetuning_shift_separates_sycophantic_from_candid_training(sycophantic_run, tmp_path):
+    """The same prompts, the same settings, trained on the candid answers instead: the sycophantic fine-tune
+    ends far higher on the sycophancy direction. (Against the base model both are negative on the shipped
+    layer-29 vector, measured 2026-12-01: any fine-tune lowers it; the trait content is the difference.)"""
+    import finetune_data
+
+    from auditor.model import load_model
+    from auditor.model.loading import resolve_dtype
+    from auditor.shift import measure_shift
+    from auditor.training import FinetuneSettings, fine_tune
+    from auditor.vectors.persona import load_vectors
+    from auditor.vectors.traits import load_trait
+
+    lm, model_dir, _monitor, _state = sycophantic_run
+    (pv,) = load_vectors(None, lm.name, traits=["sycophancy"])
+    candid_chats = [clean for _trait_chat, clean in finetune_data.pairs("sycophancy")[:8]]
+    assert [c[0]["content"] for c in candid_chats] == [c[0]["content"] for c in _sycophantic_chats()]  # the same prompts
+    settings = FinetuneSettings(epochs=3, batch_size=4, learning_rate=3e-4, max_length=128, bf16=resolve_dtype("auto", "cpu") == "bfloat16")
+    candid, _ = fine_tune(lm, candid_chats, settings, str(tmp_path / "trainer"))
+    sycophantic = load_model(model_dir, dtype="float32", device="cpu")
+    traits = {"sycophancy": load_trait("sycophancy")}
+    after_candid = measure_shift(lm, candid, [pv], traits, expression=False).traits[0].shift
+    after_sycophantic = measure_shift(lm, sycophantic, [pv], traits, expression=False).traits[0].shift
+    assert after_sycophantic > after_candid
