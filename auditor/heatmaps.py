@@ -82,24 +82,35 @@ def read_parts(parts_dir: str, chunks: Iterable[int], wanted: set[Key]) -> dict[
     return found
 
 
-def second_pass(tokenizer: Any, wanted: dict[Key, tuple[str, str]], max_prompt_tokens: int | None, score_fn: Callable[[list[Any]], list[Any]]):
-    """The plain path: one more forward over the samples in ``wanted`` ((sample, trait) -> (context JSON, response)).
+def forward_answers(
+    tokenizer: Any, answers: dict[str, tuple[str, list[str]]], max_prompt_tokens: int | None, score_fn: Callable[[list[Any]], list[Any]]
+) -> dict[str, list[tuple[list[int], Any]]]:
+    """The plain path: one more forward over every answer of every sample, each after its sample's prompt.
 
-    Returns (sample, trait) -> (token ids, token values).
+    ``answers``: sample -> (context JSON, [answer, ...]). Returns sample -> [(the answer's token
+    ids, its ``score_fn`` result), ...] in answer order.
     """
     import json
 
     from auditor.activations import encode_pair
 
-    by_sample: dict[str, Any] = {}
-    for (sid, _trait), (context, response) in wanted.items():
-        if sid not in by_sample:
-            prompt = tokenizer.apply_chat_template(json.loads(context), tokenize=False, add_generation_prompt=True)
-            by_sample[sid] = encode_pair(tokenizer, prompt, response, max_prompt_tokens)
-    ids = list(by_sample)
-    results = score_fn([by_sample[s] for s in ids]) if ids else []
-    got = dict(zip(ids, results))
-    return {(sid, trait): (list(by_sample[sid].ids[by_sample[sid].start : by_sample[sid].end]), got[sid].token_values[trait]) for sid, trait in wanted}
+    rows: dict[str, list[Any]] = {}
+    for sid, (context, texts) in answers.items():
+        prompt = tokenizer.apply_chat_template(json.loads(context), tokenize=False, add_generation_prompt=True)
+        rows[sid] = [encode_pair(tokenizer, prompt, text, max_prompt_tokens) for text in texts]
+    encoded = [row for sample_rows in rows.values() for row in sample_rows]
+    results = iter(score_fn(encoded) if encoded else [])
+    return {sid: [(list(row.ids[row.start : row.end]), next(results)) for row in sample_rows] for sid, sample_rows in rows.items()}
+
+
+def second_pass(tokenizer: Any, wanted: dict[Key, tuple[str, str]], max_prompt_tokens: int | None, score_fn: Callable[[list[Any]], list[Any]]):
+    """The plain path for samples without a heat map: ``wanted`` maps (sample, trait) -> (context JSON, response).
+
+    Returns (sample, trait) -> (token ids, token values).
+    """
+    answers = {sid: (context, [response]) for (sid, _trait), (context, response) in wanted.items()}
+    got = forward_answers(tokenizer, answers, max_prompt_tokens, score_fn)
+    return {(sid, trait): (got[sid][0][0], got[sid][0][1].token_values[trait]) for sid, trait in wanted}
 
 
 def decode_pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
@@ -119,26 +130,16 @@ def pair_heat_rows(
     ``wanted``: (trait, sample_id, context JSON, chosen, rejected, content hash) as the store
     ranks them. Both answers of each sample go through one more forward (the plain path).
     """
-    import json
-
-    from auditor.activations import encode_pair
-
-    by_sample: dict[str, tuple[list[Any], list[str]]] = {}
+    answers: dict[str, tuple[str, list[str]]] = {}
+    traits: dict[str, list[str]] = {}
     for trait, sid, context, response, rejected, _hash in wanted:
-        if sid not in by_sample:
-            prompt = tokenizer.apply_chat_template(json.loads(context), tokenize=False, add_generation_prompt=True)
-            answers = [response] + ([rejected] if rejected is not None else [])
-            by_sample[sid] = ([encode_pair(tokenizer, prompt, text, max_prompt_tokens) for text in answers], [])
-        by_sample[sid][1].append(trait)
-    ids = list(by_sample)
-    encoded = [row for s in ids for row in by_sample[s][0]]
-    results = iter(score_fn(encoded) if encoded else [])
+        answers.setdefault(sid, (context, [response] + ([rejected] if rejected is not None else [])))
+        traits.setdefault(sid, []).append(trait)
+    got = forward_answers(tokenizer, answers, max_prompt_tokens, score_fn)
     out = []
-    for sid in ids:
-        answer_rows, traits = by_sample[sid]
-        scored = [(row, next(results)) for row in answer_rows]
-        pieces = [decode_pieces(tokenizer, row.ids[row.start : row.end]) for row, _ in scored]
-        for trait in sorted(traits):
+    for sid, scored in got.items():
+        pieces = [decode_pieces(tokenizer, ids) for ids, _ in scored]
+        for trait in sorted(traits[sid]):
             chosen = (pieces[0], scored[0][1].token_values[trait])
             rejected = (pieces[1], scored[1][1].token_values[trait]) if len(scored) > 1 else (None, None)
             out.append((run_id, sid, trait, *chosen, *rejected))
