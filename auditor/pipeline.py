@@ -158,6 +158,13 @@ class ChunkOutput:
         return len(self.rejects)
 
 
+def fail_on_reject(rejects: list[Rejected], on_error: str) -> None:
+    """With ``--on-error fail``, a chunk's first bad record stops the scan (its own error, or one naming its place)."""
+    if rejects and on_error == "fail":
+        first = rejects[0]
+        raise first.error or InputError(first.source, first.line, first.reason)
+
+
 @dataclass
 class ChunkWork:
     """One chunk, ready for the chunk step: its records, what earlier runs already scored, the prepared rest and its cached base responses."""
@@ -360,16 +367,13 @@ class ChunkScorer:
         """
         reused = reused or {}
         prepared = prepared if prepared is not None else self.prepare(items, skip=set(reused))
+        fail_on_reject(prepared[1], self.config.on_error)
         return self.score_group([ChunkWork(index, items, reused, prepared, cached or {})])[0]
 
     def score_group(self, group: list[ChunkWork]) -> list[ChunkOutput]:
-        """The chunk step for chunks planned together (``plan_work``): one generation and one forward over all
-        their samples to compute, then each chunk's rows on their own (what the store commits)."""
-        if self.config.on_error == "fail":
-            for work in group:
-                if work.prepared[1]:
-                    first = work.prepared[1][0]
-                    raise first.error or InputError(first.source, first.line, first.reason)
+        """The chunk step for chunks planned together (``plan_work``, whose rejects were checked against
+        ``--on-error`` there): one generation and one forward over all their samples to compute, then each
+        chunk's rows on their own (what the store commits)."""
         ready = [r for work in group for r in work.prepared[0]]
         cached = {k: v for work in group for k, v in work.cached.items()}
         base, new_base, n_cached, seconds = self.base_responses(ready, cached)
@@ -747,9 +751,7 @@ def plan_work(config: ScanConfig, run_id: str, done: dict[int, str], scorer: Chu
     for index, items in pending_chunks(config, run_id, done):
         reused = lookup_reused(config.db, scorer, items)
         prepared = scorer.prepare(items, skip=set(reused))
-        if prepared[1] and config.on_error == "fail":  # before any work is spent on the group
-            first = prepared[1][0]
-            raise first.error or InputError(first.source, first.line, first.reason)
+        fail_on_reject(prepared[1], config.on_error)  # before any work is spent on the group
         cached = lookup_base(config.db, scorer.lm.fingerprint, scorer.settings_key, scorer.prompt_hashes(prepared[0])) if config.baseline == "generate" else {}
         work = ChunkWork(index, items, reused, prepared, cached)
         if not reused:  # nothing reused: the chunk goes alone, batched exactly as in a scan without reuse
