@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import EXAMPLES, ROOT, chat, make_vectors, write_jsonl
 from datagen import conversation_records, messages_records, question_answer_records, write_parquet
+from test_equivalence import plain_projection
 
 from auditor.cli import main
 from auditor.pipeline import ScanConfig, scan_run
@@ -54,20 +55,8 @@ def pair_run(tmp_path_factory, tiny_lm):
 
 
 def plain_projections(lm, messages, response, vectors) -> dict[str, float]:
-    """METHOD.md's projection of one response for every trait: one forward, all hidden states (the plain path)."""
-    import torch
-
-    tok = lm.tokenizer
-    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ids = tok(prompt + response, return_tensors="pt", add_special_tokens=False).input_ids
-    p = len(tok(prompt, add_special_tokens=False).input_ids)
-    with torch.no_grad():
-        hs = lm.model(ids, output_hidden_states=True).hidden_states
-    out = {}
-    for trait, pv in vectors.items():
-        v = pv.vector[pv.layer].float()
-        out[trait] = float(hs[pv.layer][0, p:].float().mean(0) @ v / v.norm())
-    return out
+    """METHOD.md's projection of one response for every trait, by the plain one-sample path of test_equivalence."""
+    return {trait: plain_projection(lm, messages, response, pv.vector, pv.layer) for trait, pv in vectors.items()}
 
 
 def test_margin_is_the_difference_of_the_plain_per_response_projections(pair_run, tiny_lm):
