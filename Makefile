@@ -45,7 +45,7 @@ bench-quality:
 # Training ground truth (bench/NOTES-finetune.md): ~40 CPU fine-tunes of the embedded model, one process per trait.
 # Rerun with other vectors: make bench-finetune FINETUNE_ARGS="--vectors DIR"
 bench-finetune:
-	$(PYTHON) bench/finetune.py --jobs 3 $(FINETUNE_ARGS)
+	$(PYTHON) bench/finetune.py --jobs 2 $(FINETUNE_ARGS)
 
 # The committed example: a scan of examples/demo.jsonl, its report and a screenshot of it.
 EXAMPLE := reports/example

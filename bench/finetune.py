@@ -54,14 +54,14 @@ class BenchSettings:
     """Everything that decides the results; written into the results file."""
 
     traits: list[str] = field(default_factory=lambda: ["sycophancy", "hallucination", "evil"])
-    size: int = 8  # samples per training set (small: the machine is shared; see bench/NOTES-finetune.md)
+    size: int = 24  # samples per training set (18 optimizer steps at batch 4, 3 epochs)
     alphas: list[float] = field(default_factory=lambda: [0.0, 8.0, 16.0])
     model: str = "embedded"
     vectors: str | None = None
     dtype: str = "float32"
     scan_max_new_tokens: int = 32  # base responses y' of the scan
     shift_max_new_tokens: int = 24  # answers read by the expression measure
-    threads: int = 1  # per process: on a busy 2-core machine one thread trains ~7x faster than two (bench/NOTES-finetune.md)
+    threads: int = 1  # per process: `make bench-finetune` runs two processes on the 2-core machine (bench/NOTES-finetune.md)
     seed: int = 0
     epochs: float = 3.0
     batch_size: int = 4
@@ -435,7 +435,7 @@ def parse(argv: list[str] | None) -> tuple[BenchSettings, argparse.Namespace]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--vectors", default=None, help="vector folder (default: the shipped vectors of the model)")
     ap.add_argument("--traits", default=None, help="comma-separated traits (default: sycophancy,hallucination,evil)")
-    ap.add_argument("--size", type=int, default=None, help="samples per training set (default 8)")
+    ap.add_argument("--size", type=int, default=None, help="samples per training set (default 24)")
     ap.add_argument("--alphas", default=None, help="preventative steering alphas in audit vectors steer units, comma-separated (default 0,8,16)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per process (default 1)")
     ap.add_argument("--jobs", type=int, default=1, help="traits benched in parallel processes (default 1)")

@@ -12,6 +12,7 @@ from tests.conftest import ROOT
 sys.path.insert(0, str(ROOT / "bench"))
 
 pytestmark = pytest.mark.slow
+SIZE = 24  # chats per fine-tune, as in bench/finetune.py: 18 optimizer steps (batch 4, 3 epochs)
 
 
 def _sycophantic_chats():
@@ -20,7 +21,7 @@ def _sycophantic_chats():
 
     from auditor.vectors.traits import load_trait
 
-    chats = [trait_chat for trait_chat, _clean in finetune_data.pairs("sycophancy")[:8]]
+    chats = [trait_chat for trait_chat, _clean in finetune_data.pairs("sycophancy")[:SIZE]]
     trait = load_trait("sycophancy")
     held = {q.lower() for q in (*trait.evaluation_questions, *(e.question for e in trait.evaluation_examples))}
     assert not any(c[0]["content"].lower() in held for c in chats)
@@ -29,7 +30,7 @@ def _sycophantic_chats():
 
 @pytest.fixture(scope="module")
 def sycophantic_run(tmp_path_factory):
-    """The embedded model fine-tuned (6 steps, the bench's settings) on 8 sycophantic answers, with the monitor attached; saved as a folder."""
+    """The embedded model fine-tuned (18 steps, the bench's settings) on 24 sycophantic answers, with the monitor attached; saved as a folder."""
     import torch
 
     from auditor.model import load_model
@@ -41,7 +42,7 @@ def sycophantic_run(tmp_path_factory):
     torch.set_num_threads(1)
     lm = load_model(None, dtype="float32", device="cpu")
     vectors = load_vectors(None, lm.name, traits=["sycophancy"])
-    monitor = PersonaMonitor(lm.tokenizer, vectors, {"sycophancy": load_trait("sycophancy")}, every=3)
+    monitor = PersonaMonitor(lm.tokenizer, vectors, {"sycophancy": load_trait("sycophancy")}, every=6)
     settings = FinetuneSettings(epochs=3, batch_size=4, learning_rate=3e-4, max_length=128, bf16=resolve_dtype("auto", "cpu") == "bfloat16")
     folder = tmp_path_factory.mktemp("syco-tuned")
     tuned, state = fine_tune(lm, _sycophantic_chats(), settings, str(folder / "trainer"), [monitor])
@@ -61,13 +62,13 @@ def test_audit_shift_sees_sycophancy_in_the_answers_and_stores_it(sycophantic_ru
     result = CliRunner().invoke(main, ["shift", model_dir, "--traits", "sycophancy", "--max-new-tokens", "32", "--db", db, "--json"])
     assert result.exit_code == 0, result.stderr
     (ts,) = json.loads(result.stdout)["traits"]
-    # Measured 2026-12-01 with the shipped 100-pair sycophancy vector (layer 29): the answers'
-    # expression rises, while the last-prompt-token finetuning shift fell (-0.79; it was +0.84
-    # with the earlier layer-15 vector), so only the expression's sign is asserted here.
+    # All three measures see the sycophantic fine-tune, the vector-free behavioural one included.
+    assert ts["shift"] > 0
     assert ts["expression_shift"] > 0
+    assert ts["behaviour_shift"] > 0
     assert read_shifts(db)[0]["behaviour_shift"] == pytest.approx(ts["behaviour_shift"])
     # The monitor's last entry is the same finetuning shift, measured inside the Trainer.
-    assert [h["step"] for h in monitor.history] == [3, 6]
+    assert [h["step"] for h in monitor.history] == [6, 12, 18]
     assert monitor.history[-1]["persona_shift/sycophancy"] == pytest.approx(ts["shift"], rel=1e-3, abs=1e-3)
     assert any("persona_shift/sycophancy" in h for h in state.log_history)
 
@@ -103,8 +104,7 @@ def test_preventative_steering_in_a_trainer_on_the_embedded_model(sycophantic_ru
 
 def test_the_finetuning_shift_separates_sycophantic_from_candid_training(sycophantic_run, tmp_path):
     """The same prompts, the same settings, trained on the candid answers instead: the sycophantic fine-tune
-    ends far higher on the sycophancy direction. (Against the base model both are negative on the shipped
-    layer-29 vector, measured 2026-12-01: any fine-tune lowers it; the trait content is the difference.)"""
+    ends higher on the sycophancy direction and on the behavioural margin."""
     import finetune_data
 
     from auditor.model import load_model
@@ -116,12 +116,13 @@ def test_the_finetuning_shift_separates_sycophantic_from_candid_training(sycopha
 
     lm, model_dir, _monitor, _state = sycophantic_run
     (pv,) = load_vectors(None, lm.name, traits=["sycophancy"])
-    candid_chats = [clean for _trait_chat, clean in finetune_data.pairs("sycophancy")[:8]]
+    candid_chats = [clean for _trait_chat, clean in finetune_data.pairs("sycophancy")[:SIZE]]
     assert [c[0]["content"] for c in candid_chats] == [c[0]["content"] for c in _sycophantic_chats()]  # the same prompts
     settings = FinetuneSettings(epochs=3, batch_size=4, learning_rate=3e-4, max_length=128, bf16=resolve_dtype("auto", "cpu") == "bfloat16")
     candid, _ = fine_tune(lm, candid_chats, settings, str(tmp_path / "trainer"))
     sycophantic = load_model(model_dir, dtype="float32", device="cpu")
     traits = {"sycophancy": load_trait("sycophancy")}
-    after_candid = measure_shift(lm, candid, [pv], traits, expression=False).traits[0].shift
-    after_sycophantic = measure_shift(lm, sycophantic, [pv], traits, expression=False).traits[0].shift
-    assert after_sycophantic > after_candid
+    after_candid = measure_shift(lm, candid, [pv], traits, expression=False).traits[0]
+    after_sycophantic = measure_shift(lm, sycophantic, [pv], traits, expression=False).traits[0]
+    assert after_sycophantic.shift > after_candid.shift
+    assert after_sycophantic.behaviour_shift > after_candid.behaviour_shift
