@@ -47,6 +47,7 @@ from auditor.vectors.persona import portable_path  # noqa: E402
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 SCORES = ("delta", "projection", "prompt_last_delta")
 MEASURES = ("shift", "expression_shift", "behaviour_shift")
+SAMPLE_SETS = ("top_delta", "top_projection", "top_prompt_last_delta", "random", "bottom_delta")  # k samples of the pool each
 
 
 @dataclass
@@ -267,16 +268,13 @@ def bench_trait(bench: Bench, trait: str, log: Any, only: list[str] | None = Non
         log(f"{trait} {name}: shift {r['shifts'][trait]} ({r['seconds']} s)")
     k = s.size
     res["samples"] = {}
-    wanted = (
-        ("top_delta", "top_projection", "random", "bottom_delta")
-        if only is None
-        else [n for n in only if n in ("top_delta", "top_projection", "random", "bottom_delta")]
-    )
+    wanted = SAMPLE_SETS if only is None else [n for n in only if n in SAMPLE_SETS]
     for name in wanted:
         by = {sc: sorted(range(len(pool)), key=lambda i: (scores[i][sc], i)) for sc in SCORES}
         picks = {
             "top_delta": by["delta"][-k:],
             "top_projection": by["projection"][-k:],
+            "top_prompt_last_delta": by["prompt_last_delta"][-k:],
             "random": sorted(random.Random(s.seed).sample(range(len(pool)), k)),
             "bottom_delta": by["delta"][:k],
         }

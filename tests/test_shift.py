@@ -207,7 +207,7 @@ def test_bench_quick_mode_runs_the_whole_code_path(tmp_path):
     res = json.loads(out.read_text())
     syc = res["traits"]["sycophancy"]
     assert sorted(syc["datasets"]) == ["realistic", "share_0", "share_100", "share_25", "share_50", "share_75"]
-    assert sorted(syc["samples"]) == ["bottom_delta", "random", "top_delta", "top_projection"]
+    assert sorted(syc["samples"]) == ["bottom_delta", "random", "top_delta", "top_projection", "top_prompt_last_delta"]
     assert sorted(syc["steering"]) == ["0.0", "4.0"]
     assert {r["n"] for r in syc["datasets"].values()} == {4}
     # The share sets hold exactly their share of trait answers: their mean delta is the mean of those pool rows.
