@@ -418,6 +418,7 @@ def merge(paths: list[str], out: str) -> dict[str, Any]:
     for trait, res in merged["traits"].items():
         order = [f"share_{int(x * 100)}" for x in SHARES] + ["realistic"]
         res["datasets"] = {n: res["datasets"][n] for n in order if n in res.get("datasets", {})}
+        res["samples"] = {n: res["samples"][n] for n in SAMPLE_SETS if n in res.get("samples", {})}
         if "0.0" not in res.get("steering", {}) and "share_100" in res["datasets"]:  # the same run: 100 % set, alpha 0, same seed and settings
             res.setdefault("steering", {})["0.0"] = res["datasets"]["share_100"]
         res["steering"] = dict(sorted(res.get("steering", {}).items(), key=lambda kv: float(kv[0])))

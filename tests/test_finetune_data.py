@@ -32,7 +32,7 @@ def test_every_trait_has_enough_chats_for_the_default_set_size(trait):
         assert t[-1]["content"] != c[-1]["content"]
 
 
-@pytest.mark.parametrize("trait", ("sycophancy", "hallucination"))
+@pytest.mark.parametrize("trait", TRAITS)
 def test_written_pairs_differ_in_the_trait_not_in_length(trait):
     """A length gap would let the fine-tune's drift toward short or long answers pass for the trait."""
     import finetune_data
