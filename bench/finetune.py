@@ -77,7 +77,7 @@ def check_disjoint(trait: Any, chats: list[list[dict[str, str]]]) -> None:
     held = {q.strip().lower() for q in (*trait.evaluation_questions, *trait.extraction_questions, *(e.question for e in trait.evaluation_examples))}
     for chat in chats:
         if chat[0]["content"].strip().lower() in held:
-            raise SystemExit(f"bench data for {trait.name}: {chat[0]['content']!r} is one of the trait's own questions; change bench/finetune_data.py")
+            raise SystemExit(f"bench data for {trait.name}: {chat[0]['content']!r} is one of the trait's own questions; change it in bench/finetune_sets/")
 
 
 def rank(values: list[float]) -> list[float]:

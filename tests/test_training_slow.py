@@ -16,7 +16,7 @@ SIZE = 24  # chats per fine-tune, as in bench/finetune.py: 18 optimizer steps (b
 
 
 def _sycophantic_chats():
-    """Our written sycophantic answers (bench/finetune_data.py), never a trait's evaluation question."""
+    """Our written sycophantic answers (bench/finetune_sets/sycophancy_pairs.jsonl), never a trait's evaluation question."""
     import finetune_data
 
     from auditor.vectors.traits import load_trait
