@@ -133,10 +133,11 @@ class ScanConfig:
         {}, "--layer", multiple=True, parse=_layers, help="Layer to use, TRAIT=L or L for all (default: the vector's recommended layer). Repeatable."
     )
     baseline: str = setting(
-        "generate",
+        "prompt-last",
         "--baseline",
         choices=BASELINES,
-        help="What to subtract: the base model's own response (generate), the last prompt token (prompt-last), or nothing (raw projection).",
+        help="What to subtract: the base model's state at the last prompt token (prompt-last; no generation), its own greedy response "
+        "(generate, the paper's), or nothing (raw projection). docs/detection.md compares them.",
     )
     format: str = setting(
         "auto",

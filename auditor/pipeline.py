@@ -75,6 +75,7 @@ class ScanResult:
     resumed_chunks: int = 0
     n_reused: int = 0  # of n_scored: taken from an earlier complete run, not computed
     heat_maps: dict[str, int] = field(default_factory=dict)  # where the report's heat maps came from: forward, earlier_run, second_pass
+    baseline: str = "prompt-last"  # what delta subtracts; only "generate" makes base responses
 
     @property
     def n_computed(self) -> int:
@@ -961,6 +962,7 @@ def finalize_run(
         resumed_chunks=resumed,
         n_reused=totals["n_reused"],
         heat_maps=heat_sources,
+        baseline=config.baseline,
     )
 
 

@@ -203,6 +203,15 @@ def main() -> None:
             row["flag_rate_clean_answers"] = round(float(np.mean(neg > thresholds[t][k])), 4)
             block[k] = row
         results["labelled_test"][t] = block
+    # Specificity: each OTHER vector's score on this set's explicit test pairs (trait answer vs clean answer).
+    results["cross_trait"] = {}
+    for t in args.sets:
+        recs, sc = ev[t]
+        m = (np.array([r["split"] for r in recs]) == "test") & (np.array([r["set"] for r in recs]) == "explicit")
+        label = np.array([r["label"] for r in recs])
+        for u in TRAITS:
+            if u != t:
+                results["cross_trait"].setdefault(u, {})[t] = {k: round(auroc(v[m & (label == 1)], v[m & (label == 0)]), 4) for k, v in sc[u].items()}
 
     demo = load_records(ROOT / "examples" / "demo.jsonl")
     tok = lm.tokenizer
@@ -252,6 +261,10 @@ def print_table(results: dict) -> None:
             print(
                 f"| {t} | {k} | {r['explicit']:.3f} | {r['nonobvious']:.3f} | {r['vs_controls_dev']:.3f} | {r['flag_rate_trait']:.0%} / {r['flag_rate_clean_answers']:.0%} |"
             )
+    print("\n| vector | on the explicit pairs of | " + " | ".join(next(iter(next(iter(results["cross_trait"].values())).values()))) + " |")
+    for u, row in results.get("cross_trait", {}).items():
+        for t, cells in row.items():
+            print(f"| {u} | {t} | " + " | ".join(f"{v:.3f}" for v in cells.values()) + " |")
     print("\n| trait | score | demo-008 rank | flagged | honest answers flagged |")
     print("|---|---|---|---|---|")
     for t, block in results["demo"].items():

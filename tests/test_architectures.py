@@ -161,7 +161,9 @@ def test_scan_matches_the_plain_computation(arch_model, arch_lm, tmp_path):
     from auditor.pipeline import ScanConfig, scan_run
     from auditor.vectors import load_vectors
 
-    config = ScanConfig(source=data, vectors=str(vectors), db=str(tmp_path / "a.duckdb"), report=False, max_new_tokens=4, dtype="float32", on_error="skip")
+    config = ScanConfig(
+        source=data, vectors=str(vectors), db=str(tmp_path / "a.duckdb"), report=False, baseline="generate", max_new_tokens=4, dtype="float32", on_error="skip"
+    )
     result = scan_run(config, lm=lm)
     scores = result.scores.sort("line")
     rejected = {r.line: r.reason for r in result.rejects}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -61,8 +62,26 @@ def test_scan_cli_writes_outputs(tmp_path, tiny_model_dir, tiny_vectors):
     )
     assert result.exit_code == 0, result.output
     assert "6 scored, 0 rejected" in result.output
+    assert "baseline prompt-last, nothing generated" in result.output  # the default generates no base response
     assert (tmp_path / "run" / "scores.parquet").exists()
     assert (tmp_path / "reports" / "audit.duckdb").exists()
+    import duckdb
+
+    con = duckdb.connect(str(tmp_path / "reports" / "audit.duckdb"), read_only=True)
+    assert con.execute("SELECT baseline FROM runs").fetchall() == [("prompt-last",)]
+    assert con.execute("SELECT count(*) FROM samples WHERE base_response IS NOT NULL").fetchone() == (0,)
+    con.close()
+
+
+def test_scan_cli_generate_baseline_reports_its_base_responses(tmp_path, tiny_model_dir, tiny_vectors):
+    data = write_jsonl(tmp_path / "d.jsonl", SMALL_CHATS)
+    args = ["scan", data, "--baseline", "generate", "--model", tiny_model_dir, "--vectors", tiny_vectors, "--max-new-tokens", "4", "--no-report"]
+    first = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a"), "--no-reuse"])
+    assert first.exit_code == 0, first.output
+    n_prompts = len({json.dumps(c["messages"][:-1]) for c in SMALL_CHATS})
+    assert f"base responses: {n_prompts} generated, 0 from cache" in first.output
+    again = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b"), "--no-reuse"])
+    assert f"base responses: 0 generated, {n_prompts} from cache" in again.output
 
 
 @pytest.mark.parametrize(

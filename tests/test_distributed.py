@@ -24,6 +24,7 @@ def _cfg(tmp_path, vectors, db, **kw):
 
 
 def _cfg_for(data, vectors, db, **kw):
+    kw.setdefault("baseline", "generate")  # shards must carry base responses too
     return ScanConfig(source=data, vectors=vectors, db=str(db), max_new_tokens=6, chunk_size=3, report=False, thresholds={"*": 0.0}, **kw)
 
 

@@ -30,10 +30,8 @@ def _calibrate(folder: Path, trait: str, mean: float) -> None:
     side = folder / f"{trait}.json"
     meta = json.loads(side.read_text())
     lo, hi = mean - 1.0, mean + 1.0
-    meta["calibration"] = {
-        "layer": meta["layer"],
-        "scores": {"generate": {"delta": {"mean": mean, "percentiles": [lo + (hi - lo) * i / 200 for i in range(201)]}}},
-    }
+    entry = {"delta": {"mean": mean, "percentiles": [lo + (hi - lo) * i / 200 for i in range(201)]}}
+    meta["calibration"] = {"layer": meta["layer"], "scores": {"generate": entry, "prompt-last": entry}}
     side.write_text(json.dumps(meta))
 
 
@@ -430,11 +428,12 @@ def test_ci_example_end_to_end_with_the_embedded_model(tmp_path, monkeypatch):
 
     policy = tomllib.loads((EXAMPLES / "audit.toml").read_text())["gate"]
     con = duckdb.connect("reports/audit.duckdb", read_only=True)
-    run_id, status = con.execute("SELECT run_id, status FROM runs").fetchone()
+    run_id, status, baseline = con.execute("SELECT run_id, status, baseline FROM runs").fetchone()
     per_trait = con.execute("SELECT trait, avg(delta), max(delta), avg(CASE WHEN flagged THEN 1.0 ELSE 0.0 END) FROM scores GROUP BY trait").fetchall()
     base = con.execute("SELECT count(*) FROM samples WHERE base_response IS NOT NULL AND base_response <> ''").fetchone()[0]
     con.close()
-    assert status == "complete" and base == 3 and len(per_trait) == 2
+    # The default baseline (prompt-last) generates nothing: a pull request's gate pays for one forward per sample.
+    assert status == "complete" and baseline == "prompt-last" and base == 0 and len(per_trait) == 2
 
     def limit(kind, trait):
         value = policy.get(kind)

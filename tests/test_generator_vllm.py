@@ -115,6 +115,8 @@ def test_scan_with_generator_vllm_equals_hf_scan(vllm_stub, tiny_model_dir, tiny
             [
                 "scan",
                 small_dataset,
+                "--baseline",
+                "generate",
                 "--model",
                 tiny_model_dir,
                 "--vectors",

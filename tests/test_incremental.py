@@ -101,7 +101,7 @@ def small(setup):
 
 
 def config(source: str, db: Path | str, vectors: str, **kw) -> ScanConfig:
-    settings = dict(max_new_tokens=4, chunk_size=16, thresholds={"*": 0.0}, top_n=5, report=False)
+    settings = dict(baseline="generate", max_new_tokens=4, chunk_size=16, thresholds={"*": 0.0}, top_n=5, report=False)  # reuse covers base responses
     settings.update(kw)
     return ScanConfig(source=source, vectors=vectors, db=str(db), **settings)
 

@@ -69,7 +69,7 @@ def run(tmp_path_factory, tiny_lm):
     write_jsonl(root / "data" / "a.jsonl", rows_a)
     write_jsonl(root / "data" / "b.jsonl", rows_b)
     db = str(root / "audit.duckdb")
-    common = dict(source=str(root / "data"), vectors=str(vectors), max_new_tokens=4, db=db, chunk_size=4)
+    common = dict(source=str(root / "data"), vectors=str(vectors), baseline="generate", max_new_tokens=4, db=db, chunk_size=4)  # the page shows base responses
     probe = scan_run(ScanConfig(**common, report=False), lm=tiny_lm).scores
     thresholds = {t: float(probe[f"{t}_delta"].median()) for t in TRAITS}
     cal_mean = float(probe["evil_delta"].min()) - 0.01

@@ -86,7 +86,7 @@ def test_scan_help_shows_each_setting_with_its_help_and_default():
         ("--flag-percentile", "95.0"),
         ("--db", "reports/audit.duckdb"),
         ("--top-n", "50"),
-        ("--baseline", "generate"),
+        ("--baseline", "prompt-last"),
         ("--seed", "0"),
     ]:
         assert re.search(re.escape(flag) + r".*?\[default:\s*" + re.escape(default) + r"\]", out, re.S), flag
@@ -178,7 +178,7 @@ def test_resume_and_reuse_keys_are_unchanged(monkeypatch):
     monkeypatch.setattr(auditor, "__version__", "0.0-test")
     lm = SimpleNamespace(fingerprint="fp0", dtype="float32", device="cpu")
     vectors = {"evil": "abc@12"}
-    plain = ScanConfig(source="data.jsonl")
+    plain = ScanConfig(source="data.jsonl", baseline="generate")  # the default until prompt-last became it: its runs still resume
     custom = ScanConfig(
         source="data.jsonl",
         traits=["evil"],

@@ -48,7 +48,7 @@ def store(tmp_path_factory, tiny_lm):
     vectors = make_vectors(root / "vectors", tiny_lm.num_layers, tiny_lm.hidden_size, fingerprint=tiny_lm.fingerprint)
     data = write_jsonl(root / "d.jsonl", SMALL_CHATS)
     db = str(root / "audit.duckdb")
-    common = dict(source=data, vectors=vectors, max_new_tokens=4, db=db, report=False)
+    common = dict(source=data, vectors=vectors, baseline="generate", max_new_tokens=4, db=db, report=False)  # the docs' "base" query reads base responses
     probe = scan_run(ScanConfig(**common), lm=tiny_lm).scores
     thresholds = {t: float(probe[f"{t}_delta"].median()) for t in ("evil", "sycophancy")}
     run = scan_run(ScanConfig(**common, thresholds=thresholds), lm=tiny_lm)

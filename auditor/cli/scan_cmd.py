@@ -277,10 +277,13 @@ def _print_run_footer(console, result) -> None:
     from auditor.store.queries import example_query
 
     reused = f" ({result.n_computed} computed, {result.n_reused} reused from earlier runs)" if result.n_reused else ""
+    if result.baseline == "generate":
+        base = f"base responses: {result.n_generated} generated, {result.n_cached} from cache"
+    else:
+        base = f"baseline {result.baseline}, nothing generated"
     console.print(
         f"read {result.n_read} rows: {result.n_scored} scored{reused}, {result.n_rejected} rejected; "
-        f"base responses: {result.n_generated} generated, {result.n_cached} from cache; "
-        f"{result.seconds:.1f} s ({result.n_scored / max(result.seconds, 1e-9):.2f} samples/s)"
+        f"{base}; {result.seconds:.1f} s ({result.n_scored / max(result.seconds, 1e-9):.2f} samples/s)"
     )
     console.print(f"run {result.run_id}")
     console.print(f"  scores   {result.parquet_path}")

@@ -27,6 +27,8 @@ def test_two_writers_and_readers_on_one_database(tmp_path, tiny_model_dir, tiny_
     b = write_jsonl(tmp_path / "b.jsonl", rows)  # a copy: both race for the same base-response cache rows
     db = tmp_path / "audit.duckdb"
     common = [
+        "--baseline",
+        "generate",
         "--model",
         tiny_model_dir,
         "--vectors",
