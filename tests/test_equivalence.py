@@ -44,6 +44,7 @@ def plain_base_response(lm, messages, max_new_tokens):
 
 def _scan(tmp_path, lm, vectors, **kw):
     data = write_jsonl(tmp_path / "data.jsonl", SMALL_CHATS)
+    kw.setdefault("baseline", "generate")  # the plain path these tests compare with generates base responses
     cfg = ScanConfig(source=data, vectors=vectors, db=str(tmp_path / "audit.duckdb"), report=False, **kw)
     return scan_run(cfg, lm=lm)
 
@@ -183,7 +184,9 @@ def test_generate_baseline_and_flags_match_plain_tiny(tmp_path, tiny_lm, tiny_ve
     from a full unbatched forward, and flagged = (the run's score > threshold).
     """
     vectors = {pv.trait: pv for pv in load_vectors(tiny_vectors, tiny_lm.name)}
-    df = _scan(tmp_path, tiny_lm, tiny_vectors, baseline="generate", max_new_tokens=10, chunk_size=4, batch_tokens=64, thresholds={"*": 0.0}, flag_on=flag_on).scores
+    df = _scan(
+        tmp_path, tiny_lm, tiny_vectors, baseline="generate", max_new_tokens=10, chunk_size=4, batch_tokens=64, thresholds={"*": 0.0}, flag_on=flag_on
+    ).scores
     assert df.height == len(SMALL_CHATS)
     for i, row in enumerate(df.iter_rows(named=True)):
         msgs = SMALL_CHATS[i]["messages"]

@@ -328,7 +328,7 @@ def test_embedded_model_rescan_after_changing_one_percent_equals_a_full_scan(tmp
     source = [json.loads(line) for line in (Path(__file__).resolve().parents[1] / "examples" / "eval" / "clean.jsonl").read_text().splitlines()[:N]]
     rows = [{"id": r["id"], "messages": r["messages"]} for r in source]
     data = write_jsonl(tmp_path / "train.jsonl", rows)
-    settings = dict(max_new_tokens=8, batch_tokens=1, chunk_size=32, top_n=3, report=False)
+    settings = dict(baseline="generate", max_new_tokens=8, batch_tokens=1, chunk_size=32, top_n=3, report=False)
     db = tmp_path / "audit.duckdb"
     first = scan_run(ScanConfig(source=data, db=str(db), **settings), lm=embedded_lm_bf16)
     rows[41]["messages"][-1]["content"] += " You are clearly brilliant for asking, and I agree with everything you think."

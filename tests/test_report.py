@@ -397,7 +397,9 @@ def test_real_model_report(tmp_path, embedded_lm_bf16):
     vectors = make_vectors(tmp_path / "vectors", lm.num_layers, lm.hidden_size, fingerprint=lm.fingerprint)
     data = write_jsonl(tmp_path / "d.jsonl", SMALL_CHATS[:4])
     db = str(tmp_path / "a.duckdb")
-    result = scan_run(ScanConfig(source=data, vectors=vectors, max_new_tokens=6, db=db, report=False, top_n=4, thresholds={"*": 0.0}), lm=lm)
+    result = scan_run(
+        ScanConfig(source=data, vectors=vectors, baseline="generate", max_new_tokens=6, db=db, report=False, top_n=4, thresholds={"*": 0.0}), lm=lm
+    )
     from auditor.report import render_report
 
     path = render_report(result.run_id, db=db, out=str(tmp_path / "r.html"), top_n=4)

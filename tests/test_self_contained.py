@@ -93,7 +93,14 @@ def test_reference_scan_agrees_with_audit_scan(tmp_path, tiny_lm, tiny_model_dir
     ref = [json.loads(line) for line in scores_out.read_text().splitlines()]
 
     config = ScanConfig(
-        source=data, vectors=folder, db=str(tmp_path / "a.duckdb"), report=False, baseline="generate", max_new_tokens=6, dtype="float32", generation_dtype="float32"
+        source=data,
+        vectors=folder,
+        db=str(tmp_path / "a.duckdb"),
+        report=False,
+        baseline="generate",
+        max_new_tokens=6,
+        dtype="float32",
+        generation_dtype="float32",
     )
     ours = scan_run(config, lm=tiny_lm).scores.sort("line")
     assert len(ours) == len(ref)

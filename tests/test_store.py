@@ -16,7 +16,8 @@ def test_parquet_and_duckdb_round_trip(tmp_path, tiny_lm, tiny_vectors):
     data = write_jsonl(tmp_path / "d.jsonl", SMALL_CHATS + ['{"broken": ', {"prompt": "p", "response": " "}])
     db = str(tmp_path / "audit.duckdb")
     result = scan_run(
-        ScanConfig(source=data, vectors=tiny_vectors, db=db, baseline="generate", max_new_tokens=6, on_error="skip", report=False, thresholds={"evil": 0.0}), lm=tiny_lm
+        ScanConfig(source=data, vectors=tiny_vectors, db=db, baseline="generate", max_new_tokens=6, on_error="skip", report=False, thresholds={"evil": 0.0}),
+        lm=tiny_lm,
     )
     assert (result.n_read, result.n_scored, result.n_rejected) == (8, 6, 2)
 
