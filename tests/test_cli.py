@@ -63,6 +63,8 @@ def test_scan_cli_writes_outputs(tmp_path, tiny_model_dir, tiny_vectors):
     assert result.exit_code == 0, result.output
     assert "6 scored, 0 rejected" in result.output
     assert "baseline prompt-last, nothing generated" in result.output  # the default generates no base response
+    # --max-new-tokens was given, but nothing is generated: the scan says so instead of ignoring it silently.
+    assert "note: --max-new-tokens has no effect with --baseline prompt-last" in result.stderr
     assert (tmp_path / "run" / "scores.parquet").exists()
     assert (tmp_path / "reports" / "audit.duckdb").exists()
     import duckdb
@@ -73,6 +75,32 @@ def test_scan_cli_writes_outputs(tmp_path, tiny_model_dir, tiny_vectors):
     con.close()
 
 
+def test_generation_options_left_at_their_defaults_give_no_note(tmp_path, tiny_model_dir, tiny_vectors):
+    data = write_jsonl(tmp_path / "d.jsonl", SMALL_CHATS)
+    result = CliRunner().invoke(main, ["scan", data, "--model", tiny_model_dir, "--vectors", tiny_vectors, "--no-report", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    assert "no effect" not in result.stderr
+    several = CliRunner().invoke(
+        main,
+        [
+            "scan",
+            data,
+            "--model",
+            tiny_model_dir,
+            "--vectors",
+            tiny_vectors,
+            "--no-report",
+            "--baseline",
+            "none",
+            "--generator",
+            "hf",
+            "--generation-dtype",
+            "float32",
+        ],
+    )
+    assert "note: --generation-dtype, --generator have no effect with --baseline none" in several.stderr
+
+
 def test_scan_cli_generate_baseline_reports_its_base_responses(tmp_path, tiny_model_dir, tiny_vectors):
     data = write_jsonl(tmp_path / "d.jsonl", SMALL_CHATS)
     args = ["scan", data, "--baseline", "generate", "--model", tiny_model_dir, "--vectors", tiny_vectors, "--max-new-tokens", "4", "--no-report"]
@@ -80,6 +108,7 @@ def test_scan_cli_generate_baseline_reports_its_base_responses(tmp_path, tiny_mo
     assert first.exit_code == 0, first.output
     n_prompts = len({json.dumps(c["messages"][:-1]) for c in SMALL_CHATS})
     assert f"base responses: {n_prompts} generated, 0 from cache" in first.output
+    assert "no effect" not in first.stderr
     again = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b"), "--no-reuse"])
     assert f"base responses: 0 generated, {n_prompts} from cache" in again.output
 

@@ -80,9 +80,11 @@ def config_from_options(source: str, policy_path: str | None = None, use_policy:
 
     for name in ENGINE_OPTIONS:
         options.pop(name, None)
-    values = {}
+    values, given = {}, []
     for field, option in cli_settings():
         param = option.param or field.name
+        if param in options and given_on_command_line(param):
+            given.append((field.name, option.flag_name))
         if param in options:
             try:
                 values[field.name] = option.to_field(options.pop(param))
@@ -93,7 +95,31 @@ def config_from_options(source: str, policy_path: str | None = None, use_policy:
     if options:
         raise TypeError(f"config_from_options: unknown options {', '.join(sorted(options))}")
     seed_needs_sample(values)
-    return ScanConfig(source=source, **with_policy_mapping(values, policy_path, use_policy))
+    config = ScanConfig(source=source, **with_policy_mapping(values, policy_path, use_policy))
+    note_unused_generation_options(config, given)
+    return config
+
+
+GENERATION_SETTINGS = ("max_new_tokens", "generator", "generation_dtype", "generation_batch_size")  # only baseline generate uses them
+
+
+def given_on_command_line(param: str) -> bool:
+    """Whether the user typed (or set through the environment) this option, rather than taking its default."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source(param) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def note_unused_generation_options(config, given: list[tuple[str, str]]) -> None:
+    """Say so when a generation option was given to a scan that generates nothing (the default baseline is prompt-last)."""
+    unused = [flag for name, flag in given if name in GENERATION_SETTINGS]
+    if unused and config.baseline != "generate":
+        click.echo(
+            f"note: {', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect with --baseline {config.baseline}, which generates "
+            "no base response; add --baseline generate to score against the base model's own answers",
+            err=True,
+        )
 
 
 def seed_needs_sample(values: dict) -> None:
@@ -374,9 +400,10 @@ def scan(source: str, quiet: bool, as_json: bool, **kw) -> None:
 
     SOURCE is a .jsonl/.json/.parquet/.csv file (gzip'd JSONL too), a folder, a quoted
     glob, or hf:owner/name for a Hugging Face dataset. Per sample and trait it computes
-    the projection of the response on the persona vector, the same for the base model's
-    own response to the same prompt, and their difference (delta): a large positive delta
-    means training on the sample pushes the model toward the trait. Preference pairs
+    the projection of the response on the persona vector minus the base model's reference
+    for the same prompt (delta): by default its state at the last prompt token, with
+    --baseline generate its own greedy answer. A large positive delta means training on
+    the sample pushes the model toward the trait. Preference pairs
     (prompt/chosen/rejected) are scored by their margin, proj(chosen) - proj(rejected).
     Formats, --field/--role mapping and --limit/--sample previews: docs/formats.md.
     """
