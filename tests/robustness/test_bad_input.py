@@ -266,7 +266,7 @@ def test_cli_fail_is_the_default_and_skip_shows_counts_and_reasons(tmp_path, tin
         json.dumps(GOOD[2]).encode(),
     ]
     (tmp_path / "d.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    base = ["scan", "d.jsonl", "--model", tiny_model_dir, "--vectors", vectors, "--max-new-tokens", "2", "--no-report", "-q", "--threshold", "0"]
+    base = ["scan", "d.jsonl", "--model", tiny_model_dir, "--vectors", vectors, "--no-report", "-q", "--threshold", "0"]
 
     res = CliRunner().invoke(main, base)
     assert res.exit_code == 2

@@ -81,7 +81,7 @@ def test_model_code_does_not_run_without_trust_remote_code(tmp_path, tiny_model_
     model = _model_with_remote_code(tiny_model_dir, tmp_path / "evil-model", marker, model_type="evil-llama")
     vectors = make_vectors(tmp_path / "v", tiny_lm.num_layers, tiny_lm.hidden_size)
     data = write_jsonl(tmp_path / "d.jsonl", [chat("q", "a")])
-    res = CliRunner().invoke(main, ["scan", data, "--model", str(model), "--vectors", vectors, "--max-new-tokens", "2", "--no-report", "-q"])
+    res = CliRunner().invoke(main, ["scan", data, "--model", str(model), "--vectors", vectors, "--no-report", "-q"])
     assert res.exit_code == 2, res.output
     assert res.output.strip() == f"Error: model {str(model)!r} needs its own code to run; pass --trust-remote-code if you trust it"
     assert not marker.exists()
