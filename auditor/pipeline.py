@@ -71,11 +71,11 @@ class ScanResult:
     tokens: int
     summaries: list[TraitSummary]
     model_name: str
+    baseline: str  # what delta subtracts (ScanConfig.baseline); only "generate" makes base responses
     rejects: list[Rejected] = field(default_factory=list)
     resumed_chunks: int = 0
     n_reused: int = 0  # of n_scored: taken from an earlier complete run, not computed
     heat_maps: dict[str, int] = field(default_factory=dict)  # where the report's heat maps came from: forward, earlier_run, second_pass
-    baseline: str = "prompt-last"  # what delta subtracts; only "generate" makes base responses
 
     @property
     def n_computed(self) -> int:

@@ -38,28 +38,15 @@ def test_help_does_not_import_torch():
     assert out.strip().endswith("False False")
 
 
+def scan_args(data: str, model: str, vectors: str, *extra: str) -> list[str]:
+    """``audit scan DATA`` on the tiny model and vectors, without a report, plus ``extra``."""
+    return ["scan", data, "--model", model, "--vectors", vectors, "--no-report", *extra]
+
+
 def test_scan_cli_writes_outputs(tmp_path, tiny_model_dir, tiny_vectors):
     data = write_jsonl(tmp_path / "d.jsonl", SMALL_CHATS)
-    runner = CliRunner()
-    result = runner.invoke(
-        main,
-        [
-            "scan",
-            data,
-            "--model",
-            tiny_model_dir,
-            "--vectors",
-            tiny_vectors,
-            "--max-new-tokens",
-            "4",
-            "--quiet",
-            "--no-report",
-            "--out",
-            str(tmp_path / "run"),
-            "--threshold",
-            "0",
-        ],
-    )
+    args = scan_args(data, tiny_model_dir, tiny_vectors, "--max-new-tokens", "4", "--quiet", "--out", str(tmp_path / "run"), "--threshold", "0")
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "6 scored, 0 rejected" in result.output
     assert "baseline prompt-last, nothing generated" in result.output  # the default generates no base response
@@ -77,33 +64,18 @@ def test_scan_cli_writes_outputs(tmp_path, tiny_model_dir, tiny_vectors):
 
 def test_generation_options_left_at_their_defaults_give_no_note(tmp_path, tiny_model_dir, tiny_vectors):
     data = write_jsonl(tmp_path / "d.jsonl", SMALL_CHATS)
-    result = CliRunner().invoke(main, ["scan", data, "--model", tiny_model_dir, "--vectors", tiny_vectors, "--no-report", "--out", str(tmp_path / "a")])
+    result = CliRunner().invoke(main, scan_args(data, tiny_model_dir, tiny_vectors, "--out", str(tmp_path / "a")))
     assert result.exit_code == 0, result.output
     assert "no effect" not in result.stderr
     several = CliRunner().invoke(
-        main,
-        [
-            "scan",
-            data,
-            "--model",
-            tiny_model_dir,
-            "--vectors",
-            tiny_vectors,
-            "--no-report",
-            "--baseline",
-            "none",
-            "--generator",
-            "hf",
-            "--generation-dtype",
-            "float32",
-        ],
+        main, scan_args(data, tiny_model_dir, tiny_vectors, "--baseline", "none", "--generator", "hf", "--generation-dtype", "float32")
     )
     assert "note: --generation-dtype, --generator have no effect with --baseline none" in several.stderr
 
 
 def test_scan_cli_generate_baseline_reports_its_base_responses(tmp_path, tiny_model_dir, tiny_vectors):
     data = write_jsonl(tmp_path / "d.jsonl", SMALL_CHATS)
-    args = ["scan", data, "--baseline", "generate", "--model", tiny_model_dir, "--vectors", tiny_vectors, "--max-new-tokens", "4", "--no-report"]
+    args = scan_args(data, tiny_model_dir, tiny_vectors, "--baseline", "generate", "--max-new-tokens", "4")
     first = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a"), "--no-reuse"])
     assert first.exit_code == 0, first.output
     n_prompts = len({json.dumps(c["messages"][:-1]) for c in SMALL_CHATS})

@@ -83,9 +83,9 @@ def config_from_options(source: str, policy_path: str | None = None, use_policy:
     values, given = {}, []
     for field, option in cli_settings():
         param = option.param or field.name
-        if param in options and given_on_command_line(param):
-            given.append((field.name, option.flag_name))
         if param in options:
+            if given_on_command_line(param):
+                given.append((field.name, option.flag_name))
             try:
                 values[field.name] = option.to_field(options.pop(param))
             except ValueError as e:  # a malformed value (auditor.config.trait_values); AuditorErrors pass through
