@@ -80,6 +80,15 @@ class ScoreMeaning:
         return "proj last prompt token" if self.baseline == "prompt-last" else "proj base"
 
     @property
+    def reference(self) -> str | None:
+        """What a delta is measured from, in words (the report's explanation), or None for other scores."""
+        if self.kind != "delta":
+            return None
+        if self.baseline == "prompt-last":
+            return "the base model's state as it starts to answer the same prompt (its last prompt token)"
+        return "the base model's own answer to the same prompt"
+
+    @property
     def mean_label(self) -> str:
         """The CLI's heading for the dataset-level mean of the score."""
         return "dataset \u0394" if self.is_delta else "mean margin" if self.kind == "margin" else "mean proj"

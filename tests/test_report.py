@@ -160,6 +160,8 @@ def test_overview_and_trait_cards(run):
     assert rows["sycophancy"][3] == "\u2013"  # no calibration on that vector
     cards = run["dom"].by_id("trait-evil").find_all("div", cls="card")
     assert "clean calibration mean " + shown(run["cal_mean"]) in [c.text() for c in cards][1]
+    # This run subtracts generated base answers, and the overview says so.
+    assert "beyond the base model's own answer to the same prompt" in run["dom"].by_id("overview").text()
 
 
 @pytest.mark.parametrize("trait", TRAITS)
@@ -302,9 +304,13 @@ def test_other_baselines_label_their_columns(tmp_path, tiny_lm, tiny_vectors, ba
     result = scan_run(
         ScanConfig(source=data, vectors=tiny_vectors, baseline=baseline, db=str(tmp_path / "a.duckdb"), thresholds={"*": 0.0}, top_n=3), lm=tiny_lm
     )
-    dom = Dom(Path(result.report_path).read_text(encoding="utf-8")).root
+    page = Path(result.report_path).read_text(encoding="utf-8")
+    dom = Dom(page).root
     heads = [th.text() for th in dom.by_id("tbl-evil").find_all("th")]
     assert heads[3] == score_head
+    # The overview says what the score is measured from: the baseline this run used, not the paper's default.
+    explained = {"prompt-last": "state as it starts to answer the same prompt (its last prompt token)", "none": "raw projection of each response"}
+    assert explained[baseline] in page and "own answer to the same prompt" not in page
     assert (base_head in heads) if base_head else ("proj base" not in heads and len(heads) == 7)
     assert len(body_rows(dom.by_id("tbl-evil"))) == 3
     assert all(len(d.find_all("div", cls="hm")) == 1 for d in dom.by_id("det-evil").find_all("details", cls="sample"))

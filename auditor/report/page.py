@@ -239,7 +239,7 @@ class Page:
             "is the vector's clean delta distribution centred on its median (docs/formats.md)."
             if pairs
             else "The score is the projection difference \u0394: how far the dataset response sits along the trait direction "
-            "beyond the model's own answer to the same prompt. A positive dataset-level \u0394 means training on the data is "
+            f"beyond {self.meaning.reference}. A positive dataset-level \u0394 means training on the data is "
             "expected to move the model toward the trait; compare it with the vector's clean calibration set."
             if self.meaning.is_delta
             else "The score is the raw projection of each response onto the trait direction"
