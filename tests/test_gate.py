@@ -407,8 +407,10 @@ def test_ci_example_end_to_end_with_the_embedded_model(tmp_path, monkeypatch):
         ],
     )
     vectors = tmp_path / "vectors" / EMBEDDED_MODEL_NAME
-    make_vectors(vectors, config.num_hidden_layers, config.hidden_size)
-    for trait in ("evil", "sycophancy"):
+    # The example policy has entries for the three shipped traits; a policy naming a trait the run did not score is an error.
+    shipped = ("evil", "sycophancy", "hallucination")
+    make_vectors(vectors, config.num_hidden_layers, config.hidden_size, traits=shipped)
+    for trait in shipped:
         _calibrate(vectors, trait, 0.0)
     monkeypatch.setenv("PERSONA_AUDIT_VECTORS", str(tmp_path / "vectors"))
     monkeypatch.chdir(workspace)
@@ -433,7 +435,7 @@ def test_ci_example_end_to_end_with_the_embedded_model(tmp_path, monkeypatch):
     base = con.execute("SELECT count(*) FROM samples WHERE base_response IS NOT NULL AND base_response <> ''").fetchone()[0]
     con.close()
     # The default baseline (prompt-last) generates nothing: a pull request's gate pays for one forward per sample.
-    assert status == "complete" and baseline == "prompt-last" and base == 0 and len(per_trait) == 2
+    assert status == "complete" and baseline == "prompt-last" and base == 0 and len(per_trait) == 3
 
     def limit(kind, trait):
         value = policy.get(kind)
