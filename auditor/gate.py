@@ -282,6 +282,16 @@ def _measure(score: str) -> str:
     return ScoreMeaning.from_column(None, score).measure
 
 
+def check_rule_traits(rules: list[Rule], traits: Iterable[str], why: str) -> None:
+    """Rules may only name traits in ``traits`` (``*`` aside): a PolicyError naming the others.
+
+    ``why`` ends the sentence "the policy names X, which ...", with ``{traits}`` for the traits scored."""
+    scored = list(traits)
+    unknown = sorted({r.trait for r in rules if r.trait != "*" and r.trait not in scored})
+    if unknown:
+        raise PolicyError(f"the policy names {', '.join(unknown)}, which {why.format(traits=', '.join(scored))}; scan with those traits or drop the rules")
+
+
 def evaluate_gate(con: Any, run: RunInfo, rules: list[Rule], worst_n: int = 5) -> GateResult:
     """Check every rule against the run; rules naming a trait the run lacks are errors."""
     stats = trait_stats(con, run)
@@ -293,11 +303,7 @@ def evaluate_gate(con: Any, run: RunInfo, rules: list[Rule], worst_n: int = 5) -
         raise PolicyError(
             "no gate rules: pass --max-delta, --max-delta-over-calibration, --max-flag-rate or --max-sample-delta, or write them in audit.toml ([gate] table)"
         )
-    unknown = sorted({r.trait for r in rules if r.trait != "*" and r.trait not in stats})
-    if unknown:
-        raise PolicyError(
-            f"the policy names {', '.join(unknown)}, which run {run.run_id} did not score (it scored {', '.join(stats)}); scan with those traits or drop the rules"
-        )
+    check_rule_traits(rules, stats, f"run {run.run_id} did not score (it scored {{traits}})")
     explicit = {(r.kind, r.trait) for r in rules if r.trait != "*"}
     expanded: list[Rule] = []
     for rule in sorted(rules, key=lambda r: (list(RULE_KINDS).index(r.kind), r.trait)):

@@ -302,6 +302,27 @@ def test_exit_2_for_bad_usage(store, tmp_path, setup, args, message):
     assert message in result.output
 
 
+def test_a_rule_for_a_trait_left_out_by_traits_fails_before_the_scan(store, tmp_path, tiny_model_dir):
+    """--traits evil with a sycophancy rule: exit 2 at once, and nothing was scanned (no run in a fresh database)."""
+    import duckdb
+
+    data = write_jsonl(tmp_path / "d.jsonl", SMALL_CHATS)
+    db = tmp_path / "fresh.duckdb"
+    args = ["gate", data, "--db", str(db), "--model", tiny_model_dir, "--vectors", store["vectors"], "--traits", "evil", "--quiet"]
+    result = CliRunner().invoke(main, [*args, "--max-delta", "sycophancy=1", "--max-flag-rate", "50%"])
+    assert result.exit_code == 2, result.output
+    assert "the policy names sycophancy, which --traits leaves out of this scan (it scores evil); scan with those traits" in result.output
+    if db.exists():
+        con = duckdb.connect(str(db), read_only=True)
+        assert "runs" not in {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()} or con.execute(
+            "SELECT count(*) FROM runs"
+        ).fetchone() == (0,)
+        con.close()
+    # The same gate without the foreign rule scans and answers.
+    ok = CliRunner().invoke(main, [*args, "--max-flag-rate", "100%"])
+    assert ok.exit_code == 0, ok.output
+
+
 def test_unreadable_input_exits_2(store, tmp_path, tiny_model_dir):
     bad = write_jsonl(tmp_path / "bad.jsonl", [SMALL_CHATS[0], "{not json"])
     result = CliRunner().invoke(
