@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from quality import TRAITS, auroc, projections  # noqa: E402
-from quality_vectors import extraction_acts, remove_components, unit_rows  # noqa: E402
+from quality_vectors import derived, extraction_acts  # noqa: E402
 
 VARIANTS = ("meandiff", "orth", "shared")
 
@@ -82,12 +82,9 @@ def check_forms(sizes: dict[str, int]) -> None:
 
 
 def directions(pos: np.ndarray, neg: np.ndarray, keep: list[int], others: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """The variants of bench/quality_vectors.py made from the pairs ``keep`` ([L+1, d] each)."""
+    """The variants of bench/quality_vectors.py made from the pairs ``keep`` ([L+1, d] each); the mean difference alone without other traits."""
     md = pos[keep].mean(0) - neg[keep].mean(0)
-    if not others:
-        return {"meandiff": md}
-    g = unit_rows(sum(unit_rows(o) for o in others))
-    return {"meandiff": md, "orth": remove_components(md, others), "shared": md - (md * g).sum(1, keepdims=True) * g}
+    return derived(md, others) if others else {"meandiff": md}
 
 
 def per_form(ext: dict, num_layers: int) -> dict[str, dict]:
@@ -129,12 +126,19 @@ def within_form(ext: dict, num_layers: int, splits: int = 20, seed: int = 0) -> 
     return out
 
 
-def holdout_by_layer(ext: dict, num_layers: int, how=np.mean) -> dict[str, dict[str, list[float]]]:
-    """variant -> trait -> the mean (``how``) over forms of the held-out form's AUROC, at layers 1..L-1."""
-    forms = per_form(ext, num_layers)
-    return {
-        name: {t: [float(how([f["auroc_by_layer"][name][k] for f in forms[t].values()])) for k in range(num_layers - 1)] for t in TRAITS} for name in VARIANTS
-    }
+def summarise(forms: dict[str, dict], how=np.mean) -> dict[str, dict[str, list[float]]]:
+    """``per_form``'s result -> variant -> trait -> ``how`` (mean, min) over forms of the held-out form's AUROC, per layer."""
+    out: dict = {}
+    for t, per in forms.items():
+        for f in per.values():
+            for name, row in f["auroc_by_layer"].items():
+                out.setdefault(name, {}).setdefault(t, []).append(row)
+    return {name: {t: [float(x) for x in how(np.array(rows), axis=0)] for t, rows in by_trait.items()} for name, by_trait in out.items()}
+
+
+def holdout_by_layer(ext: dict, num_layers: int) -> dict[str, dict[str, list[float]]]:
+    """variant -> trait -> the mean over forms of the held-out form's AUROC, at layers 1..L-1."""
+    return summarise(per_form(ext, num_layers))
 
 
 def main() -> None:
@@ -152,8 +156,7 @@ def main() -> None:
     lm = load_model(None)
     ext = extraction_acts(lm)
     forms = per_form(ext, lm.num_layers)
-    mean = holdout_by_layer(ext, lm.num_layers)
-    worst = holdout_by_layer(ext, lm.num_layers, how=np.min)
+    mean, worst = summarise(forms), summarise(forms, how=np.min)
     own = within_form(ext, lm.num_layers)
     layers = list(range(1, lm.num_layers))
     out = {

@@ -145,14 +145,17 @@ def unit_rows(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True).clip(1e-12)
 
 
+def derived(md: np.ndarray, others: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """One trait's variants from its mean difference ``md`` and the other traits' ([L+1, d] each):
+    ``meandiff``, ``orth`` (their least-squares fit removed) and ``shared`` (minus one generic direction)."""
+    g = unit_rows(sum(unit_rows(o) for o in others))
+    return {"meandiff": md, "orth": remove_components(md, others), "shared": md - (md * g).sum(1, keepdims=True) * g}
+
+
 def variants(shipped: dict[str, np.ndarray], ext: dict) -> dict[str, dict[str, np.ndarray]]:
     md = {t: ext[t][0].mean(0) - ext[t][1].mean(0) for t in TRAITS}
-    orth = {t: remove_components(md[t], [md[o] for o in TRAITS if o != t]) for t in TRAITS}
-    shared = {}
-    for t in TRAITS:
-        g = unit_rows(sum(unit_rows(md[o]) for o in TRAITS if o != t))
-        shared[t] = md[t] - (md[t] * g).sum(1, keepdims=True) * g
-    return {"shipped": shipped, "meandiff": md, "orth": orth, "shared": shared}
+    per_trait = {t: derived(md[t], [md[o] for o in TRAITS if o != t]) for t in TRAITS}
+    return {"shipped": shipped, **{name: {t: per_trait[t][name] for t in TRAITS} for name in ("meandiff", "orth", "shared")}}
 
 
 def meta(recs: list[dict]):
@@ -307,9 +310,10 @@ def choose(results: dict, kind: str = "prompt_last") -> dict[str, dict]:
     """trait -> the variant (among those audit extract makes) and layer with the best dev objective for ``kind``."""
     out = {}
     for t in TRAITS:
-        best = max(MAKEABLE, key=lambda name: max(results["variants"][name][t][kind]["dev_objective_by_layer"][1:-1]))
-        e = results["variants"][best][t][kind]
-        out[t] = {"variant": best, "layer": e["layer"], "dev_objective": max(e["dev_objective_by_layer"][1:-1])}
+        entries = {name: results["variants"][name][t][kind] for name in MAKEABLE}  # each already at its best layer
+        best = max(MAKEABLE, key=lambda name: entries[name]["dev_objective_by_layer"][entries[name]["layer"]])
+        e = entries[best]
+        out[t] = {"variant": best, "layer": e["layer"], "dev_objective": e["dev_objective_by_layer"][e["layer"]]}
     return out
 
 
