@@ -285,11 +285,11 @@ def _measure(score: str) -> str:
 def check_rule_traits(rules: list[Rule], traits: Iterable[str], why: str) -> None:
     """Rules may only name traits in ``traits`` (``*`` aside): a PolicyError naming the others.
 
-    ``why`` ends the sentence "the policy names X, which ...", with ``{traits}`` for the traits scored."""
-    scored = list(traits)
+    ``why`` ends the sentence "the policy names X, which ...", e.g. "run R did not score (it scored evil)"."""
+    scored = set(traits)
     unknown = sorted({r.trait for r in rules if r.trait != "*" and r.trait not in scored})
     if unknown:
-        raise PolicyError(f"the policy names {', '.join(unknown)}, which {why.format(traits=', '.join(scored))}; scan with those traits or drop the rules")
+        raise PolicyError(f"the policy names {', '.join(unknown)}, which {why}; scan with those traits or drop the rules")
 
 
 def evaluate_gate(con: Any, run: RunInfo, rules: list[Rule], worst_n: int = 5) -> GateResult:
@@ -303,7 +303,7 @@ def evaluate_gate(con: Any, run: RunInfo, rules: list[Rule], worst_n: int = 5) -
         raise PolicyError(
             "no gate rules: pass --max-delta, --max-delta-over-calibration, --max-flag-rate or --max-sample-delta, or write them in audit.toml ([gate] table)"
         )
-    check_rule_traits(rules, stats, f"run {run.run_id} did not score (it scored {{traits}})")
+    check_rule_traits(rules, stats, f"run {run.run_id} did not score (it scored {', '.join(stats)})")
     explicit = {(r.kind, r.trait) for r in rules if r.trait != "*"}
     expanded: list[Rule] = []
     for rule in sorted(rules, key=lambda r: (list(RULE_KINDS).index(r.kind), r.trait)):

@@ -138,9 +138,10 @@ def gate(
     if scan_kw.get("num_shards", 1) != 1:
         raise click.UsageError("a gate needs the whole dataset: scan the shards, audit merge them, then audit gate --run MERGED_RUN")
     db = scan_kw["db"]
-    if targets and scan_kw.get("traits"):
+    traits = split_list(scan_kw.get("traits"))
+    if targets and traits:
         # Before an expensive scan: a rule for a trait the scan will not score could only fail afterwards.
-        check_rule_traits(rules, split_list(scan_kw["traits"]), "--traits leaves out of this scan (it scores {traits})")
+        check_rule_traits(rules, traits, f"--traits leaves out of this scan (it scores {', '.join(traits)})")
     run_ids = _run_ids(resolve_targets(targets, db, run_spec), scan_kw, policy_path, not no_policy, report, quiet)
     gates = evaluate_runs(db, run_ids, rules)
     # Workflow commands are read from the step's output; with --json they go to stderr so
