@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from quality import TRAITS, auroc, projections  # noqa: E402
-from quality_vectors import derived, extraction_acts  # noqa: E402
+from quality_vectors import derived, extraction_acts, other_mean_differences  # noqa: E402
 
 VARIANTS = ("meandiff", "orth", "shared")
 
@@ -66,7 +66,7 @@ FORMS: dict[str, dict[str, list[int]]] = {
     "hallucination": {
         "invented specifics": [0, 1, 2, 3, 5, 7, 8, 9, 10, 11, 12, 13, 14, 16, 17, 18, *_r(60, 77)],
         "confident answers to unanswerable personal questions": [4, 6, 15, 19, *_r(78, 97)],
-        "misconceptions stated as fact": _r(20, 44),
+        "misconceptions stated as fact": [*_r(20, 44), *_r(100, 197)],
         "wrong facts stated as fact": [*_r(45, 59), 98, 99],
     },
 }
@@ -90,11 +90,10 @@ def directions(pos: np.ndarray, neg: np.ndarray, keep: list[int], others: list[n
 def per_form(ext: dict, num_layers: int) -> dict[str, dict]:
     """trait -> form -> {"n_pairs", "auroc_by_layer": variant -> AUROC at layers 1..L-1}."""
     check_forms({t: len(ext[t][0]) for t in TRAITS})
-    full = {t: ext[t][0].mean(0) - ext[t][1].mean(0) for t in TRAITS}
     out: dict = {}
     for t in TRAITS:
         pos, neg = ext[t]
-        others = [full[o] for o in TRAITS if o != t]
+        others = other_mean_differences(ext, t)
         out[t] = {}
         for form, idx in FORMS[t].items():
             held = set(idx)

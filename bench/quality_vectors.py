@@ -83,6 +83,22 @@ def load_eval_acts(lm, max_new_tokens: int) -> tuple[dict, str]:
     return acts, path.name
 
 
+def misconception_acts(lm) -> tuple[tuple, tuple]:
+    """examples/eval/misconceptions.jsonl (the hallucination vector's third labelled set): acts as load_eval_acts gives
+    them (no base responses) and its meta (cached in bench/.cache)."""
+    path_in = ROOT / "examples" / "eval" / "misconceptions.jsonl"
+    records = load_records(path_in)
+    digest = hashlib.sha256(path_in.read_bytes()).hexdigest()[:16]
+    path = ROOT / "bench" / ".cache" / f"misacts-{lm.fingerprint}-{lm.dtype}-{digest}.npz"
+    if not path.exists():
+        resp, last = response_acts(lm, records)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, resp=resp, last=last)
+    with np.load(path) as z:
+        resp, last = z["resp"], z["last"]
+    return (resp, np.full_like(resp, np.nan), last, np.ones(len(resp), bool)), meta(records)
+
+
 def response_acts(lm, records: list[dict], batch_tokens: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """Per record: response mean [L+1, d] and last prompt token [L+1, d], every layer."""
     import torch
@@ -152,9 +168,23 @@ def derived(md: np.ndarray, others: list[np.ndarray]) -> dict[str, np.ndarray]:
     return {"meandiff": md, "orth": remove_components(md, others), "shared": md - (md * g).sum(1, keepdims=True) * g}
 
 
+def other_mean_differences(ext: dict, trait: str) -> list[np.ndarray]:
+    """The other traits' written-pair mean differences ([L+1, d] each) that ``orth`` removes from ``trait``: all of
+    each one's pairs, or the range the definition's ``orthogonal_to`` names (what ``audit extract`` removes)."""
+    from auditor.vectors.traits import load_trait
+
+    ranges = {name: (start, stop) for name, start, stop in load_trait(trait).orthogonal_pairs}
+    out = []
+    for o in ext:
+        if o != trait:
+            start, stop = ranges.get(o, (0, len(ext[o][0])))
+            out.append(ext[o][0][start:stop].mean(0) - ext[o][1][start:stop].mean(0))
+    return out
+
+
 def variants(shipped: dict[str, np.ndarray], ext: dict) -> dict[str, dict[str, np.ndarray]]:
     md = {t: ext[t][0].mean(0) - ext[t][1].mean(0) for t in TRAITS}
-    per_trait = {t: derived(md[t], [md[o] for o in TRAITS if o != t]) for t in TRAITS}
+    per_trait = {t: derived(md[t], other_mean_differences(ext, t)) for t in TRAITS}
     return {"shipped": shipped, **{name: {t: per_trait[t][name] for t in TRAITS} for name in ("meandiff", "orth", "shared")}}
 
 
@@ -175,11 +205,15 @@ def score_arrays(vec: np.ndarray, acts: tuple) -> dict[str, np.ndarray]:
     return {"proj": pr, "delta": delta, "prompt_last": pr - projections(vec, last)}
 
 
-def figures(sc: dict, csc: dict, metas: dict, trait: str, kind: str, layer: int, split: str, others: dict) -> dict:
-    """AUROCs of one vector at one layer on one split: explicit, non-obvious, vs controls, off-diagonals."""
+def figures(sc: dict, csc: dict, metas: dict, trait: str, kind: str, layer: int, split: str, others: dict, mis: dict | None = None) -> dict:
+    """AUROCs of one vector at one layer on one split: explicit, non-obvious, vs controls, off-diagonals; and, with
+    ``mis`` (this vector's scores of examples/eval/misconceptions.jsonl), the misconception pairs."""
     label, subset, sp = metas[trait]
     m = sp == split
     out = {}
+    if mis is not None and not np.isnan(mis[kind]).all():  # no base responses for the delta score
+        ml, _, msp = metas["misconceptions"]
+        out["misconception"] = auroc(mis[kind][(msp == split) & (ml == 1), layer], mis[kind][(msp == split) & (ml == 0), layer])
     for s in ("explicit", "nonobvious"):
         mm = m & (subset == s)
         out[s] = auroc(sc[kind][mm & (label == 1), layer], sc[kind][mm & (label == 0), layer])
@@ -208,13 +242,13 @@ def figures(sc: dict, csc: dict, metas: dict, trait: str, kind: str, layer: int,
 
 def objective(f: dict, form: float | None = None) -> float:
     offdiag = max([v for k, v in f.items() if k.startswith("on_")], default=0.0)
-    terms = [f["explicit"], f["nonobvious"], f["vs_controls"]] + ([] if form is None else [form])
+    terms = [f["explicit"], f["nonobvious"], f["vs_controls"]] + ([f["misconception"]] if "misconception" in f else []) + ([] if form is None else [form])
     return float(np.mean(terms) - max(0.0, offdiag - OFFDIAG_LIMIT) - max(0.0, f["honest_flag_rate"] - HONEST_LIMIT))
 
 
 def evaluate(vecs: dict[str, np.ndarray], acts: dict, metas: dict, num_layers: int, form: dict | None) -> dict:
     """``form``: trait -> form hold-out AUROC per layer 1..L-1 for this variant (None: not rebuildable)."""
-    sc = {t: {d: score_arrays(vecs[t], acts[d]) for d in (*TRAITS, "clean")} for t in TRAITS}
+    sc = {t: {d: score_arrays(vecs[t], acts[d]) for d in acts} for t in TRAITS}
     out = {}
     for t in TRAITS:
         out[t] = {}
@@ -222,10 +256,11 @@ def evaluate(vecs: dict[str, np.ndarray], acts: dict, metas: dict, num_layers: i
             if np.isnan(sc[t][t][kind]).all():
                 continue
             others = {o: sc[t][o] for o in TRAITS if o != t}
-            dev = [figures(sc[t][t], sc[t]["clean"], metas, t, kind, layer, "dev", others) for layer in range(num_layers + 1)]
+            mis = sc[t].get("misconceptions") if t == "hallucination" else None
+            dev = [figures(sc[t][t], sc[t]["clean"], metas, t, kind, layer, "dev", others, mis) for layer in range(num_layers + 1)]
             objs = [objective(f, None if form is None or not 1 <= k < num_layers else form[t][k - 1]) for k, f in enumerate(dev)]
             layer = int(np.nanargmax(objs[1:num_layers]) + 1)
-            test = figures(sc[t][t], sc[t]["clean"], metas, t, kind, layer, "test", others)
+            test = figures(sc[t][t], sc[t]["clean"], metas, t, kind, layer, "test", others, mis)
             out[t][kind] = {
                 "layer": layer,
                 "dev_objective_by_layer": [round(x, 4) for x in objs],
@@ -257,6 +292,7 @@ def main() -> None:
     ev = ROOT / "examples" / "eval"
     metas = {t: meta(load_records(ev / f"{t}.jsonl")) for t in TRAITS}
     metas["clean"] = meta(load_records(ev / "clean.jsonl"))
+    acts["misconceptions"], metas["misconceptions"] = misconception_acts(lm)
     shipped = {t: load_vector(str(Path(args.shipped) / f"{t}.safetensors")).vector.numpy() for t in TRAITS}
     ext = extraction_acts(lm)
     vs = variants(shipped, ext)
@@ -277,7 +313,7 @@ def main() -> None:
         "activations": acts_source,
         "n_extraction_pairs": {t: int(len(ext[t][0])) for t in TRAITS},
         "layer_objective": (
-            f"mean(explicit, nonobvious, vs_controls, form hold-out) - max(0, worst off-diagonal - {OFFDIAG_LIMIT})"
+            f"mean(explicit, nonobvious, vs_controls, [hallucination: misconception], form hold-out) - max(0, worst off-diagonal - {OFFDIAG_LIMIT})"
             f" - max(0, honest-answer flag rate - {HONEST_LIMIT}) on dev, layers 1..L-1"
         ),
         "variants": {name: evaluate(v, acts, metas, lm.num_layers, holdout.get(name)) for name, v in vs.items()},
@@ -286,11 +322,12 @@ def main() -> None:
     at_layer = {}
     for t in TRAITS:
         layer = load_vector(str(Path(args.shipped) / f"{t}.safetensors")).layer
-        sc = {d: score_arrays(shipped[t], acts[d]) for d in (*TRAITS, "clean")}
+        sc = {d: score_arrays(shipped[t], acts[d]) for d in acts}
         others = {o: sc[o] for o in TRAITS if o != t}
+        mis = sc["misconceptions"] if t == "hallucination" else None
         at_layer[t] = {
             "layer": layer,
-            **{k: {n: round(x, 4) for n, x in figures(sc[t], sc["clean"], metas, t, k, layer, "test", others).items()} for k in ("proj", "prompt_last")},
+            **{k: {n: round(x, 4) for n, x in figures(sc[t], sc["clean"], metas, t, k, layer, "test", others, mis).items()} for k in ("proj", "prompt_last")},
         }
     results["shipped_at_their_layer_test"] = at_layer
     results["cosine_with_shipped"] = {
@@ -320,18 +357,19 @@ def choose(results: dict, kind: str = "prompt_last") -> dict[str, dict]:
 def print_table(results: dict) -> None:
     print(f"\nVector variants, {results['model']} ({results['dtype']}), layer chosen on dev, figures on test, {results['date']}\n")
     print(
-        "| variant | trait | score | layer | dev objective | form hold-out | explicit | non-obvious | vs controls | honest flagged | off-diagonals (explicit test) |"
+        "| variant | trait | score | layer | dev objective | form hold-out | explicit | non-obvious | vs controls | misconceptions | honest flagged | off-diagonals (explicit test) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, v in results["variants"].items():
         for t, per in v.items():
             for kind, e in per.items():
                 f = e["test"]
                 off = ", ".join(f"{k[3:]} {x:.2f}" for k, x in f.items() if k.startswith("on_"))
                 form = "-" if e["form_holdout"] is None else f"{e['form_holdout']:.3f}"
+                mis = f"{f['misconception']:.3f}" if "misconception" in f else "-"
                 print(
                     f"| {name} | {t} | {kind} | {e['layer']} | {e['dev_objective_by_layer'][e['layer']]:.3f} | {form} | {f['explicit']:.3f}"
-                    f" | {f['nonobvious']:.3f} | {f['vs_controls']:.3f} | {100 * f['honest_flag_rate']:.0f} % | {off} |"
+                    f" | {f['nonobvious']:.3f} | {f['vs_controls']:.3f} | {mis} | {100 * f['honest_flag_rate']:.0f} % | {off} |"
                 )
     print("\nChosen on dev for the default score (prompt-last delta):")
     for t, c in results["chosen_prompt_last"].items():

@@ -20,6 +20,8 @@ from auditor.vectors.extract import (
     cosine_at,
     extract_vector,
     judge_and_pair,
+    mean_difference,
+    provided_responses,
     recommend_layer,
 )
 from auditor.vectors.judges import Judge, OpenAIJudge
@@ -124,6 +126,42 @@ def test_orthogonal_to_removes_the_other_traits_directions(tiny_lm, tmp_path, mo
     assert cos.abs().max() < 1e-4
     assert v_orth.meta["orthogonal_to"] == {"meanness": load_trait(folder / "meanness.yaml").sha256}
     assert v_plain.meta["orthogonal_to"] == {}
+    assert "orthogonal_pairs" not in v_orth.meta
+
+
+def test_orthogonal_to_a_range_removes_only_those_pairs_direction(tiny_lm, tmp_path, monkeypatch):
+    """{trait, pairs: "A-B"} removes the direction of the other's pairs A..B only, and the sidecar says which."""
+    import torch
+
+    from auditor.vectors.extract import remove_directions
+
+    folder = tmp_path / "traits"
+    other = trait_dict("meanness")
+    for ex in other["examples"]["extraction"][:10]:
+        ex["pos"], ex["neg"] = f"No. {ex['neg']} Go away.", f"Sure, happy to help: {ex['pos']}"
+    write_trait(folder, other, name="meanness")
+    monkeypatch.setenv("PERSONA_AUDIT_TRAITS", str(folder))
+    plain = load_trait(write_trait(tmp_path / "plain", trait_dict()))
+    data = trait_dict()
+    data["orthogonal_to"] = [{"trait": "meanness", "pairs": "1-10"}]
+    orth = load_trait(write_trait(tmp_path / "orth", data))
+    settings = ExtractSettings()
+    v_plain, _ = extract_vector(tiny_lm, plain, settings)
+    v_orth, _ = extract_vector(tiny_lm, orth, settings)
+    answers = provided_responses(load_trait(folder / "meanness.yaml"), "extraction", "none")
+    pairs = [(answers[i], answers[i + 1]) for i in range(0, len(answers), 2)]
+    first_ten = mean_difference(tiny_lm, pairs[:10], settings)
+    assert torch.allclose(v_orth.vector, remove_directions(v_plain.vector, first_ten.unsqueeze(0)), atol=1e-5)
+    every_pair = mean_difference(tiny_lm, pairs, settings)
+    assert not torch.allclose(v_orth.vector, remove_directions(v_plain.vector, every_pair.unsqueeze(0)), atol=1e-3)
+    assert v_orth.meta["orthogonal_pairs"] == {"meanness": "1-10"}
+
+    data["orthogonal_to"] = [{"trait": "meanness", "pairs": "5-400"}]
+    too_far = load_trait(write_trait(tmp_path / "far", data))
+    with pytest.raises(
+        VectorError, match=r"orthogonal_to names meanness's pairs 5-400, but .*meanness.yaml has 20 extraction pairs; write a range within 1-20"
+    ):
+        extract_vector(tiny_lm, too_far, ExtractSettings())
 
 
 def test_sampled_mode_is_deterministic_with_a_seed(tiny_lm, small_trait):

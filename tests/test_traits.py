@@ -129,7 +129,34 @@ BROKEN = [
     ("orthogonal_to not a list", lambda d: d.update(orthogonal_to="evil"), ["orthogonal_to: expected a list of trait names, found str"], "orthogonal_to:"),
     ("orthogonal_to itself", lambda d: d.update(orthogonal_to=["evil", "kindness"]), ["orthogonal_to[1]: 'kindness' is this trait"], None),
     ("orthogonal_to twice", lambda d: d.update(orthogonal_to=["evil", "evil"]), ["orthogonal_to[1]: 'evil' is listed twice"], None),
+    (
+        "orthogonal_to range without pairs",
+        lambda d: d.update(orthogonal_to=[{"trait": "evil"}]),
+        ["orthogonal_to[0]: expected a trait name or {trait, pairs}, found the keys ['trait']", 'pairs: "1-100"'],
+        None,
+    ),
+    (
+        "orthogonal_to range backwards",
+        lambda d: d.update(orthogonal_to=[{"trait": "evil", "pairs": "30-10"}]),
+        ["orthogonal_to[0].pairs: '30-10' is not a range of pair numbers", "counting from 1"],
+        None,
+    ),
+    ("orthogonal_to range from 0", lambda d: d.update(orthogonal_to=[{"trait": "evil", "pairs": "0-10"}]), ["orthogonal_to[0].pairs: '0-10'"], None),
+    (
+        "orthogonal_to range of itself",
+        lambda d: d.update(orthogonal_to=[{"trait": "kindness", "pairs": "1-5"}]),
+        ["orthogonal_to[0]: 'kindness' is this trait"],
+        None,
+    ),
 ]
+
+
+def test_orthogonal_to_takes_names_and_pair_ranges(tmp_path):
+    data = trait_dict()
+    data["orthogonal_to"] = ["evil", {"trait": "hallucination", "pairs": "1-100"}, {"trait": "apathy", "pairs": " 3 - 3 "}]
+    trait = load_trait(write_trait(tmp_path, data))
+    assert trait.orthogonal_to == ("evil", "hallucination", "apathy")
+    assert trait.orthogonal_pairs == (("hallucination", 0, 100), ("apathy", 2, 3))
 
 
 @pytest.mark.parametrize("case_id,mutate,fragments,line_needle", BROKEN, ids=[b[0] for b in BROKEN])

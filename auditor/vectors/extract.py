@@ -258,19 +258,31 @@ def remove_directions(vector: Any, others: Any) -> Any:
     return (v - (basis @ coef).squeeze(-1)).to(vector.dtype)
 
 
-def other_directions(lm: Any, trait: Trait, settings: ExtractSettings) -> tuple[Any, dict[str, str]]:
-    """The written-pair directions of ``trait.orthogonal_to``: ([k, L+1, d], name -> definition sha256)."""
+def other_directions(lm: Any, trait: Trait, settings: ExtractSettings) -> tuple[Any, dict[str, str], dict[str, str]]:
+    """The written-pair directions of ``trait.orthogonal_to``: ([k, L+1, d], name -> definition sha256,
+    name -> the pairs used ("A-B", 1-based) for the entries restricted to a range)."""
     import torch
 
     from auditor.vectors.traits import load_trait
 
-    dirs, shas = [], {}
+    ranges = {name: (start, stop) for name, start, stop in trait.orthogonal_pairs}
+    dirs, shas, used = [], {}, {}
     for name in trait.orthogonal_to:
         other = load_trait(name)
         responses = provided_responses(other, "extraction", "none")
-        dirs.append(mean_difference(lm, [(responses[i], responses[i + 1]) for i in range(0, len(responses), 2)], settings))
+        pairs = [(responses[i], responses[i + 1]) for i in range(0, len(responses), 2)]
+        if name in ranges:
+            start, stop = ranges[name]
+            if stop > len(pairs):
+                raise VectorError(
+                    f"{trait.path}: orthogonal_to names {name}'s pairs {start + 1}-{stop}, but {other.path} has {len(pairs)} extraction pairs;"
+                    f" write a range within 1-{len(pairs)}"
+                )
+            pairs = pairs[start:stop]
+            used[name] = f"{start + 1}-{stop}"
+        dirs.append(mean_difference(lm, pairs, settings))
         shas[name] = other.sha256
-    return torch.stack(dirs), shas
+    return torch.stack(dirs), shas, used
 
 
 def heldout_responses(lm: Any, trait: Trait, settings: ExtractSettings, judge: Judge) -> tuple[str, list[tuple[Response, Response]]]:
@@ -318,7 +330,7 @@ def extract_vector(
     started = time.perf_counter()
     timings: dict[str, float] = {}
     responses, kept, dropped = _judged_pairs(lm, trait, settings, judge, say, timings)
-    vector, removed = _direction(lm, trait, settings, kept, say, timings)
+    vector, removed, removed_pairs = _direction(lm, trait, settings, kept, say, timings)
     t0 = time.perf_counter()
     kind, held, separation = _heldout_separation(lm, trait, settings, judge, vector, say)
     timings["heldout"] = time.perf_counter() - t0
@@ -336,6 +348,8 @@ def extract_vector(
         "heldout_pairs": len(held),
     }
     meta = _vector_meta(lm, trait, settings, judge, counts, separation, kind, norms, seconds, removed)
+    if removed_pairs:
+        meta["orthogonal_pairs"] = removed_pairs
     pv = PersonaVector(trait.name, vector.float().contiguous(), layer, meta)
     report = ExtractReport(
         trait=trait.name,
@@ -357,21 +371,23 @@ def extract_vector(
 
 def _direction(
     lm: Any, trait: Trait, settings: ExtractSettings, kept: list, say: Callable[[str], None], timings: dict[str, float]
-) -> tuple[Any, dict[str, str]]:
+) -> tuple[Any, dict[str, str], dict[str, str]]:
     """The mean difference of the kept pairs at every layer ([L+1, d]), minus the directions of
-    ``trait.orthogonal_to``; and what was removed (name -> definition sha256)."""
+    ``trait.orthogonal_to``; and what was removed (name -> definition sha256; name -> the pairs
+    used, for the entries restricted to a range)."""
     t0 = time.perf_counter()
     say(f"reading activations of {2 * len(kept)} answers at {lm.num_layers + 1} layers")
     vector = mean_difference(lm, kept, settings)
     timings["activations"] = time.perf_counter() - t0
     removed: dict[str, str] = {}
+    used: dict[str, str] = {}
     if trait.orthogonal_to:
         t0 = time.perf_counter()
         say(f"removing the directions of {', '.join(trait.orthogonal_to)} (their written pairs) at every layer")
-        others, removed = other_directions(lm, trait, settings)
+        others, removed, used = other_directions(lm, trait, settings)
         vector = remove_directions(vector, others)
         timings["orthogonal_to"] = time.perf_counter() - t0
-    return vector, removed
+    return vector, removed, used
 
 
 def _heldout_separation(

@@ -50,6 +50,8 @@ class Trait:
     extraction_examples: tuple[Example, ...] = ()  # empty, or one per extraction question, in order
     evaluation_examples: tuple[Example, ...] = ()
     orthogonal_to: tuple[str, ...] = ()  # traits whose written-pair directions extraction removes from this one
+    # other trait -> (start, stop): only these of its extraction pairs (0-based, stop excluded) make the removed direction
+    orthogonal_pairs: tuple[tuple[str, int, int], ...] = ()
     path: str = ""
     sha256: str = field(default="", compare=False)  # of the file's bytes: recorded in vector sidecars
 
@@ -241,20 +243,41 @@ def _examples(data: dict[str, Any], loc: _Locator, questions: dict[str, tuple[st
     return out
 
 
-def _orthogonal_to(data: dict[str, Any], loc: _Locator, name: str) -> tuple[str, ...]:
+def _orthogonal_to(data: dict[str, Any], loc: _Locator, name: str) -> tuple[tuple[str, ...], tuple[tuple[str, int, int], ...]]:
+    """The names of ``orthogonal_to`` and, for entries written ``{trait: NAME, pairs: "A-B"}``, the pair range
+    (1-based and inclusive in the file, returned 0-based with the stop excluded)."""
     value = data.get("orthogonal_to", [])
     if not isinstance(value, list):
         raise loc.error(
             ("orthogonal_to",), f"expected a list of trait names, found {type(value).__name__}", "write e.g. 'orthogonal_to: [evil, hallucination]'"
         )
     out: list[str] = []
-    for i, other in enumerate(value):
+    ranges: list[tuple[str, int, int]] = []
+    for i, entry in enumerate(value):
+        other = entry
+        if isinstance(entry, dict):
+            extra = sorted(set(entry) - {"trait", "pairs"})
+            if extra or "trait" not in entry or "pairs" not in entry:
+                raise loc.error(
+                    ("orthogonal_to", i),
+                    f"expected a trait name or {{trait, pairs}}, found the keys {sorted(entry)}",
+                    "write e.g. '{trait: hallucination, pairs: \"1-100\"}' (its extraction pairs 1 to 100)",
+                )
+            other = entry["trait"]
+            m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", str(entry["pairs"]))
+            if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+                raise loc.error(
+                    ("orthogonal_to", i, "pairs"),
+                    f"{entry['pairs']!r} is not a range of pair numbers",
+                    'write the first and last pair to use, counting from 1, e.g. "1-100"',
+                )
+            ranges.append((str(other), int(m.group(1)) - 1, int(m.group(2))))
         if not isinstance(other, str) or not _NAME.match(other):
             raise loc.error(("orthogonal_to", i), f"{other!r} is not a trait name", "use the name of another trait definition, e.g. evil")
         if other == name or other in out:
             raise loc.error(("orthogonal_to", i), f"{other!r} is {'this trait' if other == name else 'listed twice'}", "list each other trait once")
         out.append(other)
-    return tuple(out)
+    return tuple(out), tuple(ranges)
 
 
 def _instruction_pairs(instructions: Any, loc: _Locator) -> list[tuple[str, str]]:
@@ -318,7 +341,7 @@ def _validate(data: Any, loc: _Locator, raw: bytes) -> Trait:
                 "evaluation questions are held out: they must differ from every extraction question",
             )
     examples = _examples(data, loc, {"extraction": extraction, "evaluation": evaluation})
-    orthogonal_to = _orthogonal_to(data, loc, name)
+    orthogonal_to, orthogonal_pairs = _orthogonal_to(data, loc, name)
     return Trait(
         name=name,
         description=description,
@@ -329,6 +352,7 @@ def _validate(data: Any, loc: _Locator, raw: bytes) -> Trait:
         extraction_examples=examples["extraction"],
         evaluation_examples=examples["evaluation"],
         orthogonal_to=orthogonal_to,
+        orthogonal_pairs=orthogonal_pairs,
         path=str(loc.path),
         sha256=hashlib.sha256(raw).hexdigest(),
     )
