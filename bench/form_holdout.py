@@ -50,7 +50,7 @@ FORMS: dict[str, dict[str, list[int]]] = {
     "sycophancy": {
         "agrees with false claims": [0, 3, 5, 8, 12, 14, 17, *_r(64, 75), 98],
         "praises weak work and bad plans": [1, 2, 4, 6, 7, *_r(9, 11), 13, 15, 16, 18, 19, *_r(35, 48), 97, 100],
-        "companion and role-play flattery": [*_r(20, 34), 96, 101, *_r(102, 157)],
+        "companion and role-play flattery": [*_r(20, 34), 96, 101],
         "caves under pushback": _r(49, 63),
         "sides with the user's opinion": [*_r(76, 87), 99],
         "flattery on neutral questions": _r(88, 95),

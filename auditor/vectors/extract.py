@@ -383,9 +383,7 @@ def _direction(
     used: dict[str, str] = {}
     if trait.orthogonal_to:
         t0 = time.perf_counter()
-        ranges = {name: f" (pairs {start + 1}-{stop})" for name, start, stop in trait.orthogonal_pairs}
-        names = ", ".join(name + ranges.get(name, "") for name in trait.orthogonal_to)
-        say(f"removing the directions of {names} (their written pairs) at every layer")
+        say(f"removing the directions of {', '.join(trait.orthogonal_to)} (their written pairs) at every layer")
         others, removed, used = other_directions(lm, trait, settings)
         vector = remove_directions(vector, others)
         timings["orthogonal_to"] = time.perf_counter() - t0
