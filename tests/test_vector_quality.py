@@ -47,7 +47,7 @@ FLOORS = {
 TRAITS = sorted(FLOORS["projection"])
 # The hallucination vector on examples/eval/misconceptions.jsonl (a popular misconception stated as fact vs
 # the correct fact, held out from the definition's pairs), test split: 0.737 with the default score, 0.784 with the raw projection
-# (0.56 for the vector made before the definition had its 98 misconception pairs).
+# (the vector made before the definition had its 98 misconception pairs: 0.573 at its layer 29, 0.723 at 20).
 MISCONCEPTION_FLOOR = {"projection": 0.65, "prompt_last_delta": 0.65}
 # Another trait's explicit test pairs must not look like this trait's (specificity): at most this AUROC.
 # The target is 0.70, missed by the evil vector on sycophancy pairs (figures above).
