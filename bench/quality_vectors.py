@@ -65,38 +65,33 @@ def load_eval_acts(lm, max_new_tokens: int) -> tuple[dict, str]:
     if files:
         with np.load(files[-1]) as z:
             return {n: tuple(z[f"{n}.{k}"] for k in ("resp", "base", "last", "empty")) for n in (*TRAITS, "clean")}, str(files[-1].name)
+    return response_only_acts(lm, (*TRAITS, "clean"))
+
+
+def response_only_acts(lm, names: tuple[str, ...]) -> tuple[dict, str]:
+    """name -> (resp, base, last, empty) for examples/eval/<name>.jsonl without base responses (``base`` NaN): one
+    forward pass per record, cached in bench/.cache under the digest of the files; and the cache file's name."""
     ev = ROOT / "examples" / "eval"
-    digest = hashlib.sha256(b"".join((ev / f"{n}.jsonl").read_bytes() for n in (*TRAITS, "clean"))).hexdigest()[:16]
+    digest = hashlib.sha256(b"".join((ev / f"{n}.jsonl").read_bytes() for n in names)).hexdigest()[:16]
     path = ROOT / "bench" / ".cache" / f"respacts-{lm.fingerprint}-{lm.dtype}-{digest}.npz"
     if not path.exists():
         out = {}
-        for name in (*TRAITS, "clean"):
+        for name in names:
             out[name] = response_acts(lm, load_records(ev / f"{name}.jsonl"))
             print(f"  activations of {name}", file=sys.stderr)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, **{f"{n}.{k}": a for n, v in out.items() for k, a in zip(("resp", "last"), v)})
     with np.load(path) as z:
         acts = {}
-        for n in (*TRAITS, "clean"):
+        for n in names:
             resp, last = z[f"{n}.resp"], z[f"{n}.last"]
             acts[n] = (resp, np.full_like(resp, np.nan), last, np.ones(len(resp), bool))
     return acts, path.name
 
 
-def misconception_acts(lm) -> tuple[tuple, tuple]:
-    """examples/eval/misconceptions.jsonl (the hallucination vector's third labelled set): acts as load_eval_acts gives
-    them (no base responses) and its meta (cached in bench/.cache)."""
-    path_in = ROOT / "examples" / "eval" / "misconceptions.jsonl"
-    records = load_records(path_in)
-    digest = hashlib.sha256(path_in.read_bytes()).hexdigest()[:16]
-    path = ROOT / "bench" / ".cache" / f"misacts-{lm.fingerprint}-{lm.dtype}-{digest}.npz"
-    if not path.exists():
-        resp, last = response_acts(lm, records)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, resp=resp, last=last)
-    with np.load(path) as z:
-        resp, last = z["resp"], z["last"]
-    return (resp, np.full_like(resp, np.nan), last, np.ones(len(resp), bool)), meta(records)
+def misconception_scores(trait: str, scores: dict) -> dict | None:
+    """``scores`` (data name -> score arrays) of examples/eval/misconceptions.jsonl for the hallucination vector, else None."""
+    return scores.get("misconceptions") if trait == "hallucination" else None
 
 
 def response_acts(lm, records: list[dict], batch_tokens: int = 8192) -> tuple[np.ndarray, np.ndarray]:
@@ -173,11 +168,11 @@ def other_mean_differences(ext: dict, trait: str) -> list[np.ndarray]:
     each one's pairs, or the range the definition's ``orthogonal_to`` names (what ``audit extract`` removes)."""
     from auditor.vectors.traits import load_trait
 
-    ranges = {name: (start, stop) for name, start, stop in load_trait(trait).orthogonal_pairs}
+    definition = load_trait(trait)
     out = []
     for o in ext:
         if o != trait:
-            start, stop = ranges.get(o, (0, len(ext[o][0])))
+            start, stop = definition.orthogonal_range(o) or (0, len(ext[o][0]))
             out.append(ext[o][0][start:stop].mean(0) - ext[o][1][start:stop].mean(0))
     return out
 
@@ -256,7 +251,7 @@ def evaluate(vecs: dict[str, np.ndarray], acts: dict, metas: dict, num_layers: i
             if np.isnan(sc[t][t][kind]).all():
                 continue
             others = {o: sc[t][o] for o in TRAITS if o != t}
-            mis = sc[t].get("misconceptions") if t == "hallucination" else None
+            mis = misconception_scores(t, sc[t])
             dev = [figures(sc[t][t], sc[t]["clean"], metas, t, kind, layer, "dev", others, mis) for layer in range(num_layers + 1)]
             objs = [objective(f, None if form is None or not 1 <= k < num_layers else form[t][k - 1]) for k, f in enumerate(dev)]
             layer = int(np.nanargmax(objs[1:num_layers]) + 1)
@@ -292,7 +287,8 @@ def main() -> None:
     ev = ROOT / "examples" / "eval"
     metas = {t: meta(load_records(ev / f"{t}.jsonl")) for t in TRAITS}
     metas["clean"] = meta(load_records(ev / "clean.jsonl"))
-    acts["misconceptions"], metas["misconceptions"] = misconception_acts(lm)
+    acts.update(response_only_acts(lm, ("misconceptions",))[0])
+    metas["misconceptions"] = meta(load_records(ev / "misconceptions.jsonl"))
     shipped = {t: load_vector(str(Path(args.shipped) / f"{t}.safetensors")).vector.numpy() for t in TRAITS}
     ext = extraction_acts(lm)
     vs = variants(shipped, ext)
@@ -324,7 +320,7 @@ def main() -> None:
         layer = load_vector(str(Path(args.shipped) / f"{t}.safetensors")).layer
         sc = {d: score_arrays(shipped[t], acts[d]) for d in acts}
         others = {o: sc[o] for o in TRAITS if o != t}
-        mis = sc["misconceptions"] if t == "hallucination" else None
+        mis = misconception_scores(t, sc)
         at_layer[t] = {
             "layer": layer,
             **{k: {n: round(x, 4) for n, x in figures(sc[t], sc["clean"], metas, t, k, layer, "test", others, mis).items()} for k in ("proj", "prompt_last")},

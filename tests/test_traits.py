@@ -157,6 +157,7 @@ def test_orthogonal_to_takes_names_and_pair_ranges(tmp_path):
     trait = load_trait(write_trait(tmp_path, data))
     assert trait.orthogonal_to == ("evil", "hallucination", "apathy")
     assert trait.orthogonal_pairs == (("hallucination", 0, 100), ("apathy", 2, 3))
+    assert (trait.orthogonal_range("hallucination"), trait.orthogonal_range("apathy"), trait.orthogonal_range("evil")) == ((0, 100), (2, 3), None)
 
 
 @pytest.mark.parametrize("case_id,mutate,fragments,line_needle", BROKEN, ids=[b[0] for b in BROKEN])

@@ -265,14 +265,14 @@ def other_directions(lm: Any, trait: Trait, settings: ExtractSettings) -> tuple[
 
     from auditor.vectors.traits import load_trait
 
-    ranges = {name: (start, stop) for name, start, stop in trait.orthogonal_pairs}
     dirs, shas, used = [], {}, {}
     for name in trait.orthogonal_to:
         other = load_trait(name)
         responses = provided_responses(other, "extraction", "none")
         pairs = [(responses[i], responses[i + 1]) for i in range(0, len(responses), 2)]
-        if name in ranges:
-            start, stop = ranges[name]
+        span = trait.orthogonal_range(name)
+        if span is not None:
+            start, stop = span
             if stop > len(pairs):
                 raise VectorError(
                     f"{trait.path}: orthogonal_to names {name}'s pairs {start + 1}-{stop}, but {other.path} has {len(pairs)} extraction pairs;"

@@ -50,10 +50,14 @@ class Trait:
     extraction_examples: tuple[Example, ...] = ()  # empty, or one per extraction question, in order
     evaluation_examples: tuple[Example, ...] = ()
     orthogonal_to: tuple[str, ...] = ()  # traits whose written-pair directions extraction removes from this one
-    # other trait -> (start, stop): only these of its extraction pairs (0-based, stop excluded) make the removed direction
+    # (other trait, start, stop): only these of its extraction pairs (0-based, stop excluded) make its removed direction
     orthogonal_pairs: tuple[tuple[str, int, int], ...] = ()
     path: str = ""
     sha256: str = field(default="", compare=False)  # of the file's bytes: recorded in vector sidecars
+
+    def orthogonal_range(self, other: str) -> tuple[int, int] | None:
+        """(start, stop) of ``other``'s extraction pairs whose direction extraction removes, or None for all of them."""
+        return next(((start, stop) for name, start, stop in self.orthogonal_pairs if name == other), None)
 
     @property
     def has_examples(self) -> bool:
