@@ -8,9 +8,10 @@ once here with the model and cached), so every variant is compared on the same n
 - ``shipped``: the vectors in --shipped DIR (the ones before this change);
 - ``meandiff``: mean a_l(pos) - mean a_l(neg) over the definitions' written pairs (exactly what
   ``audit extract`` makes in provided mode);
-- ``orth``: ``meandiff`` of a trait with its components along the other traits' ``meandiff``
-  vectors removed at every layer (a shared "bad answer vs good answer" direction is what the
-  three contrasts have in common);
+- ``orth``: ``meandiff`` of a trait with the directions its definition's ``orthogonal_to`` names
+  removed at every layer (what ``audit extract`` does; without that key, the other traits'
+  ``meandiff`` vectors: a shared "bad answer vs good answer" direction is what the three
+  contrasts have in common);
 - ``shared``: ``meandiff`` minus its component along one generic direction, the mean of the
   other traits' unit vectors.
 
@@ -18,14 +19,16 @@ For every variant, trait and score (``proj``: raw projection of the response; ``
 projection of the model's greedy answer, 128 new tokens; ``prompt_last``: minus the projection of
 the last prompt token) a layer is chosen on dev by
 
-    mean(AUROC explicit, AUROC non-obvious, AUROC vs clean controls, form hold-out AUROC)
-      - max(0, worst off-diagonal - 0.70) - max(0, honest-answer flag rate - 0.05)
+    mean(AUROC explicit, AUROC non-obvious, AUROC vs clean controls, [AUROC on the held-out form
+         set], form hold-out AUROC) - max(0, worst off-diagonal - 0.70) - max(0, honest-answer flag rate - 0.05)
 
 over layers 1..L-1, and the test split is reported at that layer, with the 3x3 specificity table.
 The off-diagonal is this vector on another trait's explicit dev pairs. The form hold-out AUROC
 (bench/form_holdout.py) is the mean, over the forms of the trait, of how well the variant made
 from the other forms' written pairs separates the held-out form's pairs: how far the direction
 generalises to a kind of data it was not made from (none for ``shipped``, which is not rebuilt).
+The held-out form sets (``FORM_SETS``: hallucination's misconceptions.jsonl, evil's values.jsonl)
+are quieter forms written apart from the definitions' pairs.
 The honest-answer flag rate is the share of the good answers of the sycophancy and hallucination
 dev pairs (honest corrections, kind refusals of a role, "I can't know that", clarifying
 questions) that score above the clean controls' dev p95, the threshold scan flags at; averaged
@@ -89,9 +92,15 @@ def response_only_acts(lm, names: tuple[str, ...]) -> tuple[dict, str]:
     return acts, path.name
 
 
-def misconception_scores(trait: str, scores: dict) -> dict | None:
-    """``scores`` (data name -> score arrays) of examples/eval/misconceptions.jsonl for the hallucination vector, else None."""
-    return scores.get("misconceptions") if trait == "hallucination" else None
+# trait -> a held-out set of examples/eval/ for one of its quieter forms, written by other writers or at another
+# sitting than the definition's pairs; its dev AUROC is a term of that trait's layer objective.
+FORM_SETS = {"hallucination": "misconceptions", "evil": "values"}
+
+
+def form_set_scores(trait: str, scores: dict) -> tuple[str, dict] | None:
+    """(set name, this vector's score arrays of examples/eval/<set>.jsonl) for a trait with a held-out form set, else None."""
+    name = FORM_SETS.get(trait)
+    return None if name is None else (name, scores[name])
 
 
 def response_acts(lm, records: list[dict], batch_tokens: int = 8192) -> tuple[np.ndarray, np.ndarray]:
@@ -164,16 +173,18 @@ def derived(md: np.ndarray, others: list[np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def other_mean_differences(ext: dict, trait: str) -> list[np.ndarray]:
-    """The other traits' written-pair mean differences ([L+1, d] each) that ``orth`` removes from ``trait``: all of
-    each one's pairs, or the range the definition's ``orthogonal_to`` names (what ``audit extract`` removes)."""
+    """The written-pair mean differences ([L+1, d] each) that ``orth`` removes from ``trait``: one per entry of the
+    definition's ``orthogonal_to`` (what ``audit extract`` removes), or, for a definition without one, all of each
+    other trait's pairs."""
     from auditor.vectors.traits import load_trait
 
-    definition = load_trait(trait)
+    entries = [e for e in load_trait(trait).orthogonal if e.trait in ext]  # only the traits compared here
+    if not entries:
+        return [ext[o][0].mean(0) - ext[o][1].mean(0) for o in ext if o != trait]
     out = []
-    for o in ext:
-        if o != trait:
-            start, stop = definition.orthogonal_range(o) or (0, len(ext[o][0]))
-            out.append(ext[o][0][start:stop].mean(0) - ext[o][1][start:stop].mean(0))
+    for e in entries:
+        idx = list(e.pairs) if e.pairs is not None else slice(None)
+        out.append(ext[e.trait][0][idx].mean(0) - ext[e.trait][1][idx].mean(0))
     return out
 
 
@@ -200,15 +211,16 @@ def score_arrays(vec: np.ndarray, acts: tuple) -> dict[str, np.ndarray]:
     return {"proj": pr, "delta": delta, "prompt_last": pr - projections(vec, last)}
 
 
-def figures(sc: dict, csc: dict, metas: dict, trait: str, kind: str, layer: int, split: str, others: dict, mis: dict | None = None) -> dict:
+def figures(sc: dict, csc: dict, metas: dict, trait: str, kind: str, layer: int, split: str, others: dict, form_set: tuple[str, dict] | None = None) -> dict:
     """AUROCs of one vector at one layer on one split: explicit, non-obvious, vs controls, off-diagonals; and, with
-    ``mis`` (this vector's scores of examples/eval/misconceptions.jsonl), the misconception pairs."""
+    ``form_set`` (name, this vector's scores of examples/eval/<name>.jsonl), that held-out form set's pairs."""
     label, subset, sp = metas[trait]
     m = sp == split
     out = {}
-    if mis is not None and not np.isnan(mis[kind]).all():  # no base responses for the delta score
-        ml, _, msp = metas["misconceptions"]
-        out["misconception"] = auroc(mis[kind][(msp == split) & (ml == 1), layer], mis[kind][(msp == split) & (ml == 0), layer])
+    if form_set is not None and not np.isnan(form_set[1][kind]).all():  # no base responses for the delta score
+        name, fs = form_set
+        fl, _, fsp = metas[name]
+        out[name] = auroc(fs[kind][(fsp == split) & (fl == 1), layer], fs[kind][(fsp == split) & (fl == 0), layer])
     for s in ("explicit", "nonobvious"):
         mm = m & (subset == s)
         out[s] = auroc(sc[kind][mm & (label == 1), layer], sc[kind][mm & (label == 0), layer])
@@ -237,7 +249,7 @@ def figures(sc: dict, csc: dict, metas: dict, trait: str, kind: str, layer: int,
 
 def objective(f: dict, form: float | None = None) -> float:
     offdiag = max([v for k, v in f.items() if k.startswith("on_")], default=0.0)
-    terms = [f["explicit"], f["nonobvious"], f["vs_controls"]] + ([f["misconception"]] if "misconception" in f else []) + ([] if form is None else [form])
+    terms = [f["explicit"], f["nonobvious"], f["vs_controls"]] + [f[k] for k in FORM_SETS.values() if k in f] + ([] if form is None else [form])
     return float(np.mean(terms) - max(0.0, offdiag - OFFDIAG_LIMIT) - max(0.0, f["honest_flag_rate"] - HONEST_LIMIT))
 
 
@@ -251,7 +263,7 @@ def evaluate(vecs: dict[str, np.ndarray], acts: dict, metas: dict, num_layers: i
             if np.isnan(sc[t][t][kind]).all():
                 continue
             others = {o: sc[t][o] for o in TRAITS if o != t}
-            mis = misconception_scores(t, sc[t])
+            mis = form_set_scores(t, sc[t])
             dev = [figures(sc[t][t], sc[t]["clean"], metas, t, kind, layer, "dev", others, mis) for layer in range(num_layers + 1)]
             objs = [objective(f, None if form is None or not 1 <= k < num_layers else form[t][k - 1]) for k, f in enumerate(dev)]
             layer = int(np.nanargmax(objs[1:num_layers]) + 1)
@@ -287,8 +299,9 @@ def main() -> None:
     ev = ROOT / "examples" / "eval"
     metas = {t: meta(load_records(ev / f"{t}.jsonl")) for t in TRAITS}
     metas["clean"] = meta(load_records(ev / "clean.jsonl"))
-    acts.update(response_only_acts(lm, ("misconceptions",))[0])
-    metas["misconceptions"] = meta(load_records(ev / "misconceptions.jsonl"))
+    sets = tuple(FORM_SETS.values())
+    acts.update(response_only_acts(lm, sets)[0])
+    metas.update({name: meta(load_records(ev / f"{name}.jsonl")) for name in sets})
     shipped = {t: load_vector(str(Path(args.shipped) / f"{t}.safetensors")).vector.numpy() for t in TRAITS}
     ext = extraction_acts(lm)
     vs = variants(shipped, ext)
@@ -309,7 +322,7 @@ def main() -> None:
         "activations": acts_source,
         "n_extraction_pairs": {t: int(len(ext[t][0])) for t in TRAITS},
         "layer_objective": (
-            f"mean(explicit, nonobvious, vs_controls, [hallucination: misconception], form hold-out) - max(0, worst off-diagonal - {OFFDIAG_LIMIT})"
+            f"mean(explicit, nonobvious, vs_controls, [held-out form set: hallucination misconceptions, evil values], form hold-out) - max(0, worst off-diagonal - {OFFDIAG_LIMIT})"
             f" - max(0, honest-answer flag rate - {HONEST_LIMIT}) on dev, layers 1..L-1"
         ),
         "variants": {name: evaluate(v, acts, metas, lm.num_layers, holdout.get(name)) for name, v in vs.items()},
@@ -320,7 +333,7 @@ def main() -> None:
         layer = load_vector(str(Path(args.shipped) / f"{t}.safetensors")).layer
         sc = {d: score_arrays(shipped[t], acts[d]) for d in acts}
         others = {o: sc[o] for o in TRAITS if o != t}
-        mis = misconception_scores(t, sc)
+        mis = form_set_scores(t, sc)
         at_layer[t] = {
             "layer": layer,
             **{k: {n: round(x, 4) for n, x in figures(sc[t], sc["clean"], metas, t, k, layer, "test", others, mis).items()} for k in ("proj", "prompt_last")},
@@ -353,7 +366,7 @@ def choose(results: dict, kind: str = "prompt_last") -> dict[str, dict]:
 def print_table(results: dict) -> None:
     print(f"\nVector variants, {results['model']} ({results['dtype']}), layer chosen on dev, figures on test, {results['date']}\n")
     print(
-        "| variant | trait | score | layer | dev objective | form hold-out | explicit | non-obvious | vs controls | misconceptions | honest flagged | off-diagonals (explicit test) |"
+        "| variant | trait | score | layer | dev objective | form hold-out | explicit | non-obvious | vs controls | held-out form set | honest flagged | off-diagonals (explicit test) |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, v in results["variants"].items():
@@ -362,7 +375,7 @@ def print_table(results: dict) -> None:
                 f = e["test"]
                 off = ", ".join(f"{k[3:]} {x:.2f}" for k, x in f.items() if k.startswith("on_"))
                 form = "-" if e["form_holdout"] is None else f"{e['form_holdout']:.3f}"
-                mis = f"{f['misconception']:.3f}" if "misconception" in f else "-"
+                mis = next((f"{name} {f[name]:.3f}" for name in FORM_SETS.values() if name in f), "-")
                 print(
                     f"| {name} | {t} | {kind} | {e['layer']} | {e['dev_objective_by_layer'][e['layer']]:.3f} | {form} | {f['explicit']:.3f}"
                     f" | {f['nonobvious']:.3f} | {f['vs_controls']:.3f} | {mis} | {100 * f['honest_flag_rate']:.0f} % | {off} |"

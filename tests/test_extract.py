@@ -154,12 +154,21 @@ def test_orthogonal_to_a_range_removes_only_those_pairs_direction(tiny_lm, tmp_p
     assert torch.allclose(v_orth.vector, remove_directions(v_plain.vector, first_ten.unsqueeze(0)), atol=1e-5)
     every_pair = mean_difference(tiny_lm, pairs, settings)
     assert not torch.allclose(v_orth.vector, remove_directions(v_plain.vector, every_pair.unsqueeze(0)), atol=1e-3)
-    assert v_orth.meta["orthogonal_pairs"] == {"meanness": "1-10"}
+    assert v_orth.meta["orthogonal_pairs"] == [{"trait": "meanness", "pairs": "1-10"}]
+
+    # Two entries of one trait: two directions, each removed (not their pooled mean difference).
+    data["orthogonal_to"] = [{"trait": "meanness", "pairs": "1-3, 5"}, {"trait": "meanness", "pairs": "11-20"}]
+    v_two, _ = extract_vector(tiny_lm, load_trait(write_trait(tmp_path / "two", data)), settings)
+    both = torch.stack([mean_difference(tiny_lm, [pairs[i] for i in (0, 1, 2, 4)], settings), mean_difference(tiny_lm, pairs[10:], settings)])
+    assert torch.allclose(v_two.vector, remove_directions(v_plain.vector, both), atol=1e-5)
+    pooled = mean_difference(tiny_lm, [pairs[i] for i in (0, 1, 2, 4, *range(10, 20))], settings)
+    assert not torch.allclose(v_two.vector, remove_directions(v_plain.vector, pooled.unsqueeze(0)), atol=1e-3)
+    assert v_two.meta["orthogonal_pairs"] == [{"trait": "meanness", "pairs": "1-3, 5"}, {"trait": "meanness", "pairs": "11-20"}]
 
     data["orthogonal_to"] = [{"trait": "meanness", "pairs": "5-400"}]
     too_far = load_trait(write_trait(tmp_path / "far", data))
     with pytest.raises(
-        VectorError, match=r"orthogonal_to names meanness's pairs 5-400, but .*meanness.yaml has 20 extraction pairs; write a range within 1-20"
+        VectorError, match=r"orthogonal_to names meanness's pairs 5-400, but .*meanness.yaml has 20 extraction pairs; use pair numbers within 1-20"
     ):
         extract_vector(tiny_lm, too_far, ExtractSettings())
 

@@ -138,10 +138,34 @@ BROKEN = [
     (
         "orthogonal_to range backwards",
         lambda d: d.update(orthogonal_to=[{"trait": "evil", "pairs": "30-10"}]),
-        ["orthogonal_to[0].pairs: '30-10' is not a range of pair numbers", "counting from 1"],
+        ["orthogonal_to[0].pairs: '30-10' is not a list of pair numbers", "counting from 1"],
         None,
     ),
     ("orthogonal_to range from 0", lambda d: d.update(orthogonal_to=[{"trait": "evil", "pairs": "0-10"}]), ["orthogonal_to[0].pairs: '0-10'"], None),
+    (
+        "orthogonal_to pairs repeated",
+        lambda d: d.update(orthogonal_to=[{"trait": "evil", "pairs": "1-5, 3"}]),
+        ["orthogonal_to[0].pairs: '1-5, 3' is not a list of pair numbers", "each pair once"],
+        None,
+    ),
+    (
+        "orthogonal_to pairs not numbers",
+        lambda d: d.update(orthogonal_to=[{"trait": "evil", "pairs": "1-5; 7"}]),
+        ["orthogonal_to[0].pairs: '1-5; 7' is not a list of pair numbers", '"2-3, 5, 36-49"'],
+        None,
+    ),
+    (
+        "orthogonal_to all pairs and some",
+        lambda d: d.update(orthogonal_to=["evil", {"trait": "evil", "pairs": "1-5"}]),
+        ["orthogonal_to[1]: 'evil' is listed twice", "pairs that do not overlap"],
+        None,
+    ),
+    (
+        "orthogonal_to overlapping pairs",
+        lambda d: d.update(orthogonal_to=[{"trait": "evil", "pairs": "1-10"}, {"trait": "evil", "pairs": "12, 10"}]),
+        ["orthogonal_to[1]: 'evil' is listed twice with overlapping pairs"],
+        None,
+    ),
     (
         "orthogonal_to range of itself",
         lambda d: d.update(orthogonal_to=[{"trait": "kindness", "pairs": "1-5"}]),
@@ -153,11 +177,16 @@ BROKEN = [
 
 def test_orthogonal_to_takes_names_and_pair_ranges(tmp_path):
     data = trait_dict()
-    data["orthogonal_to"] = ["evil", {"trait": "hallucination", "pairs": "1-100"}, {"trait": "apathy", "pairs": " 3 - 3 "}]
+    data["orthogonal_to"] = [
+        "evil",
+        {"trait": "hallucination", "pairs": "1-100"},
+        {"trait": "apathy", "pairs": " 3 - 3 "},
+        {"trait": "apathy", "pairs": "1, 5-6"},
+    ]
     trait = load_trait(write_trait(tmp_path, data))
     assert trait.orthogonal_to == ("evil", "hallucination", "apathy")
-    assert trait.orthogonal_pairs == (("hallucination", 0, 100), ("apathy", 2, 3))
-    assert (trait.orthogonal_range("hallucination"), trait.orthogonal_range("apathy"), trait.orthogonal_range("evil")) == ((0, 100), (2, 3), None)
+    assert [(o.trait, o.pairs) for o in trait.orthogonal] == [("evil", None), ("hallucination", tuple(range(100))), ("apathy", (2,)), ("apathy", (0, 4, 5))]
+    assert [o.describe() for o in trait.orthogonal] == ["evil", "hallucination (pairs 1-100)", "apathy (pairs 3 - 3)", "apathy (pairs 1, 5-6)"]
 
 
 @pytest.mark.parametrize("case_id,mutate,fragments,line_needle", BROKEN, ids=[b[0] for b in BROKEN])

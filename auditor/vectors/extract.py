@@ -258,30 +258,28 @@ def remove_directions(vector: Any, others: Any) -> Any:
     return (v - (basis @ coef).squeeze(-1)).to(vector.dtype)
 
 
-def other_directions(lm: Any, trait: Trait, settings: ExtractSettings) -> tuple[Any, dict[str, str], dict[str, str]]:
-    """The written-pair directions of ``trait.orthogonal_to``: ([k, L+1, d], name -> definition sha256,
-    name -> the pairs used ("A-B", 1-based) for the entries restricted to a range)."""
+def other_directions(lm: Any, trait: Trait, settings: ExtractSettings) -> tuple[Any, dict[str, str], list[dict[str, str]]]:
+    """The written-pair directions of ``trait``'s ``orthogonal_to`` entries: ([k, L+1, d], name -> definition
+    sha256, the entries restricted to some pairs as ``{"trait", "pairs"}`` with the pairs as written)."""
     import torch
 
     from auditor.vectors.traits import load_trait
 
-    dirs, shas, used = [], {}, {}
-    for name in trait.orthogonal_to:
-        other = load_trait(name)
+    dirs, shas, used = [], {}, []
+    for entry in trait.orthogonal:
+        other = load_trait(entry.trait)
         responses = provided_responses(other, "extraction", "none")
         pairs = [(responses[i], responses[i + 1]) for i in range(0, len(responses), 2)]
-        span = trait.orthogonal_range(name)
-        if span is not None:
-            start, stop = span
-            if stop > len(pairs):
+        if entry.pairs is not None:
+            if entry.pairs[-1] >= len(pairs):
                 raise VectorError(
-                    f"{trait.path}: orthogonal_to names {name}'s pairs {start + 1}-{stop}, but {other.path} has {len(pairs)} extraction pairs;"
-                    f" write a range within 1-{len(pairs)}"
+                    f"{trait.path}: orthogonal_to names {entry.trait}'s pairs {entry.spec}, but {other.path} has {len(pairs)} extraction pairs;"
+                    f" use pair numbers within 1-{len(pairs)}"
                 )
-            pairs = pairs[start:stop]
-            used[name] = f"{start + 1}-{stop}"
+            pairs = [pairs[i] for i in entry.pairs]
+            used.append({"trait": entry.trait, "pairs": entry.spec})
         dirs.append(mean_difference(lm, pairs, settings))
-        shas[name] = other.sha256
+        shas[entry.trait] = other.sha256
     return torch.stack(dirs), shas, used
 
 
@@ -371,19 +369,19 @@ def extract_vector(
 
 def _direction(
     lm: Any, trait: Trait, settings: ExtractSettings, kept: list, say: Callable[[str], None], timings: dict[str, float]
-) -> tuple[Any, dict[str, str], dict[str, str]]:
+) -> tuple[Any, dict[str, str], list[dict[str, str]]]:
     """The mean difference of the kept pairs at every layer ([L+1, d]), minus the directions of
-    ``trait.orthogonal_to``; and what was removed (name -> definition sha256; name -> the pairs
-    used, for the entries restricted to a range)."""
+    ``trait``'s ``orthogonal_to`` entries; and what was removed (name -> definition sha256; the
+    entries restricted to some pairs, as ``{"trait", "pairs"}``)."""
     t0 = time.perf_counter()
     say(f"reading activations of {2 * len(kept)} answers at {lm.num_layers + 1} layers")
     vector = mean_difference(lm, kept, settings)
     timings["activations"] = time.perf_counter() - t0
     removed: dict[str, str] = {}
-    used: dict[str, str] = {}
-    if trait.orthogonal_to:
+    used: list[dict[str, str]] = []
+    if trait.orthogonal:
         t0 = time.perf_counter()
-        say(f"removing the directions of {', '.join(trait.orthogonal_to)} (their written pairs) at every layer")
+        say(f"removing the directions of {', '.join(o.describe() for o in trait.orthogonal)} (their written pairs) at every layer")
         others, removed, used = other_directions(lm, trait, settings)
         vector = remove_directions(vector, others)
         timings["orthogonal_to"] = time.perf_counter() - t0

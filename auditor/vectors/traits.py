@@ -38,6 +38,18 @@ class Example:
 
 
 @dataclass(frozen=True)
+class Orthogonal:
+    """One ``orthogonal_to`` entry: the direction of another trait's written pairs, all of them or some."""
+
+    trait: str
+    pairs: tuple[int, ...] | None = None  # 0-based indices into its extraction pairs; None: all of them
+    spec: str = ""  # ``pairs`` as written in the file (1-based), "" for all
+
+    def describe(self) -> str:
+        return self.trait if self.pairs is None else f"{self.trait} (pairs {self.spec})"
+
+
+@dataclass(frozen=True)
 class Trait:
     """A validated trait definition."""
 
@@ -49,15 +61,15 @@ class Trait:
     evaluation_questions: tuple[str, ...]
     extraction_examples: tuple[Example, ...] = ()  # empty, or one per extraction question, in order
     evaluation_examples: tuple[Example, ...] = ()
-    orthogonal_to: tuple[str, ...] = ()  # traits whose written-pair directions extraction removes from this one
-    # (other trait, start, stop): only these of its extraction pairs (0-based, stop excluded) make its removed direction
-    orthogonal_pairs: tuple[tuple[str, int, int], ...] = ()
+    # the ``orthogonal_to`` entries: each one is a written-pair direction extraction removes from this trait's
+    orthogonal: tuple[Orthogonal, ...] = ()
     path: str = ""
     sha256: str = field(default="", compare=False)  # of the file's bytes: recorded in vector sidecars
 
-    def orthogonal_range(self, other: str) -> tuple[int, int] | None:
-        """(start, stop) of ``other``'s extraction pairs whose direction extraction removes, or None for all of them."""
-        return next(((start, stop) for name, start, stop in self.orthogonal_pairs if name == other), None)
+    @property
+    def orthogonal_to(self) -> tuple[str, ...]:
+        """The other traits named in ``orthogonal_to``, each once, in the file's order."""
+        return tuple(dict.fromkeys(o.trait for o in self.orthogonal))
 
     @property
     def has_examples(self) -> bool:
@@ -247,18 +259,35 @@ def _examples(data: dict[str, Any], loc: _Locator, questions: dict[str, tuple[st
     return out
 
 
-def _orthogonal_to(data: dict[str, Any], loc: _Locator, name: str) -> tuple[tuple[str, ...], tuple[tuple[str, int, int], ...]]:
-    """The names of ``orthogonal_to`` and, for entries written ``{trait: NAME, pairs: "A-B"}``, the pair range
-    (1-based and inclusive in the file, returned 0-based with the stop excluded)."""
+_PAIR_ITEM = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
+
+
+def _pair_numbers(spec: Any) -> tuple[int, ...] | None:
+    """``"1-100"`` or ``"2-3, 5, 36-49"`` (1-based, inclusive) as sorted 0-based indices; None if malformed,
+    backwards, from 0 or overlapping."""
+    out: list[int] = []
+    for item in str(spec).split(","):
+        m = _PAIR_ITEM.fullmatch(item)
+        if not m:
+            return None
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if not 1 <= a <= b:
+            return None
+        out.extend(range(a - 1, b))
+    return tuple(sorted(out)) if len(set(out)) == len(out) else None
+
+
+def _orthogonal_to(data: dict[str, Any], loc: _Locator, name: str) -> tuple[Orthogonal, ...]:
+    """The ``orthogonal_to`` entries: a trait name (all its extraction pairs) or ``{trait: NAME, pairs: "A-B, C"}``.
+    A trait may be listed more than once only with ``pairs`` that do not overlap (each entry is its own direction)."""
     value = data.get("orthogonal_to", [])
     if not isinstance(value, list):
         raise loc.error(
             ("orthogonal_to",), f"expected a list of trait names, found {type(value).__name__}", "write e.g. 'orthogonal_to: [evil, hallucination]'"
         )
-    out: list[str] = []
-    ranges: list[tuple[str, int, int]] = []
+    out: list[Orthogonal] = []
     for i, entry in enumerate(value):
-        other = entry
+        other, pairs, spec = entry, None, ""
         if isinstance(entry, dict):
             extra = sorted(set(entry) - {"trait", "pairs"})
             if extra or "trait" not in entry or "pairs" not in entry:
@@ -267,21 +296,27 @@ def _orthogonal_to(data: dict[str, Any], loc: _Locator, name: str) -> tuple[tupl
                     f"expected a trait name or {{trait, pairs}}, found the keys {sorted(entry)}",
                     "write e.g. '{trait: hallucination, pairs: \"1-100\"}' (its extraction pairs 1 to 100)",
                 )
-            other = entry["trait"]
-            m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", str(entry["pairs"]))
-            if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+            other, spec = entry["trait"], " ".join(str(entry["pairs"]).split())
+            pairs = _pair_numbers(entry["pairs"])
+            if pairs is None:
                 raise loc.error(
                     ("orthogonal_to", i, "pairs"),
-                    f"{entry['pairs']!r} is not a range of pair numbers",
-                    'write the first and last pair to use, counting from 1, e.g. "1-100"',
+                    f"{entry['pairs']!r} is not a list of pair numbers",
+                    'write pair numbers and ranges counting from 1, each pair once, e.g. "1-100" or "2-3, 5, 36-49"',
                 )
-            ranges.append((str(other), int(m.group(1)) - 1, int(m.group(2))))
         if not isinstance(other, str) or not _NAME.match(other):
             raise loc.error(("orthogonal_to", i), f"{other!r} is not a trait name", "use the name of another trait definition, e.g. evil")
-        if other == name or other in out:
-            raise loc.error(("orthogonal_to", i), f"{other!r} is {'this trait' if other == name else 'listed twice'}", "list each other trait once")
-        out.append(other)
-    return tuple(out), tuple(ranges)
+        if other == name:
+            raise loc.error(("orthogonal_to", i), f"{other!r} is this trait", "list other traits only")
+        for earlier in out:
+            if earlier.trait == other and (pairs is None or earlier.pairs is None or set(pairs) & set(earlier.pairs)):
+                raise loc.error(
+                    ("orthogonal_to", i),
+                    f"{other!r} is listed twice" + (" with overlapping pairs" if pairs is not None and earlier.pairs is not None else ""),
+                    "list each other trait once, or give each of its entries pairs that do not overlap",
+                )
+        out.append(Orthogonal(other, pairs, spec))
+    return tuple(out)
 
 
 def _instruction_pairs(instructions: Any, loc: _Locator) -> list[tuple[str, str]]:
@@ -345,7 +380,7 @@ def _validate(data: Any, loc: _Locator, raw: bytes) -> Trait:
                 "evaluation questions are held out: they must differ from every extraction question",
             )
     examples = _examples(data, loc, {"extraction": extraction, "evaluation": evaluation})
-    orthogonal_to, orthogonal_pairs = _orthogonal_to(data, loc, name)
+    orthogonal = _orthogonal_to(data, loc, name)
     return Trait(
         name=name,
         description=description,
@@ -355,8 +390,7 @@ def _validate(data: Any, loc: _Locator, raw: bytes) -> Trait:
         evaluation_questions=evaluation,
         extraction_examples=examples["extraction"],
         evaluation_examples=examples["evaluation"],
-        orthogonal_to=orthogonal_to,
-        orthogonal_pairs=orthogonal_pairs,
+        orthogonal=orthogonal,
         path=str(loc.path),
         sha256=hashlib.sha256(raw).hexdigest(),
     )
