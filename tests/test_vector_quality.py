@@ -136,23 +136,19 @@ def test_shipped_vector_does_not_fire_on_the_other_traits(scored, trait, score):
         assert value <= ceiling, f"the {trait} vector ({score}) separates {other}'s explicit pairs (AUROC {value:.3f} > {ceiling})"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("score", sorted(FLOORS))
-def test_hallucination_vector_finds_misconceptions_stated_as_fact(scored, score):
-    rows = scored[score, "hallucination", "misconceptions"]
-    pos = [p for r, p in rows if r["label"] == 1]
-    neg = [p for r, p in rows if r["label"] == 0]
-    assert len(pos) >= 19 and len(neg) == len(pos)
-    value = auroc(pos, neg)
-    assert value >= MISCONCEPTION_FLOOR[score], f"hallucination vector ({score}) on misconception pairs: AUROC {value:.3f} < {MISCONCEPTION_FLOOR[score]}"
+# (vector, held-out set of one of its quieter forms, floors, test pairs in the set)
+FORM_SETS = [("hallucination", "misconceptions", MISCONCEPTION_FLOOR, 19), ("evil", "values", VALUES_FLOOR, 27)]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("score", sorted(FLOORS))
-def test_evil_vector_finds_first_person_callous_values(scored, score):
-    rows = scored[score, "evil", "values"]
+@pytest.mark.parametrize(("trait", "name", "floors", "n_pairs"), FORM_SETS, ids=[f"{t}-{n}" for t, n, _, _ in FORM_SETS])
+def test_shipped_vector_finds_a_quiet_form_written_apart(scored, score, trait, name, floors, n_pairs):
+    """Misconceptions stated as fact (hallucination), first-person callous values (evil): pairs written apart
+    from the vector's own (their dev split weighs in the layer choice; this is their test split)."""
+    rows = scored[score, trait, name]
     pos = [p for r, p in rows if r["label"] == 1]
     neg = [p for r, p in rows if r["label"] == 0]
-    assert len(pos) >= 27 and len(neg) == len(pos)
+    assert len(pos) == n_pairs and len(neg) == n_pairs
     value = auroc(pos, neg)
-    assert value >= VALUES_FLOOR[score], f"evil vector ({score}) on first-person values pairs: AUROC {value:.3f} < {VALUES_FLOOR[score]}"
+    assert value >= floors[score], f"{trait} vector ({score}) on {name}.jsonl pairs: AUROC {value:.3f} < {floors[score]}"
