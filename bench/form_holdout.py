@@ -62,7 +62,7 @@ FORMS: dict[str, dict[str, list[int]]] = {
         "contempt for groups of people": _r(50, 59),
         "cruel advice": _r(60, 69),
         "manipulation and subtle harm": [*_r(70, 91), 94, 95, 96, 98],
-        "harmful advice presented as help": _r(100, 186),
+        "harmful advice presented as help": _r(100, 231),
     },
     "hallucination": {
         "invented specifics": [0, 1, 2, 3, 5, 7, 8, 9, 10, 11, 12, 13, 14, 16, 17, 18, *_r(60, 77)],
