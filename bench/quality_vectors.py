@@ -263,11 +263,11 @@ def evaluate(vecs: dict[str, np.ndarray], acts: dict, metas: dict, num_layers: i
             if np.isnan(sc[t][t][kind]).all():
                 continue
             others = {o: sc[t][o] for o in TRAITS if o != t}
-            mis = form_set_scores(t, sc[t])
-            dev = [figures(sc[t][t], sc[t]["clean"], metas, t, kind, layer, "dev", others, mis) for layer in range(num_layers + 1)]
+            form_set = form_set_scores(t, sc[t])
+            dev = [figures(sc[t][t], sc[t]["clean"], metas, t, kind, layer, "dev", others, form_set) for layer in range(num_layers + 1)]
             objs = [objective(f, None if form is None or not 1 <= k < num_layers else form[t][k - 1]) for k, f in enumerate(dev)]
             layer = int(np.nanargmax(objs[1:num_layers]) + 1)
-            test = figures(sc[t][t], sc[t]["clean"], metas, t, kind, layer, "test", others, mis)
+            test = figures(sc[t][t], sc[t]["clean"], metas, t, kind, layer, "test", others, form_set)
             out[t][kind] = {
                 "layer": layer,
                 "dev_objective_by_layer": [round(x, 4) for x in objs],
@@ -322,7 +322,8 @@ def main() -> None:
         "activations": acts_source,
         "n_extraction_pairs": {t: int(len(ext[t][0])) for t in TRAITS},
         "layer_objective": (
-            f"mean(explicit, nonobvious, vs_controls, [held-out form set: hallucination misconceptions, evil values], form hold-out) - max(0, worst off-diagonal - {OFFDIAG_LIMIT})"
+            f"mean(explicit, nonobvious, vs_controls, [held-out form set: {', '.join(f'{t} {n}' for t, n in FORM_SETS.items())}], form hold-out)"
+            f" - max(0, worst off-diagonal - {OFFDIAG_LIMIT})"
             f" - max(0, honest-answer flag rate - {HONEST_LIMIT}) on dev, layers 1..L-1"
         ),
         "variants": {name: evaluate(v, acts, metas, lm.num_layers, holdout.get(name)) for name, v in vs.items()},
@@ -333,10 +334,13 @@ def main() -> None:
         layer = load_vector(str(Path(args.shipped) / f"{t}.safetensors")).layer
         sc = {d: score_arrays(shipped[t], acts[d]) for d in acts}
         others = {o: sc[o] for o in TRAITS if o != t}
-        mis = form_set_scores(t, sc)
+        form_set = form_set_scores(t, sc)
         at_layer[t] = {
             "layer": layer,
-            **{k: {n: round(x, 4) for n, x in figures(sc[t], sc["clean"], metas, t, k, layer, "test", others, mis).items()} for k in ("proj", "prompt_last")},
+            **{
+                k: {n: round(x, 4) for n, x in figures(sc[t], sc["clean"], metas, t, k, layer, "test", others, form_set).items()}
+                for k in ("proj", "prompt_last")
+            },
         }
     results["shipped_at_their_layer_test"] = at_layer
     results["cosine_with_shipped"] = {
@@ -375,10 +379,10 @@ def print_table(results: dict) -> None:
                 f = e["test"]
                 off = ", ".join(f"{k[3:]} {x:.2f}" for k, x in f.items() if k.startswith("on_"))
                 form = "-" if e["form_holdout"] is None else f"{e['form_holdout']:.3f}"
-                mis = next((f"{name} {f[name]:.3f}" for name in FORM_SETS.values() if name in f), "-")
+                held = next((f"{s} {f[s]:.3f}" for s in FORM_SETS.values() if s in f), "-")
                 print(
                     f"| {name} | {t} | {kind} | {e['layer']} | {e['dev_objective_by_layer'][e['layer']]:.3f} | {form} | {f['explicit']:.3f}"
-                    f" | {f['nonobvious']:.3f} | {f['vs_controls']:.3f} | {mis} | {100 * f['honest_flag_rate']:.0f} % | {off} |"
+                    f" | {f['nonobvious']:.3f} | {f['vs_controls']:.3f} | {held} | {100 * f['honest_flag_rate']:.0f} % | {off} |"
                 )
     print("\nChosen on dev for the default score (prompt-last delta):")
     for t, c in results["chosen_prompt_last"].items():

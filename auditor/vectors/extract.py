@@ -207,6 +207,12 @@ def provided_responses(trait: Trait, part: str, context: str) -> list[Response]:
     return out
 
 
+def provided_pairs(trait: Trait, part: str) -> list[tuple[Response, Response]]:
+    """The written examples of ``part`` as (pos, neg) pairs, read with no system prompt (the way scan reads a dataset)."""
+    responses = provided_responses(trait, part, "none")
+    return [(responses[i], responses[i + 1]) for i in range(0, len(responses), 2)]
+
+
 def judge_and_pair(responses: list[Response], trait: Trait, judge: Judge) -> tuple[list[tuple[Response, Response]], dict[str, int]]:
     """Pairs (pos, neg) of the same question, pair and sample that pass METHOD.md's filter."""
     if judge.enabled:
@@ -268,8 +274,7 @@ def other_directions(lm: Any, trait: Trait, settings: ExtractSettings) -> tuple[
     dirs, shas, used = [], {}, []
     for entry in trait.orthogonal:
         other = load_trait(entry.trait)
-        responses = provided_responses(other, "extraction", "none")
-        pairs = [(responses[i], responses[i + 1]) for i in range(0, len(responses), 2)]
+        pairs = provided_pairs(other, "extraction")
         if entry.pairs is not None:
             if entry.pairs[-1] >= len(pairs):
                 raise VectorError(
@@ -289,9 +294,7 @@ def heldout_responses(lm: Any, trait: Trait, settings: ExtractSettings, judge: J
     if kind == "auto":
         kind = "examples" if trait.evaluation_examples else "sampled"
     if kind == "examples":
-        # Always read with no system prompt: the way scan reads a dataset's answers.
-        responses = provided_responses(trait, "evaluation", "none")
-        return kind, [(responses[i], responses[i + 1]) for i in range(0, len(responses), 2)]
+        return kind, provided_pairs(trait, "evaluation")
     responses = sample_responses(lm, trait, trait.evaluation_questions, settings.n_heldout_per_question, settings, "evaluation")
     kept, _ = judge_and_pair(responses, trait, judge)
     return kind, kept
