@@ -130,18 +130,22 @@ def response_acts(lm, records: list[dict], batch_tokens: int = 8192) -> tuple[np
 
 
 def extraction_acts(lm) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """trait -> (pos means [n, L+1, d], neg means [n, L+1, d]) of the written extraction pairs (cached)."""
+    """trait -> (pos means [n, L+1, d], neg means [n, L+1, d]) of the written extraction pairs (cached): the compared
+    traits, and any other definition their ``orthogonal_to`` names (e.g. warmth), so that ``orth`` removes what
+    ``audit extract`` removes."""
     from auditor.vectors.extract import provided_responses, response_means
     from auditor.vectors.traits import load_trait
 
     traits = {t: load_trait(t) for t in TRAITS}
-    digest = hashlib.sha256("".join(traits[t].sha256 for t in TRAITS).encode()).hexdigest()[:16]
+    for t in TRAITS:
+        traits.update({o: load_trait(o) for o in traits[t].orthogonal_to if o not in traits})
+    digest = hashlib.sha256("".join(traits[t].sha256 for t in traits).encode()).hexdigest()[:16]
     path = ROOT / "bench" / ".cache" / f"extract-acts-{lm.fingerprint}-{lm.dtype}-{digest}.npz"
     if path.exists():
         with np.load(path) as z:
-            return {t: (z[f"{t}.pos"], z[f"{t}.neg"]) for t in TRAITS}
+            return {t: (z[f"{t}.pos"], z[f"{t}.neg"]) for t in traits}
     out = {}
-    for t in TRAITS:
+    for t in traits:
         responses = provided_responses(traits[t], "extraction", "none")
         means = response_means(lm, responses).numpy()
         out[t] = (means[0::2], means[1::2])
@@ -180,7 +184,7 @@ def other_mean_differences(ext: dict, trait: str) -> list[np.ndarray]:
 
     entries = [e for e in load_trait(trait).orthogonal if e.trait in ext]  # only the traits compared here
     if not entries:
-        return [ext[o][0].mean(0) - ext[o][1].mean(0) for o in ext if o != trait]
+        return [ext[o][0].mean(0) - ext[o][1].mean(0) for o in ext if o != trait and o in TRAITS]  # not a style definition (warmth)
     out = []
     for e in entries:
         idx = list(e.pairs) if e.pairs is not None else slice(None)

@@ -105,7 +105,7 @@ def test_shipped_sidecars_have_no_absolute_path(sidecar):
         assert (ROOT / meta["trait_file"]).is_file()
 
 
-EXTRA_TRAITS = ("apathy", "humor", "optimism", "politeness")
+EXTRA_TRAITS = ("apathy", "humor", "optimism", "politeness", "warmth")
 
 
 def test_shipped_opt_in_traits_are_made_for_the_embedded_model_from_our_definitions():
