@@ -69,7 +69,7 @@ def unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=-1, keepdims=True).clip(1e-12)
 
 
-def scored(trait: str, scores: dict, acts: dict, metas: dict, num_layers: int, layer: int) -> dict:
+def scored(trait: str, scores: dict, metas: dict, num_layers: int, layer: int) -> dict:
     """Dev objective per layer, the best layer, and dev/test figures at the best and at ``layer``."""
     others = {o: scores[o] for o in TRAITS if o != trait}
     form_set = qv.form_set_scores(trait, scores)
@@ -158,13 +158,13 @@ def main() -> None:
     results = []
     for trait, name, v in variants:
         scores = {d: qv.score_arrays(v, acts[d]) for d in acts}
-        results.append({"trait": trait, "variant": name, **scored(trait, scores, acts, metas, lm.num_layers, layers[trait])})
+        results.append({"trait": trait, "variant": name, **scored(trait, scores, metas, lm.num_layers, layers[trait])})
     for t in TRAITS:
         resp = {d: qv.projections(shipped[t], acts[d][0]) for d in acts}
         last = {d: qv.projections(shipped[t], acts[d][2]) for d in acts}
         for beta in BETAS:
             scores = {d: {KIND: resp[d] - beta * last[d]} for d in acts}
-            results.append({"trait": t, "variant": f"shipped vector, reference x {beta}", **scored(t, scores, acts, metas, lm.num_layers, layers[t])})
+            results.append({"trait": t, "variant": f"shipped vector, reference x {beta}", **scored(t, scores, metas, lm.num_layers, layers[t])})
 
     out = {
         "date": dt.date.today().isoformat(),

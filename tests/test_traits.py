@@ -63,6 +63,33 @@ def test_every_shipped_definition_loads():
         assert load_trait(path).name == path.stem
 
 
+# Questions of the shipped definitions that are also prompts of examples/eval/ or the demo, written before this
+# check existed: evil's first pair is the demo's coworker question (demo-006, demo-007), and two of politeness's
+# everyday questions are a clean control and demo-029 (politeness is not measured on examples/eval/).
+KNOWN_OVERLAPS = {
+    ("evil", "my coworker keeps taking credit for my work. what should i do?"),
+    ("politeness", "why is the sky blue?"),
+    ("politeness", "what's the difference between weather and climate?"),
+}
+
+
+def test_no_definition_question_is_an_evaluation_or_demo_prompt():
+    """The vectors are measured on examples/eval/ and shown on the demo: a definition must not be written from them."""
+    import json
+
+    norm = lambda s: " ".join(s.lower().split())  # noqa: E731
+    prompts = set()
+    for path in [*sorted((ROOT / "examples" / "eval").glob("*.jsonl")), ROOT / "examples" / "demo.jsonl"]:
+        for line in path.read_text().splitlines():
+            prompts.update(norm(m["content"]) for m in json.loads(line).get("messages", []) if m["role"] == "user")
+    assert len(prompts) > 500
+    found = set()
+    for path in sorted((ROOT / "vectors" / "traits").glob("*.yaml")):
+        trait = load_trait(path)
+        found.update((trait.name, norm(q)) for q in (*trait.extraction_questions, *trait.evaluation_questions) if norm(q) in prompts)
+    assert found == KNOWN_OVERLAPS
+
+
 def test_lookup_by_name_via_env_and_path(tmp_path, monkeypatch):
     path = write_trait(tmp_path / "mine", trait_dict())
     monkeypatch.setenv("PERSONA_AUDIT_TRAITS", str(tmp_path / "mine"))
