@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import quality_vectors as qv  # noqa: E402
-from quality import TRAITS, load_records  # noqa: E402
+from quality import TRAITS  # noqa: E402
 
 UNTRIED = ROOT / "bench" / "untried"
 KIND = "prompt_last"
@@ -107,16 +107,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     lm = load_model(None)
-    acts, _ = qv.load_eval_acts(lm, 128)
-    ev = ROOT / "examples" / "eval"
-    metas = {t: qv.meta(load_records(ev / f"{t}.jsonl")) for t in TRAITS}
-    metas["clean"] = qv.meta(load_records(ev / "clean.jsonl"))
+    acts, metas, _ = qv.labelled_sets(lm, 128)
     sets = tuple(qv.FORM_SETS.values())
-    acts.update(qv.response_only_acts(lm, sets)[0])
-    metas.update({name: qv.meta(load_records(ev / f"{name}.jsonl")) for name in sets})
     ext = qv.extraction_acts(lm)
-    layers = {t: load_vector(str(ROOT / "vectors" / "SmolLM2-135M-Instruct" / f"{t}.safetensors")).layer for t in TRAITS}
-    shipped = {t: load_vector(str(ROOT / "vectors" / "SmolLM2-135M-Instruct" / f"{t}.safetensors")).vector.numpy() for t in TRAITS}
+    vectors = {t: load_vector(str(ROOT / "vectors" / "SmolLM2-135M-Instruct" / f"{t}.safetensors")) for t in TRAITS}
+    layers = {t: pv.layer for t, pv in vectors.items()}
+    shipped = {t: pv.vector.numpy() for t, pv in vectors.items()}
     md = {t: ext[t][0].mean(0) - ext[t][1].mean(0) for t in TRAITS}
     removed = {t: qv.other_mean_differences(ext, t) for t in TRAITS}
 
@@ -135,10 +131,8 @@ def main() -> None:
         variants.append((t, "definition as shipped", orth(t, md[t])))
         pos, neg = ext[t]
         variants.append((t, "form-balanced mean", orth(t, np.mean([pos[i].mean(0) - neg[i].mean(0) for i in FORMS[t].values()], axis=0))))
-    from auditor.vectors.traits import load_trait
-
-    entries = [e.trait for e in load_trait("sycophancy").orthogonal]
-    without_warmth = [d for e, d in zip(entries, removed["sycophancy"]) if e != "warmth"]
+    # other_mean_differences keeps the entries whose trait it has activations for: leave warmth's out
+    without_warmth = qv.other_mean_differences({k: v for k, v in ext.items() if k != "warmth"}, "sycophancy")
     variants.append(("sycophancy", "without warmth (the definition before 2026-12-02)", qv.remove_components(md["sycophancy"], without_warmth)))
     for t in ("sycophancy", "hallucination"):
         variants.append((t, "+ orthogonal to self-reference", orth(t, md[t], [self_reference])))

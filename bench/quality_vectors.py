@@ -103,6 +103,19 @@ def form_set_scores(trait: str, scores: dict) -> tuple[str, dict] | None:
     return None if name is None else (name, scores[name])
 
 
+def labelled_sets(lm, max_new_tokens: int) -> tuple[dict, dict, str]:
+    """The activations and (label, subset, split) arrays of examples/eval/: the three traits' sets, the clean
+    controls and the held-out form sets (``FORM_SETS``); and the name of the activation cache used."""
+    acts, source = load_eval_acts(lm, max_new_tokens)
+    ev = ROOT / "examples" / "eval"
+    metas = {t: meta(load_records(ev / f"{t}.jsonl")) for t in TRAITS}
+    metas["clean"] = meta(load_records(ev / "clean.jsonl"))
+    sets = tuple(FORM_SETS.values())
+    acts.update(response_only_acts(lm, sets)[0])
+    metas.update({name: meta(load_records(ev / f"{name}.jsonl")) for name in sets})
+    return acts, metas, source
+
+
 def response_acts(lm, records: list[dict], batch_tokens: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """Per record: response mean [L+1, d] and last prompt token [L+1, d], every layer."""
     import torch
@@ -299,13 +312,7 @@ def main() -> None:
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
     lm = load_model(None)
-    acts, acts_source = load_eval_acts(lm, args.max_new_tokens)
-    ev = ROOT / "examples" / "eval"
-    metas = {t: meta(load_records(ev / f"{t}.jsonl")) for t in TRAITS}
-    metas["clean"] = meta(load_records(ev / "clean.jsonl"))
-    sets = tuple(FORM_SETS.values())
-    acts.update(response_only_acts(lm, sets)[0])
-    metas.update({name: meta(load_records(ev / f"{name}.jsonl")) for name in sets})
+    acts, metas, acts_source = labelled_sets(lm, args.max_new_tokens)
     shipped = {t: load_vector(str(Path(args.shipped) / f"{t}.safetensors")).vector.numpy() for t in TRAITS}
     ext = extraction_acts(lm)
     vs = variants(shipped, ext)
