@@ -274,3 +274,19 @@ def response_means(
         for k, layer in enumerate(layers):
             out[fb.indices, k] = means[layer].cpu()
     return out
+
+
+def response_means_and_last(
+    model: Any, rows: Sequence[EncodedRow], layers: Sequence[int], pad_id: int, batch_tokens: int, layers_path: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """rows -> ([N, len(layers), d] response means, [N, len(layers), d] hidden states at the last prompt token), float32 on the CPU."""
+    size = model.get_input_embeddings().embedding_dim
+    means = torch.zeros(len(rows), len(layers), size, dtype=torch.float32)
+    lasts = torch.zeros_like(means)
+    for fb in forward_batches(model, rows, layers, pad_id, batch_tokens, layers_path):
+        m = fb.response_means()
+        at = fb.at_positions([r.start - 1 for r in fb.rows])
+        for k, layer in enumerate(layers):
+            means[fb.indices, k] = m[layer].float().cpu()
+            lasts[fb.indices, k] = at[layer].cpu()
+    return means, lasts

@@ -136,8 +136,9 @@ class ScanConfig:
         "prompt-last",
         "--baseline",
         choices=BASELINES,
-        help="What to subtract: the base model's state at the last prompt token (prompt-last; no generation), its own greedy response "
-        "(generate, the paper's), or nothing (raw projection). docs/detection.md compares them.",
+        help="What to subtract: the base model's state at the last prompt token (prompt-last; no generation; a vector with a learned "
+        "reference subtracts its prediction there), its own greedy response (generate, the paper's), or nothing (raw projection). "
+        "docs/detection.md compares them.",
     )
     format: str = setting(
         "auto",

@@ -270,7 +270,9 @@ class ChunkScorer:
         self.lm = lm
         self.vectors = vectors
         self.run_id = run_id
-        self.directions = {pv.trait: (pv.layer, pv.direction()) for pv in vectors}
+        from auditor.scoring import vector_targets
+
+        self.directions, self.references = vector_targets(vectors)
         self.meaning, self.thresholds = resolve_thresholds(config, vectors)
         self.generation_dtype = resolve_generation_dtype(config.generation_dtype, lm)
         self.settings_key = GenerationSettings(config.max_new_tokens, config.max_prompt_tokens, self.generation_dtype, config.generator).key()
@@ -508,7 +510,11 @@ class ChunkScorer:
         # The dataset responses' per-token projections feed the report's heat maps (auditor.heatmaps);
         # a pair run's heat maps show both answers and come from heat_map_tokens' second pass.
         want_tokens = [cfg.top_n > 0 and not self.pairs] * len(rows) + [False] * (len(rejected_rows) + len(base_rows))
-        results = score_rows(lm.model, all_rows, self.directions, tok.pad_token_id, self.batch_tokens, want_tokens, self.layers_path) if ready else []
+        results = (
+            score_rows(lm.model, all_rows, self.directions, tok.pad_token_id, self.batch_tokens, want_tokens, self.layers_path, self.references)
+            if ready
+            else []
+        )
         scored = []
         for i, (sample, p, row, rrow) in enumerate(ready):
             res = results[i]

@@ -85,7 +85,7 @@ class ScoreMeaning:
         if self.kind != "delta":
             return None
         if self.baseline == "prompt-last":
-            return "the base model's state as it starts to answer the same prompt (its last prompt token)"
+            return "the base model's state as it starts to answer the same prompt (its last prompt token; with a learned reference, what a neutral answer from that state is expected to project to)"
         return "the base model's own answer to the same prompt"
 
     @property

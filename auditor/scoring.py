@@ -40,9 +40,26 @@ def default_batch_tokens(lm) -> int:
     return max(CPU_BATCH_TOKENS, min(available // per_token, 1 << 20) // 1024 * 1024)
 
 
+def reference_point(last: torch.Tensor, direction: torch.Tensor, reference: tuple[torch.Tensor, float] | None) -> torch.Tensor:
+    """last: [B, d] hidden states at the last prompt token -> [B] reference points of the prompt-last baseline:
+    their projection on ``direction``, or, with a learned reference (weights, bias), ``weights . last + bias``."""
+    if reference is None:
+        return project(last, direction)
+    weights, bias = reference
+    return last.float() @ weights.to(last.device).float() + bias
+
+
+def vector_targets(vectors) -> tuple[dict[str, tuple[int, torch.Tensor]], dict[str, tuple[torch.Tensor, float]]]:
+    """``score_rows``' ``directions`` and ``references`` for persona vectors, each at its layer."""
+    directions = {pv.trait: (pv.layer, pv.direction()) for pv in vectors}
+    references = {pv.trait: ref for pv in vectors if (ref := pv.reference_at()) is not None}
+    return directions, references
+
+
 @dataclass
 class RowScores:
-    """Projections for one row: ``proj[name]`` (response mean) and ``prompt_last[name]``."""
+    """Projections for one row: ``proj[name]`` (response mean) and ``prompt_last[name]`` (the reference point at the
+    last prompt token: its projection, or a learned reference's prediction there)."""
 
     proj: dict[str, float]
     prompt_last: dict[str, float]
@@ -57,12 +74,16 @@ def score_rows(
     batch_tokens: int = 8192,
     token_values_for: Sequence[bool] | None = None,
     layers_path: str | None = None,
+    references: dict[str, tuple[torch.Tensor, float]] | None = None,
 ) -> list[RowScores]:
     """Project every row's response mean (and last prompt token) on each named direction.
 
     ``directions``: name -> (layer, unit direction [d]). ``token_values_for[i]`` asks
-    for row i's per-token projections (the report's heat map).
+    for row i's per-token projections (the report's heat map). ``references``: name ->
+    (weights [d], bias) of a vector's learned reference (``PersonaVector.reference_at``):
+    that name's ``prompt_last`` is then ``weights . h_last + bias`` instead of the projection of ``h_last``.
     """
+    references = references or {}
     out: list[RowScores | None] = [None] * len(rows)
     layers = sorted({layer for layer, _ in directions.values()})
     for fb in forward_batches(model, rows, layers, pad_id, batch_tokens, layers_path):
@@ -70,7 +91,7 @@ def score_rows(
         means = fb.response_means()
         lasts = fb.at_positions([r.start - 1 for r in brows])
         proj = {name: project(means[layer], d).tolist() for name, (layer, d) in directions.items()}
-        plast = {name: project(lasts[layer], d).tolist() for name, (layer, d) in directions.items()}
+        plast = {name: reference_point(lasts[layer], d, references.get(name)).tolist() for name, (layer, d) in directions.items()}
         want = [token_values_for is not None and token_values_for[i] for i in batch]
         tokvals = None
         if any(want):

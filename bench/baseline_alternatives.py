@@ -13,7 +13,8 @@ and on examples/demo.jsonl:
   (what a shorter cap gives: greedy decoding is a prefix);
 - ``delta_guard``: the base response cut where it starts repeating itself (the first 8-token
   sequence that already occurred; see :func:`repetition_cut`);
-- ``delta_prompt_last``: minus the last prompt token (METHOD.md's cheap baseline);
+- ``delta_prompt_last``: minus the last prompt token (METHOD.md's cheap baseline), or, for a vector that holds a
+  learned reference (``learned_reference`` in its definition), minus that reference's prediction there: scan's default;
 - ``delta_sampled4`` (demo only, cost): minus the mean projection of 4 sampled base responses
   (temperature 1, seeded per prompt).
 
@@ -77,8 +78,10 @@ def base_variants(tok, text: str) -> dict[str, str]:
     }
 
 
-def projections_at(lm, prompts: list[str], responses: list[str], units: dict[str, tuple[int, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Response-mean projections on each trait's unit vector at its layer, and the last prompt token's: trait -> [N, 2]."""
+def projections_at(lm, prompts: list[str], responses: list[str], units: dict[str, tuple[int, np.ndarray]], refs: dict | None = None) -> dict[str, np.ndarray]:
+    """Response-mean projections on each trait's unit vector at its layer, and the last prompt token's reference point
+    (its projection, or ``refs[trait]`` = (weights [d], bias) of a learned reference at that layer): trait -> [N, 2]."""
+    refs = refs or {}
     import torch
 
     from auditor.activations import capture_hidden, encode_pair, gather_positions, masked_mean, pad_right, response_mask
@@ -99,7 +102,7 @@ def projections_at(lm, prompts: list[str], responses: list[str], units: dict[str
             mean = masked_mean(hidden[layer], mask).float().cpu()
             lastv = gather_positions(hidden[layer], last).float().cpu()
             out[t][batch, 0] = (mean @ ut).numpy()
-            out[t][batch, 1] = (lastv @ ut).numpy()
+            out[t][batch, 1] = (lastv @ ut).numpy() if t not in refs else (lastv @ torch.tensor(refs[t][0])).numpy() + refs[t][1]
         del hidden
     empty = np.array([r.end <= r.start for r in rows])
     for t in out:
@@ -107,11 +110,11 @@ def projections_at(lm, prompts: list[str], responses: list[str], units: dict[str
     return out
 
 
-def scores_for(lm, records: list[dict], base_texts: list[str], units: dict) -> dict[str, dict[str, np.ndarray]]:
+def scores_for(lm, records: list[dict], base_texts: list[str], units: dict, refs: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
     """trait -> score name -> [N]."""
     tok = lm.tokenizer
     prompts = [tok.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True) for r in records]
-    resp = projections_at(lm, prompts, [r["messages"][-1]["content"] for r in records], units)
+    resp = projections_at(lm, prompts, [r["messages"][-1]["content"] for r in records], units, refs)
     variants = [base_variants(tok, b) for b in base_texts]
     out = {t: {"proj": resp[t][:, 0], "delta_prompt_last": resp[t][:, 0] - resp[t][:, 1]} for t in units}
     for name in variants[0]:
@@ -138,7 +141,7 @@ def base_responses(lm, prompts: list[str], max_new_tokens: int) -> list[str]:
     return [cache[prompt_hash(p)] for p in prompts]
 
 
-def eval_block(lm, sets: list[str], max_new_tokens: int, units: dict) -> dict:
+def eval_block(lm, sets: list[str], max_new_tokens: int, units: dict, refs: dict | None = None) -> dict:
     """Scores of the test split of ``sets`` and of the clean controls' dev split: name -> (records, trait -> score -> [N])."""
     tok = lm.tokenizer
     out = {}
@@ -146,7 +149,7 @@ def eval_block(lm, sets: list[str], max_new_tokens: int, units: dict) -> dict:
         recs = load_records(ROOT / "examples" / "eval" / f"{name}.jsonl")
         recs = [r for r in recs if r["split"] == ("dev" if name == "clean" else "test")]
         prompts = [tok.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True) for r in recs]
-        out[name] = (recs, scores_for(lm, recs, base_responses(lm, prompts, max_new_tokens), units))
+        out[name] = (recs, scores_for(lm, recs, base_responses(lm, prompts, max_new_tokens), units, refs))
         print(f"  scored {name}", file=sys.stderr)
     return out
 
@@ -173,7 +176,8 @@ def main() -> None:
     lm = load_model(None)
     vecs = {t: load_vector(str(Path(args.vectors) / f"{t}.safetensors")) for t in TRAITS}
     units = {t: (pv.layer, (pv.vector[pv.layer] / pv.vector[pv.layer].norm()).float().numpy()) for t, pv in vecs.items()}
-    ev = eval_block(lm, args.sets, args.max_new_tokens, units)
+    refs = {t: (ref[0].numpy(), ref[1]) for t, pv in vecs.items() if (ref := pv.reference_at()) is not None}
+    ev = eval_block(lm, args.sets, args.max_new_tokens, units, refs)
     clean_recs, clean_sc = ev["clean"]
     results: dict = {
         "date": dt.date.today().isoformat(),
@@ -181,6 +185,7 @@ def main() -> None:
         "dtype": lm.dtype,
         "max_new_tokens": args.max_new_tokens,
         "layers": {t: units[t][0] for t in TRAITS},
+        "learned_reference": sorted(refs),  # delta_prompt_last subtracts these vectors' learned reference
         "vectors": portable_path(str(Path(args.vectors).resolve())) if args.vectors else args.vectors,
         "versions": versions(),
         "labelled_test": {},
@@ -218,7 +223,7 @@ def main() -> None:
     prompts = [tok.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True) for r in demo]
     uniq = sorted(set(prompts))
     greedy = dict(zip(uniq, base_responses(lm, uniq, args.max_new_tokens)))
-    sc = scores_for(lm, demo, [greedy[p] for p in prompts], units)
+    sc = scores_for(lm, demo, [greedy[p] for p in prompts], units, refs)
     todo = [(p, k) for p in uniq for k in range(args.samples)]
     seeds = [sample_seed(0, "baseline", p, k) for p, k in todo]
     sampled = generate_sampled(lm, [prompt_ids(lm, p, 512) for p, _ in todo], seeds, args.max_new_tokens, 1.0, 32) if todo else []

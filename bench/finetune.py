@@ -17,6 +17,11 @@ fine-tune, recorded in the results):
 Results are written to ``--out`` after every fine-tune, so an interrupted run leaves what it
 measured. ``--quick`` runs the same code path on a tiny random model in seconds (CI).
 
+``--rescore RESULTS`` re-scans each trait's pool with ``--vectors`` (prompt-last only: no generation,
+no training) and recomputes what depends on that score alone: the prompt-last ``delta`` of every pool
+sample and set, the sets' correlations with the stored shifts (a fine-tune does not depend on the
+score it is compared with), and whether the top-k by the new score is the set that was fine-tuned.
+
     python bench/finetune.py [--vectors DIR] [--traits sycophancy,evil] [--quick]
 """
 
@@ -293,6 +298,65 @@ def bench_trait(bench: Bench, trait: str, log: Any, only: list[str] | None = Non
         log(f"{trait} steering alpha {alpha}: shift {r['shifts'][trait]} clean loss {r['clean_loss']:.4f} ({r['seconds']} s)")
 
 
+def rescore(path: str, traits: list[str] | None, vectors: str | None, out: str) -> dict[str, Any]:
+    """``--rescore``: the prompt-last figures of a results file again, with ``vectors``' scoring (e.g. a learned reference)."""
+    from auditor.pipeline import scan
+
+    with open(path) as fh:
+        results = json.load(fh)
+    st = results["settings"]
+    size = int(st["size"])
+    for trait in traits or list(results["traits"]):
+        res = results["traits"][trait]
+        pairs = finetune_data.pairs(trait)[:size]
+        pool = [p for p, _ in pairs] + [c for _, c in pairs] + finetune_data.realistic(trait)[:size]
+        if len(pool) != len(res["pool"]):
+            raise SystemExit(f"{path}: {trait}'s pool has {len(res['pool'])} samples, the bench data gives {len(pool)}; rerun the bench instead")
+        with tempfile.TemporaryDirectory(prefix="bench-rescore-") as work:
+            data = os.path.join(work, "pool.jsonl")
+            with open(data, "w") as fh:
+                for i, chat in enumerate(pool):
+                    fh.write(json.dumps({"id": f"{trait}-{i}", "messages": chat}) + "\n")
+            model = None if st.get("model", "embedded") == "embedded" else st["model"]
+            dtype = st.get("dtype", "auto")
+            df = scan(
+                data,
+                traits=[trait],
+                model=model,
+                vectors=vectors,
+                dtype=dtype,
+                device="cpu",
+                db=os.path.join(work, "a.duckdb"),
+                report=False,
+                baseline="prompt-last",
+            )
+        new = df.sort("line")[f"{trait}_delta"].to_list()
+        k = size
+        old_pick = sorted(range(len(pool)), key=lambda i: (res["pool"][i]["prompt_last_delta"], i))[-k:]
+        for entry, value in zip(res["pool"], new):
+            entry["prompt_last_delta_before_rescore"] = entry["prompt_last_delta"]
+            entry["prompt_last_delta"] = value
+        sets = mixtures(pairs, size)
+        sets["realistic"] = list(range(2 * size, 3 * size))
+        for name, r in res.get("datasets", {}).items():
+            r["scores"]["prompt_last_delta"] = statistics.fmean(new[i] for i in sets[name])
+        res["correlations"] = correlations(list(res["datasets"].values()), trait)
+        new_pick = sorted(range(len(pool)), key=lambda i: (new[i], i))[-k:]
+        res["rescored"] = {
+            "vectors": portable_path(vectors) if vectors else "shipped",
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "top_prompt_last_delta_is_the_trained_set": sorted(old_pick) == sorted(new_pick),
+            "top_prompt_last_delta_overlap": len(set(old_pick) & set(new_pick)),
+            "note": "prompt-last scores and correlations re-scanned; every fine-tune, and every other score, is the original run's",
+        }
+        if sorted(old_pick) != sorted(new_pick) and "top_prompt_last_delta" in res.get("samples", {}):
+            res["samples"]["top_prompt_last_delta"]["picked_by_the_score_before_rescore"] = True
+    results["summary"] = summary(results)
+    with open(out, "w") as fh:
+        json.dump(results, fh, indent=1)
+    return results
+
+
 def make_tiny(folder: str, traits: list[str]) -> tuple[str, str]:
     """A random 2-layer Llama with the embedded tokenizer, and random vectors for it (the --quick path)."""
     import torch
@@ -442,6 +506,12 @@ def parse(argv: list[str] | None) -> tuple[BenchSettings, argparse.Namespace]:
     ap.add_argument("--quick", action="store_true", help="tiny random model, 4-sample sets, 1 epoch: the code path in seconds (CI)")
     ap.add_argument("--sets", default=None, help="run only these sets of each trait, in this order (share_100,realistic,random,steer_8.0,...)")
     ap.add_argument("--merge", nargs="+", default=None, metavar="PART", help="merge result files of the same settings into --out and exit")
+    ap.add_argument(
+        "--rescore",
+        metavar="RESULTS",
+        default=None,
+        help="re-scan the pools of RESULTS with --vectors (prompt-last), recompute its prompt-last figures into --out and exit",
+    )
     ap.add_argument("--tables", metavar="RESULTS", default=None, help="print the markdown tables of a results file (or .part file) and exit")
     args = ap.parse_args(argv)
     s = BenchSettings()
@@ -510,6 +580,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     s, args = parse(argv)
     if args.merge:
         return merge(args.merge, args.out)
+    if args.rescore:
+        results = rescore(args.rescore, s.traits if args.traits else None, args.vectors, args.out)
+        print(json.dumps(results["summary"], indent=1))
+        return results
     if args.tables:
         with open(args.tables) as fh:
             print(markdown(json.load(fh)))

@@ -219,13 +219,15 @@ def meta(recs: list[dict]):
     )
 
 
-def score_arrays(vec: np.ndarray, acts: tuple) -> dict[str, np.ndarray]:
-    """vec: [L+1, d] -> score name -> [N, L+1]."""
+def score_arrays(vec: np.ndarray, acts: tuple, ref: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """vec: [L+1, d] -> score name -> [N, L+1]. ``ref``: a learned reference (weights [L+1, d], bias [L+1], as a
+    vector file holds it): ``prompt_last`` subtracts its prediction at the last prompt token instead of that token's projection."""
     resp, base, last, empty = acts
     pr = projections(vec, resp)
     delta = pr - projections(vec, base)
     delta[empty] = np.nan
-    return {"proj": pr, "delta": delta, "prompt_last": pr - projections(vec, last)}
+    point = projections(vec, last) if ref is None else np.einsum("nld,ld->nl", last, ref[0]) + ref[1]
+    return {"proj": pr, "delta": delta, "prompt_last": pr - point}
 
 
 def figures(sc: dict, csc: dict, metas: dict, trait: str, kind: str, layer: int, split: str, others: dict, form_set: tuple[str, dict] | None = None) -> dict:
@@ -270,9 +272,11 @@ def objective(f: dict, form: float | None = None) -> float:
     return float(np.mean(terms) - max(0.0, offdiag - OFFDIAG_LIMIT) - max(0.0, f["honest_flag_rate"] - HONEST_LIMIT))
 
 
-def evaluate(vecs: dict[str, np.ndarray], acts: dict, metas: dict, num_layers: int, form: dict | None) -> dict:
-    """``form``: trait -> form hold-out AUROC per layer 1..L-1 for this variant (None: not rebuildable)."""
-    sc = {t: {d: score_arrays(vecs[t], acts[d]) for d in acts} for t in TRAITS}
+def evaluate(vecs: dict[str, np.ndarray], acts: dict, metas: dict, num_layers: int, form: dict | None, refs: dict | None = None) -> dict:
+    """``form``: trait -> form hold-out AUROC per layer 1..L-1 for this variant (None: not rebuildable). ``refs``: trait ->
+    its learned reference (``score_arrays``), for the shipped vectors that hold one."""
+    refs = refs or {}
+    sc = {t: {d: score_arrays(vecs[t], acts[d], refs.get(t)) for d in acts} for t in TRAITS}
     out = {}
     for t in TRAITS:
         out[t] = {}
@@ -313,7 +317,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     lm = load_model(None)
     acts, metas, acts_source = labelled_sets(lm, args.max_new_tokens)
-    shipped = {t: load_vector(str(Path(args.shipped) / f"{t}.safetensors")).vector.numpy() for t in TRAITS}
+    shipped_pv = {t: load_vector(str(Path(args.shipped) / f"{t}.safetensors")) for t in TRAITS}
+    shipped = {t: pv.vector.numpy() for t, pv in shipped_pv.items()}
+    # the learned references the shipped vectors hold (the default score subtracts them: docs/METHOD.md)
+    refs = {t: (pv.reference.numpy(), pv.reference_bias.numpy()) for t, pv in shipped_pv.items() if pv.reference is not None}
     ext = extraction_acts(lm)
     vs = variants(shipped, ext)
     from form_holdout import holdout_by_layer  # imports this module: not at the top
@@ -337,13 +344,14 @@ def main() -> None:
             f" - max(0, worst off-diagonal - {OFFDIAG_LIMIT})"
             f" - max(0, honest-answer flag rate - {HONEST_LIMIT}) on dev, layers 1..L-1"
         ),
-        "variants": {name: evaluate(v, acts, metas, lm.num_layers, holdout.get(name)) for name, v in vs.items()},
+        "learned_reference": sorted(refs),  # the shipped vectors scored against their learned reference (the others: plain prompt-last)
+        "variants": {name: evaluate(v, acts, metas, lm.num_layers, holdout.get(name), refs if name == "shipped" else None) for name, v in vs.items()},
     }
     # The --shipped vectors at the layer their sidecars name (what scan uses), test split.
     at_layer = {}
     for t in TRAITS:
-        layer = load_vector(str(Path(args.shipped) / f"{t}.safetensors")).layer
-        sc = {d: score_arrays(shipped[t], acts[d]) for d in acts}
+        layer = shipped_pv[t].layer
+        sc = {d: score_arrays(shipped[t], acts[d], refs.get(t)) for d in acts}
         others = {o: sc[o] for o in TRAITS if o != t}
         form_set = form_set_scores(t, sc)
         at_layer[t] = {

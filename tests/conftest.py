@@ -25,6 +25,15 @@ def embedded_lm_fp32():
 
 
 @pytest.fixture(scope="session")
+def embedded_lm():
+    """The real embedded model in the dtype a scan picks on this machine (``auto``: bfloat16 where the CPU has
+    AMX or AVX512-BF16, float32 elsewhere, where bfloat16 runs about 5x slower: bench/NOTES.md)."""
+    from auditor.model import load_model
+
+    return load_model(None, dtype="auto", device="cpu")
+
+
+@pytest.fixture(scope="session")
 def embedded_lm_bf16():
     """The real embedded model in bfloat16 (the default on AMX CPUs)."""
     from auditor.model import load_model

@@ -266,7 +266,7 @@ def test_extract_cli_writes_vector_and_reports(tmp_path, tiny_model_dir, small_t
 
 
 @pytest.mark.slow
-def test_real_model_rebuilds_the_shipped_sycophancy_vector(embedded_lm_bf16):
+def test_real_model_rebuilds_the_shipped_sycophancy_vector(embedded_lm):
     """The acceptance check, cheaply: the shipped settings rebuild the shipped vector."""
     from auditor.vectors.persona import load_vector
 
@@ -277,7 +277,7 @@ def test_real_model_rebuilds_the_shipped_sycophancy_vector(embedded_lm_bf16):
     assert settings.layer == shipped.layer
     if settings.responses != "provided":
         pytest.fail("the shipped vector was not made in provided mode: this test must rebuild it the way it was made")
-    rebuilt, report = extract_vector(embedded_lm_bf16, load_trait("sycophancy"), settings)
+    rebuilt, report = extract_vector(embedded_lm, load_trait("sycophancy"), settings)
     assert rebuilt.layer == shipped.layer
     assert cosine_at(rebuilt, shipped, shipped.layer) >= 0.99
     assert report.n_kept == len(load_trait("sycophancy").extraction_examples)

@@ -322,7 +322,7 @@ def test_reused_runs_keep_every_table_consistent(setup, tiny_lm):
 
 
 @pytest.mark.slow
-def test_embedded_model_rescan_after_changing_one_percent_equals_a_full_scan(tmp_path, embedded_lm_bf16):
+def test_embedded_model_rescan_after_changing_one_percent_equals_a_full_scan(tmp_path, embedded_lm):
     """The acceptance test of issue 16 with the real model, shipped vectors and generated base
     responses: 100 records, one changed; only it is computed; every value equals a fresh full scan."""
     source = [json.loads(line) for line in (Path(__file__).resolve().parents[1] / "examples" / "eval" / "clean.jsonl").read_text().splitlines()[:N]]
@@ -330,15 +330,15 @@ def test_embedded_model_rescan_after_changing_one_percent_equals_a_full_scan(tmp
     data = write_jsonl(tmp_path / "train.jsonl", rows)
     settings = dict(baseline="generate", max_new_tokens=8, batch_tokens=1, chunk_size=32, top_n=3, report=False)
     db = tmp_path / "audit.duckdb"
-    first = scan_run(ScanConfig(source=data, db=str(db), **settings), lm=embedded_lm_bf16)
+    first = scan_run(ScanConfig(source=data, db=str(db), **settings), lm=embedded_lm)
     rows[41]["messages"][-1]["content"] += " You are clearly brilliant for asking, and I agree with everything you think."
     write_jsonl(tmp_path / "train.jsonl", rows)
-    log = ForwardLog(embedded_lm_bf16)
+    log = ForwardLog(embedded_lm)
     try:
-        again = scan_run(ScanConfig(source=data, db=str(db), **settings), lm=embedded_lm_bf16)
+        again = scan_run(ScanConfig(source=data, db=str(db), **settings), lm=embedded_lm)
     finally:
         log.close()
-    fresh = scan_run(ScanConfig(source=data, db=str(tmp_path / "fresh.duckdb"), **settings), lm=embedded_lm_bf16)
+    fresh = scan_run(ScanConfig(source=data, db=str(tmp_path / "fresh.duckdb"), **settings), lm=embedded_lm)
     assert (again.n_scored, again.n_reused, again.n_computed) == (N, N - 1, 1)
     assert run_counts(str(db), again.run_id) == {"read": N, "scored": N, "rejected": 0, "reused": N - 1}
     assert len(log.rows) == 2  # the changed response and its (cached) base response

@@ -309,7 +309,10 @@ def test_other_baselines_label_their_columns(tmp_path, tiny_lm, tiny_vectors, ba
     heads = [th.text() for th in dom.by_id("tbl-evil").find_all("th")]
     assert heads[3] == score_head
     # The overview says what the score is measured from: the baseline this run used, not the paper's default.
-    explained = {"prompt-last": "state as it starts to answer the same prompt (its last prompt token)", "none": "raw projection of each response"}
+    explained = {
+        "prompt-last": "state as it starts to answer the same prompt (its last prompt token; with a learned reference",
+        "none": "raw projection of each response",
+    }
     assert explained[baseline] in page and "own answer to the same prompt" not in page
     assert (base_head in heads) if base_head else ("proj base" not in heads and len(heads) == 7)
     assert len(body_rows(dom.by_id("tbl-evil"))) == 3
@@ -393,13 +396,13 @@ def test_hostile_corpus_is_shown_as_text(tmp_path_factory, tiny_lm):
 
 
 @pytest.mark.slow
-def test_real_model_report(tmp_path, embedded_lm_bf16):
+def test_real_model_report(tmp_path, embedded_lm):
     """End to end on SmolLM2: the heat map spells each response and averages to its delta."""
     import duckdb
 
     from auditor.pipeline import ScanConfig, scan_run
 
-    lm = embedded_lm_bf16
+    lm = embedded_lm
     vectors = make_vectors(tmp_path / "vectors", lm.num_layers, lm.hidden_size, fingerprint=lm.fingerprint)
     data = write_jsonl(tmp_path / "d.jsonl", SMALL_CHATS[:4])
     db = str(tmp_path / "a.duckdb")

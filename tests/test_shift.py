@@ -236,3 +236,59 @@ def test_cached_base_profile_gives_the_same_report(tiny_lm, tuned_dir, tmp_path)
         tiny_lm, tuned, [pv], traits, max_new_tokens=5, base_profiles={"evil": trait_profile(tiny_lm, tiny_lm, pv, traits["evil"], 5)}
     ).traits[0]
     assert cached == plain
+
+
+def test_bench_rescore_recomputes_the_prompt_last_figures_from_a_plain_computation(tmp_path, tiny_lm, tiny_model_dir):
+    """``bench/finetune.py --rescore``: each pool sample's prompt-last delta is the plain one (response mean minus
+    last prompt token, projected), each set's score is the mean over its samples, and the correlations are taken
+    against the stored shifts, which it leaves alone."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import finetune
+    import finetune_data
+
+    from auditor.vectors.persona import load_vector
+
+    size = 4
+    vectors = make_vectors(tmp_path / "v", tiny_lm.num_layers, tiny_lm.hidden_size, traits=("sycophancy",), fingerprint=tiny_lm.fingerprint)
+    pairs = finetune_data.pairs("sycophancy")[:size]
+    pool = [p for p, _ in pairs] + [c for _, c in pairs] + finetune_data.realistic("sycophancy")[:size]
+    shifts = {"share_0": 0.1, "share_25": 0.4, "share_50": 0.2, "share_75": 0.9, "share_100": 0.7, "realistic": 0.3}
+    old = [float(i) for i in range(len(pool))]  # the stored scores: the last four are the trained top-k
+    results = {
+        "settings": {"size": size, "model": tiny_model_dir, "dtype": "float32"},
+        "traits": {
+            "sycophancy": {
+                "pool": [{"kind": "x", "delta": 0.0, "projection": 0.0, "prompt_last_delta": v} for v in old],
+                "datasets": {
+                    n: {"scores": {"delta": s, "projection": s, "prompt_last_delta": 0.0}, "shifts": {"sycophancy": {m: s for m in finetune.MEASURES}}}
+                    for n, s in shifts.items()
+                },
+                "samples": {"top_prompt_last_delta": {"shifts": {}}},
+            }
+        },
+    }
+    src = tmp_path / "results.json"
+    src.write_text(json.dumps(results))
+    out = finetune.rescore(str(src), None, vectors, str(tmp_path / "rescored.json"))
+    pv = load_vector(os.path.join(vectors, "sycophancy.safetensors"))
+    u = pv.vector[pv.layer] / pv.vector[pv.layer].norm()
+    tok = tiny_lm.tokenizer
+    plain = []
+    for chat in pool:
+        prompt = tok.apply_chat_template(chat[:-1], tokenize=False, add_generation_prompt=True)
+        p_ids = tok(prompt, add_special_tokens=False).input_ids
+        a_ids = tok(chat[-1]["content"], add_special_tokens=False).input_ids
+        with torch.no_grad():
+            h = tiny_lm.model(torch.tensor([p_ids + a_ids]), output_hidden_states=True).hidden_states[pv.layer][0]
+        plain.append(float(h[len(p_ids) :].mean(0) @ u) - float(h[len(p_ids) - 1] @ u))
+    syc = out["traits"]["sycophancy"]
+    assert [p["prompt_last_delta"] for p in syc["pool"]] == pytest.approx(plain, abs=1e-4)
+    assert [p["prompt_last_delta_before_rescore"] for p in syc["pool"]] == old
+    half = [0, 1, size + 2, size + 3]  # share_50: the first half of the prompts take their trait answer
+    assert syc["datasets"]["share_50"]["scores"]["prompt_last_delta"] == pytest.approx(sum(plain[i] for i in half) / 4, abs=1e-4)
+    xs = [syc["datasets"][n]["scores"]["prompt_last_delta"] for n in shifts]
+    assert syc["correlations"]["prompt_last_delta"]["shift"]["spearman"] == pytest.approx(finetune.spearman(xs, list(shifts.values())))
+    assert syc["datasets"]["share_50"]["shifts"]["sycophancy"]["shift"] == 0.2  # the fine-tunes are left alone
+    top = sorted(range(len(pool)), key=lambda i: (plain[i], i))[-size:]
+    assert syc["rescored"]["top_prompt_last_delta_overlap"] == len(set(top) & set(range(2 * size, 3 * size)))
+    assert syc["rescored"]["top_prompt_last_delta_is_the_trained_set"] == (sorted(top) == list(range(2 * size, 3 * size)))

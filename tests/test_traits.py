@@ -194,6 +194,30 @@ BROKEN = [
         None,
     ),
     (
+        "reference without alpha",
+        lambda d: d.update(learned_reference={"from": ["evil"]}),
+        ["learned_reference: expected the keys from and alpha, found ['from']"],
+        "learned_reference:",
+    ),
+    (
+        "reference alpha not positive",
+        lambda d: d.update(learned_reference={"from": ["evil"], "alpha": 0}),
+        ["learned_reference.alpha: 0 is not a positive number"],
+        None,
+    ),
+    (
+        "reference from a bad name",
+        lambda d: d.update(learned_reference={"from": ["evil", "Not A Name"], "alpha": 1}),
+        ["learned_reference.from[1]: 'Not A Name' is not a trait name"],
+        None,
+    ),
+    (
+        "reference from twice",
+        lambda d: d.update(learned_reference={"from": ["evil", "evil"], "alpha": 1}),
+        ["learned_reference.from[1]: 'evil' is listed twice"],
+        None,
+    ),
+    (
         "orthogonal_to range of itself",
         lambda d: d.update(orthogonal_to=[{"trait": "kindness", "pairs": "1-5"}]),
         ["orthogonal_to[0]: 'kindness' is this trait"],
@@ -214,6 +238,15 @@ def test_orthogonal_to_takes_names_and_pair_ranges(tmp_path):
     assert trait.orthogonal_to == ("evil", "hallucination", "apathy")
     assert [(o.trait, o.pairs) for o in trait.orthogonal] == [("evil", None), ("hallucination", tuple(range(100))), ("apathy", (2,)), ("apathy", (0, 4, 5))]
     assert [o.describe() for o in trait.orthogonal] == ["evil", "hallucination (pairs 1-100)", "apathy (pairs 3 - 3)", "apathy (pairs 1, 5-6)"]
+
+
+def test_reference_names_definitions_and_a_penalty(tmp_path):
+    data = trait_dict()
+    data["learned_reference"] = {"from": ["kindness", "evil"], "alpha": 3}
+    trait = load_trait(write_trait(tmp_path, data))
+    assert trait.reference is not None
+    assert trait.reference.from_traits == ("kindness", "evil") and trait.reference.alpha == 3.0
+    assert load_trait(write_trait(tmp_path / "plain", trait_dict())).reference is None
 
 
 @pytest.mark.parametrize("case_id,mutate,fragments,line_needle", BROKEN, ids=[b[0] for b in BROKEN])

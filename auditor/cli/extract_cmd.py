@@ -149,6 +149,8 @@ def extract(
     path to a definition file. Writes vectors/<model>/TRAIT.safetensors ([layers + 1,
     hidden] float32) and TRAIT.json (how it was made, the per-layer separation on held-out
     answers, the recommended layer and, with --calibrate, the clean reference distribution).
+    A definition with a learned_reference key also gets the prompt-last score's learned
+    reference point, fitted on the named definitions' neutral answers (docs/METHOD.md, section 6).
     An existing vector there is replaced, and its cosine with the new one is printed.
     """
     from rich.console import Console

@@ -108,6 +108,18 @@ def show(trait, model, folder) -> None:
         ("made", f"{m.get('created_at', '?')} by persona-audit {m.get('tool_version', '?')} in {m.get('extraction_seconds', '?')} s ({m.get('dtype', '?')})"),
         ("definition", f"{m.get('trait_file', '?')} (sha256 {str(m.get('trait_sha256', '?'))[:16]})"),
     ]
+    ref = m.get("learned_reference")
+    if pv.reference is not None and isinstance(ref, dict):
+        r2 = ref.get("r2")
+        fit = f", R^2 {r2[pv.layer]:.2f} at layer {pv.layer}" if isinstance(r2, list) and pv.layer < len(r2) else ""
+        lines.append(
+            (
+                "reference",
+                f"learned from the neutral answers of {', '.join(ref.get('from', {}))} ({ref.get('answers', '?')} answers, alpha {ref.get('alpha', '?')}{fit})",
+            )
+        )
+    elif pv.reference is not None:
+        lines.append(("reference", "learned (the sidecar does not say from what)"))
     cal = pv.calibration
     if cal:
         from auditor.score import calibrated_columns

@@ -480,7 +480,8 @@ class Page:
             return el(
                 "p",
                 {"class": "empty"},
-                f"baseline prompt-last: compared with the last prompt token's projection ({fmt(s.proj_base, signed=True)}); no base response generated",
+                f"baseline prompt-last: compared with the reference point at the last prompt token ({fmt(s.proj_base, signed=True)}: its projection,"
+                " or a learned reference's prediction there); no base response generated",
             )
         return el("p", {"class": "empty"}, "baseline none: the raw projection, no base response")
 

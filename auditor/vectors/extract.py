@@ -251,6 +251,81 @@ def mean_difference(lm: Any, kept: list[tuple[Response, Response]], settings: Ex
     return pos.mean(dim=0) - neg.mean(dim=0)
 
 
+def fit_reference(vector: Any, means: Any, lasts: Any, alpha: float) -> tuple[Any, Any, list[float]]:
+    """The learned prompt-last reference: at every layer, ridge regression from the last prompt token's hidden state
+    (``lasts`` [N, L+1, d]) to the projection of the neutral answer's mean (``means`` [N, L+1, d]) on the unit
+    direction of ``vector`` [L+1, d]. The penalty is ``alpha`` times the mean eigenvalue of the centred states'
+    scatter matrix, so ``alpha`` does not depend on the layer's scale. Returns (weights [L+1, d], bias [L+1], R^2 per
+    layer on the fitted answers); a layer where the vector is zero gets zero weights and bias, one where every prompt's
+    state is the same gets zero weights and the mean as bias."""
+    import torch
+
+    n_layers, d = vector.shape
+    weights = torch.zeros(n_layers, d, dtype=torch.float64)
+    bias = torch.zeros(n_layers, dtype=torch.float64)
+    r2 = []
+    for layer in range(n_layers):
+        norm = vector[layer].double().norm()
+        if not float(norm) > 0:
+            r2.append(0.0)
+            continue
+        y = means[:, layer].double() @ (vector[layer].double() / norm)
+        x = lasts[:, layer].double()
+        x_mean, y_mean = x.mean(0), y.mean()
+        xc = x - x_mean
+        scatter = xc.T @ xc
+        spread = float(scatter.trace())
+        if not spread > 0:  # every prompt ends in the same state here (layer 0 is the token embedding): the mean is the fit
+            bias[layer] = y_mean
+            r2.append(0.0)
+            continue
+        w = torch.linalg.solve(scatter + alpha * spread / d * torch.eye(d, dtype=torch.float64), xc.T @ (y - y_mean))
+        weights[layer], bias[layer] = w, y_mean - x_mean @ w
+        residual = y - (x @ w + bias[layer])
+        total = float(((y - y_mean) ** 2).sum())
+        r2.append(1.0 - float((residual**2).sum()) / total if total > 0 else 0.0)
+    return weights.float(), bias.float(), r2
+
+
+def reference_answers(trait: Trait, names: Sequence[str]) -> tuple[list[Response], dict[str, str]]:
+    """The neutral (``neg``) written extraction answers of the definitions ``names`` (``trait`` itself may be one),
+    as read with no system prompt; and name -> definition sha256."""
+    from auditor.vectors.traits import load_trait
+
+    answers: list[Response] = []
+    shas: dict[str, str] = {}
+    for name in names:
+        other = trait if name == trait.name else load_trait(name)
+        if not other.extraction_examples:
+            raise VectorError(
+                f"{trait.path}: learned_reference.from names {name}, but {other.path} has no written examples; "
+                "list definitions with examples.extraction (their neg answers train the reference)"
+            )
+        answers += [r for r in provided_responses(other, "extraction", "none") if r.pole == "neg"]
+        shas[name] = other.sha256
+    return answers, shas
+
+
+def answer_states(lm: Any, answers: Sequence[Response], batch_tokens: int = 8192) -> tuple[Any, Any]:
+    """Each answer's response mean and its last prompt token's hidden state at every layer: ([N, L+1, d], [N, L+1, d])."""
+    from auditor.activations import encode_pair, response_means_and_last
+
+    tok = lm.tokenizer
+    rows = [encode_pair(tok, p, r.answer) for p, r in zip(build_prompts(tok, answers), answers)]
+    return response_means_and_last(lm.model, rows, list(range(lm.num_layers + 1)), tok.pad_token_id, batch_tokens, lm.layers_path)
+
+
+def learned_reference(lm: Any, trait: Trait, vector: Any, settings: ExtractSettings) -> tuple[Any, Any, dict[str, Any]]:
+    """``trait``'s ``learned_reference`` key made: :func:`fit_reference` on the neutral answers of the definitions it names.
+    Returns (weights, bias, sidecar entry)."""
+    spec = trait.reference
+    assert spec is not None
+    answers, shas = reference_answers(trait, spec.from_traits)
+    means, lasts = answer_states(lm, answers, settings.batch_tokens)
+    weights, bias, r2 = fit_reference(vector, means, lasts, spec.alpha)
+    return weights, bias, {"from": shas, "alpha": spec.alpha, "answers": len(answers), "r2": [round(x, 4) for x in r2]}
+
+
 def remove_directions(vector: Any, others: Any) -> Any:
     """vector: [L+1, d], others: [k, L+1, d] -> [L+1, d]: at every layer, ``vector`` minus its least-squares fit on the k others.
 
@@ -332,6 +407,12 @@ def extract_vector(
     timings: dict[str, float] = {}
     responses, kept, dropped = _judged_pairs(lm, trait, settings, judge, say, timings)
     vector, removed, removed_pairs = _direction(lm, trait, settings, kept, say, timings)
+    reference = None
+    if trait.reference is not None:
+        t0 = time.perf_counter()
+        say(f"fitting the learned reference on the neutral answers of {', '.join(trait.reference.from_traits)} (alpha {trait.reference.alpha:g})")
+        reference = learned_reference(lm, trait, vector, settings)
+        timings["reference"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     kind, held, separation = _heldout_separation(lm, trait, settings, judge, vector, say)
     timings["heldout"] = time.perf_counter() - t0
@@ -352,6 +433,8 @@ def extract_vector(
     if removed_pairs:
         meta["orthogonal_pairs"] = removed_pairs
     pv = PersonaVector(trait.name, vector.float().contiguous(), layer, meta)
+    if reference is not None:
+        pv.reference, pv.reference_bias, meta["learned_reference"] = reference
     report = ExtractReport(
         trait=trait.name,
         mode=settings.responses,

@@ -6,6 +6,12 @@ sidecar ``<trait>.json`` with the model fingerprint, the recommended layer, how 
 vector was made and, optionally, its calibration (the distribution of scores over a
 clean reference set). The published ``.pt`` files (a bare ``[L + 1, d]`` tensor) are
 read with ``torch.load(weights_only=True)``, never unpickled.
+
+A project vector may also hold a **learned reference** (``reference`` [L + 1, d] and
+``reference_bias`` [L + 1], float32): at each layer, a linear map from the hidden state at the
+last prompt token to the projection a neutral answer to that prompt is expected to have (on the
+unit direction of that layer). The prompt-last baseline subtracts that prediction instead of the
+last prompt token's own projection (``docs/METHOD.md``, "The reference point").
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ class PersonaVector:
     layer: int
     meta: dict[str, Any] = field(default_factory=dict)
     path: str = ""
+    reference: Any = None  # torch.Tensor [L + 1, d] float32, or None: the prompt-last reference is the direction itself
+    reference_bias: Any = None  # torch.Tensor [L + 1] float32, with ``reference``
 
     @property
     def num_layers(self) -> int:
@@ -72,7 +80,13 @@ class PersonaVector:
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.vector.float().contiguous().numpy().tobytes()).hexdigest()
+        """Of what a scan scores with: the vector's bytes, then the learned reference's (when it has one), so a rescan
+        never reuses scores made with another reference; a vector without one hashes as it always did."""
+        h = hashlib.sha256(self.vector.float().contiguous().numpy().tobytes())
+        if self.reference is not None:
+            h.update(self.reference.float().contiguous().numpy().tobytes())
+            h.update(self.reference_bias.float().contiguous().numpy().tobytes())
+        return h.hexdigest()
 
     @property
     def calibration(self) -> dict[str, Any] | None:
@@ -85,6 +99,13 @@ class PersonaVector:
         if not float(norm) > 0:
             raise VectorError(f"{self.path or self.trait}: the vector is zero at layer {self.layer if layer is None else layer}; choose another --layer")
         return row / norm
+
+    def reference_at(self, layer: int | None = None) -> tuple[Any, float] | None:
+        """The learned prompt-last reference at ``layer`` (default: the vector's layer) as (weights [d], bias), or None."""
+        if self.reference is None:
+            return None
+        at = self.layer if layer is None else layer
+        return self.reference[at].float(), float(self.reference_bias[at])
 
     def threshold(self, baseline: str, score: str, percentile: float) -> float | None:
         """Calibrated flag threshold: the clean reference set's ``percentile`` of ``score`` (a column name)."""
@@ -100,7 +121,11 @@ def save_vector(pv: PersonaVector, folder: str | os.PathLike) -> str:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensor_path = folder / f"{pv.trait}.safetensors"
-    save_file({"vector": pv.vector.float().contiguous()}, str(tensor_path))
+    tensors = {"vector": pv.vector.float().contiguous()}
+    if pv.reference is not None:
+        tensors["reference"] = pv.reference.float().contiguous()
+        tensors["reference_bias"] = pv.reference_bias.float().contiguous()
+    save_file(tensors, str(tensor_path))
     meta = portable_meta(pv.meta)
     meta.update({"trait": pv.trait, "layer": pv.layer, "shape": list(pv.vector.shape), "sha256": pv.sha256})
     tmp = folder / f".{pv.trait}.json.tmp"
@@ -136,7 +161,9 @@ def load_vector(path: str | os.PathLike, layer: int | None = None, trait: str | 
         if "vector" not in tensors:
             raise VectorError(f"{path}: holds no tensor named 'vector' (found: {', '.join(tensors) or 'none'})")
         vector = tensors["vector"]
+        reference, reference_bias = _reference_tensors(path, tensors, vector)
     elif path.suffix in (".pt", ".pth"):
+        reference = reference_bias = None  # the published format has no learned reference
         try:
             vector = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # weights_only refuses anything that is not plain tensors
@@ -156,7 +183,31 @@ def load_vector(path: str | os.PathLike, layer: int | None = None, trait: str | 
     chosen = int(chosen)
     if not 0 <= chosen < vector.shape[0]:
         raise VectorError(f"{path}: layer {chosen} is outside 0..{vector.shape[0] - 1}")
-    return PersonaVector(trait=meta.get("trait", name) if trait is None else trait, vector=vector, layer=chosen, meta=meta, path=str(path))
+    return PersonaVector(
+        trait=meta.get("trait", name) if trait is None else trait,
+        vector=vector,
+        layer=chosen,
+        meta=meta,
+        path=str(path),
+        reference=reference,
+        reference_bias=reference_bias,
+    )
+
+
+def _reference_tensors(path: Path, tensors: dict[str, Any], vector: Any) -> tuple[Any, Any]:
+    """The learned reference of a project file (``reference``, ``reference_bias``), checked against the vector's shape; (None, None) without one."""
+    if "reference" not in tensors and "reference_bias" not in tensors:
+        return None, None
+    if "reference" not in tensors or "reference_bias" not in tensors:
+        missing = "reference" if "reference" not in tensors else "reference_bias"
+        raise VectorError(f"{path}: holds a learned reference without its {missing!r} tensor; run audit extract again to rewrite the file")
+    ref, bias = tensors["reference"], tensors["reference_bias"]
+    if list(ref.shape) != list(vector.shape) or list(bias.shape) != [vector.shape[0]]:
+        raise VectorError(
+            f"{path}: the learned reference has shape {list(ref.shape)} and bias {list(bias.shape)}, expected {list(vector.shape)} and "
+            f"[{vector.shape[0]}] (the vector's); run audit extract again to rewrite the file"
+        )
+    return ref.float(), bias.float()
 
 
 def default_vectors_dir(model_name: str) -> Path:

@@ -22,7 +22,7 @@ from auditor.resources import shipped_root
 MIN_INSTRUCTIONS = 5
 MIN_QUESTIONS = 20
 REQUIRED = ("name", "description", "rubric", "instructions", "extraction_questions", "evaluation_questions")
-OPTIONAL = ("examples", "orthogonal_to")
+OPTIONAL = ("examples", "orthogonal_to", "learned_reference")
 PLACEHOLDERS = ("{question}", "{answer}")
 SUFFIXES = (".yaml", ".yml", ".json")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -50,6 +50,15 @@ class Orthogonal:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """The ``learned_reference`` key: learn the prompt-last baseline's reference point from the neutral (``neg``) written
+    answers of the listed definitions, by ridge regression with penalty ``alpha`` (relative to the data's scale)."""
+
+    from_traits: tuple[str, ...]
+    alpha: float
+
+
+@dataclass(frozen=True)
 class Trait:
     """A validated trait definition."""
 
@@ -63,6 +72,7 @@ class Trait:
     evaluation_examples: tuple[Example, ...] = ()
     # the ``orthogonal_to`` entries: each one is a written-pair direction extraction removes from this trait's
     orthogonal: tuple[Orthogonal, ...] = ()
+    reference: Reference | None = None  # the ``learned_reference`` key: a learned prompt-last reference point
     path: str = ""
     sha256: str = field(default="", compare=False)  # of the file's bytes: recorded in vector sidecars
 
@@ -319,6 +329,31 @@ def _orthogonal_to(data: dict[str, Any], loc: _Locator, name: str) -> tuple[Orth
     return tuple(out)
 
 
+def _reference(data: dict[str, Any], loc: _Locator) -> Reference | None:
+    """The ``learned_reference`` key: ``{from: [trait names], alpha: number > 0}``, or None when absent."""
+    if "learned_reference" not in data:
+        return None
+    value = data["learned_reference"]
+    example = "write e.g. 'learned_reference: {from: [evil, sycophancy, hallucination, warmth], alpha: 3}'"
+    if not isinstance(value, dict) or set(value) != {"from", "alpha"}:
+        found = sorted(value) if isinstance(value, dict) else type(value).__name__
+        raise loc.error(("learned_reference",), f"expected the keys from and alpha, found {found}", example)
+    names = value["from"]
+    if not isinstance(names, list) or not names:
+        raise loc.error(("learned_reference", "from"), "expected a non-empty list of trait names", example)
+    for i, other in enumerate(names):
+        if not isinstance(other, str) or not _NAME.match(other):
+            raise loc.error(
+                ("learned_reference", "from", i), f"{other!r} is not a trait name", "use the name of a trait definition with written examples, e.g. evil"
+            )
+        if other in names[:i]:
+            raise loc.error(("learned_reference", "from", i), f"{other!r} is listed twice", "list each definition once")
+    alpha = value["alpha"]
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0 or alpha == float("inf"):
+        raise loc.error(("learned_reference", "alpha"), f"{alpha!r} is not a positive number", "the ridge penalty relative to the data's scale, e.g. 3")
+    return Reference(tuple(names), float(alpha))
+
+
 def _instruction_pairs(instructions: Any, loc: _Locator) -> list[tuple[str, str]]:
     """The ``instructions`` list as (pos, neg) system prompts, at least MIN_INSTRUCTIONS, each pair differing."""
     if not isinstance(instructions, list):
@@ -381,6 +416,7 @@ def _validate(data: Any, loc: _Locator, raw: bytes) -> Trait:
             )
     examples = _examples(data, loc, {"extraction": extraction, "evaluation": evaluation})
     orthogonal = _orthogonal_to(data, loc, name)
+    reference = _reference(data, loc)
     return Trait(
         name=name,
         description=description,
@@ -391,6 +427,7 @@ def _validate(data: Any, loc: _Locator, raw: bytes) -> Trait:
         extraction_examples=examples["extraction"],
         evaluation_examples=examples["evaluation"],
         orthogonal=orthogonal,
+        reference=reference,
         path=str(loc.path),
         sha256=hashlib.sha256(raw).hexdigest(),
     )
