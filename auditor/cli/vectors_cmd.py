@@ -107,19 +107,7 @@ def show(trait, model, folder) -> None:
         ("settings", json_short(settings)),
         ("made", f"{m.get('created_at', '?')} by persona-audit {m.get('tool_version', '?')} in {m.get('extraction_seconds', '?')} s ({m.get('dtype', '?')})"),
         ("definition", f"{m.get('trait_file', '?')} (sha256 {str(m.get('trait_sha256', '?'))[:16]})"),
-    ]
-    ref = m.get("learned_reference")
-    if pv.reference is not None and isinstance(ref, dict):
-        r2 = ref.get("r2")
-        fit = f", R^2 {r2[pv.layer]:.2f} at layer {pv.layer}" if isinstance(r2, list) and pv.layer < len(r2) else ""
-        lines.append(
-            (
-                "reference",
-                f"learned from the neutral answers of {', '.join(ref.get('from', {}))} ({ref.get('answers', '?')} answers, alpha {ref.get('alpha', '?')}{fit})",
-            )
-        )
-    elif pv.reference is not None:
-        lines.append(("reference", "learned (the sidecar does not say from what)"))
+    ] + _reference_lines(pv)
     cal = pv.calibration
     if cal:
         from auditor.score import calibrated_columns
@@ -155,6 +143,23 @@ def show(trait, model, folder) -> None:
             bar = "#" * max(0, int(round(20 * s / best))) if s is not None and s > 0 else ""
             table.add_row(str(layer), "-" if s is None else f"{s:.2f}", f"{norms[layer]:.3f}", bar + ("  <- layer" if layer == pv.layer else ""))
         console.print(table)
+
+
+def _reference_lines(pv) -> list[tuple[str, str]]:
+    """``show``'s line on a learned reference point: what it was fitted on, with its R^2 at the vector's layer."""
+    if pv.reference is None:
+        return []
+    ref = pv.meta.get("learned_reference")
+    if not isinstance(ref, dict):
+        return [("reference", "learned (the sidecar does not say from what)")]
+    r2 = ref.get("r2")
+    fit = f", R^2 {r2[pv.layer]:.2f} at layer {pv.layer}" if isinstance(r2, list) and pv.layer < len(r2) else ""
+    return [
+        (
+            "reference",
+            f"learned from the neutral answers of {', '.join(ref.get('from', {}))} ({ref.get('answers', '?')} answers, alpha {ref.get('alpha', '?')}{fit})",
+        )
+    ]
 
 
 def json_short(value) -> str:

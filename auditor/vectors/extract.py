@@ -407,12 +407,7 @@ def extract_vector(
     timings: dict[str, float] = {}
     responses, kept, dropped = _judged_pairs(lm, trait, settings, judge, say, timings)
     vector, removed, removed_pairs = _direction(lm, trait, settings, kept, say, timings)
-    reference = None
-    if trait.reference is not None:
-        t0 = time.perf_counter()
-        say(f"fitting the learned reference on the neutral answers of {', '.join(trait.reference.from_traits)} (alpha {trait.reference.alpha:g})")
-        reference = learned_reference(lm, trait, vector, settings)
-        timings["reference"] = time.perf_counter() - t0
+    reference, reference_meta = _reference_step(lm, trait, settings, vector, say, timings)
     t0 = time.perf_counter()
     kind, held, separation = _heldout_separation(lm, trait, settings, judge, vector, say)
     timings["heldout"] = time.perf_counter() - t0
@@ -429,12 +424,10 @@ def extract_vector(
         "dropped": dropped,
         "heldout_pairs": len(held),
     }
-    meta = _vector_meta(lm, trait, settings, judge, counts, separation, kind, norms, seconds, removed)
+    meta = {**_vector_meta(lm, trait, settings, judge, counts, separation, kind, norms, seconds, removed), **reference_meta}
     if removed_pairs:
         meta["orthogonal_pairs"] = removed_pairs
-    pv = PersonaVector(trait.name, vector.float().contiguous(), layer, meta)
-    if reference is not None:
-        pv.reference, pv.reference_bias, meta["learned_reference"] = reference
+    pv = PersonaVector(trait.name, vector.float().contiguous(), layer, meta, **reference)
     report = ExtractReport(
         trait=trait.name,
         mode=settings.responses,
@@ -472,6 +465,19 @@ def _direction(
         vector = remove_directions(vector, others)
         timings["orthogonal_to"] = time.perf_counter() - t0
     return vector, removed, used
+
+
+def _reference_step(
+    lm: Any, trait: Trait, settings: ExtractSettings, vector: Any, say: Callable[[str], None], timings: dict[str, float]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The definition's learned reference, if it asks for one: (``PersonaVector`` keyword arguments, sidecar entries); both empty without."""
+    if trait.reference is None:
+        return {}, {}
+    t0 = time.perf_counter()
+    say(f"fitting the learned reference on the neutral answers of {', '.join(trait.reference.from_traits)} (alpha {trait.reference.alpha:g})")
+    weights, bias, entry = learned_reference(lm, trait, vector, settings)
+    timings["reference"] = time.perf_counter() - t0
+    return {"reference": weights, "reference_bias": bias}, {"learned_reference": entry}
 
 
 def _heldout_separation(
