@@ -85,7 +85,7 @@ def projections_at(lm, prompts: list[str], responses: list[str], units: dict[str
     import torch
 
     from auditor.activations import capture_hidden, encode_pair, gather_positions, masked_mean, pad_right, response_mask
-    from auditor.scoring import length_batches
+    from auditor.scoring import length_batches, reference_point
 
     tok = lm.tokenizer
     rows = [encode_pair(tok, p, r, 512) for p, r in zip(prompts, responses)]
@@ -102,7 +102,7 @@ def projections_at(lm, prompts: list[str], responses: list[str], units: dict[str
             mean = masked_mean(hidden[layer], mask).float().cpu()
             lastv = gather_positions(hidden[layer], last).float().cpu()
             out[t][batch, 0] = (mean @ ut).numpy()
-            out[t][batch, 1] = (lastv @ ut).numpy() if t not in refs else (lastv @ torch.tensor(refs[t][0])).numpy() + refs[t][1]
+            out[t][batch, 1] = reference_point(lastv, ut, refs.get(t)).numpy()
         del hidden
     empty = np.array([r.end <= r.start for r in rows])
     for t in out:
@@ -176,7 +176,7 @@ def main() -> None:
     lm = load_model(None)
     vecs = {t: load_vector(str(Path(args.vectors) / f"{t}.safetensors")) for t in TRAITS}
     units = {t: (pv.layer, (pv.vector[pv.layer] / pv.vector[pv.layer].norm()).float().numpy()) for t, pv in vecs.items()}
-    refs = {t: (ref[0].numpy(), ref[1]) for t, pv in vecs.items() if (ref := pv.reference_at()) is not None}
+    refs = {t: ref for t, pv in vecs.items() if (ref := pv.reference_at()) is not None}
     ev = eval_block(lm, args.sets, args.max_new_tokens, units, refs)
     clean_recs, clean_sc = ev["clean"]
     results: dict = {
