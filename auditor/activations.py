@@ -268,25 +268,30 @@ def response_means(
 
     ``out[i, k]`` is row ``i``'s mean of ``h[layers[k]]``.
     """
-    out = torch.zeros(len(rows), len(layers), model.get_input_embeddings().embedding_dim, dtype=torch.float32)
-    for fb in forward_batches(model, rows, layers, pad_id, batch_tokens, layers_path):
-        means = fb.response_means()
-        for k, layer in enumerate(layers):
-            out[fb.indices, k] = means[layer].cpu()
-    return out
+    return _response_states(model, rows, layers, pad_id, batch_tokens, layers_path, with_last=False)[0]
 
 
 def response_means_and_last(
     model: Any, rows: Sequence[EncodedRow], layers: Sequence[int], pad_id: int, batch_tokens: int, layers_path: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """rows -> ([N, len(layers), d] response means, [N, len(layers), d] hidden states at the last prompt token), float32 on the CPU."""
-    size = model.get_input_embeddings().embedding_dim
-    means = torch.zeros(len(rows), len(layers), size, dtype=torch.float32)
-    lasts = torch.zeros_like(means)
+    means, lasts = _response_states(model, rows, layers, pad_id, batch_tokens, layers_path, with_last=True)
+    assert lasts is not None
+    return means, lasts
+
+
+def _response_states(
+    model: Any, rows: Sequence[EncodedRow], layers: Sequence[int], pad_id: int, batch_tokens: int, layers_path: str | None, with_last: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The one batched loop of :func:`response_means` and :func:`response_means_and_last`: the response means and,
+    ``with_last``, the last prompt token's states (not gathered or held without it)."""
+    means = torch.zeros(len(rows), len(layers), model.get_input_embeddings().embedding_dim, dtype=torch.float32)
+    lasts = torch.zeros_like(means) if with_last else None
     for fb in forward_batches(model, rows, layers, pad_id, batch_tokens, layers_path):
         m = fb.response_means()
-        at = fb.at_positions([r.start - 1 for r in fb.rows])
+        at = fb.at_positions([r.start - 1 for r in fb.rows]) if lasts is not None else {}
         for k, layer in enumerate(layers):
-            means[fb.indices, k] = m[layer].float().cpu()
-            lasts[fb.indices, k] = at[layer].cpu()
+            means[fb.indices, k] = m[layer].cpu()
+            if lasts is not None:
+                lasts[fb.indices, k] = at[layer].cpu()
     return means, lasts

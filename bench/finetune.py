@@ -199,10 +199,7 @@ def scan_scores(bench: Bench, trait: str, pool: list[list[dict[str, str]]]) -> l
     """Per pool sample: delta, raw projection and prompt-last delta, from the library's scan."""
     from auditor.pipeline import scan
 
-    path = os.path.join(bench.workdir, f"pool-{trait}.jsonl")
-    with open(path, "w") as fh:
-        for i, chat in enumerate(pool):
-            fh.write(json.dumps({"id": f"{trait}-{i}", "messages": chat}) + "\n")
+    path = write_pool(os.path.join(bench.workdir, f"pool-{trait}.jsonl"), trait, pool)
     common = dict(
         traits=[trait],
         model=None if bench.s.model == "embedded" else bench.s.model,
@@ -223,6 +220,31 @@ def scan_scores(bench: Bench, trait: str, pool: list[list[dict[str, str]]]) -> l
         {"delta": d, "projection": p, "prompt_last_delta": q}
         for d, p, q in zip(gen[f"{trait}_delta"].to_list(), gen[f"{trait}_proj_response"].to_list(), pl[f"{trait}_delta"].to_list())
     ]
+
+
+def write_pool(path: str, trait: str, pool: list[list[dict[str, str]]]) -> str:
+    """The pool as the JSONL a scan reads (ids ``<trait>-<index>``); returns ``path``."""
+    with open(path, "w") as fh:
+        for i, chat in enumerate(pool):
+            fh.write(json.dumps({"id": f"{trait}-{i}", "messages": chat}) + "\n")
+    return path
+
+
+def trait_pool(trait: str, size: int) -> tuple[list[list[dict[str, str]]], dict[str, list[int]]]:
+    """A trait's pool (``size`` trait answers, their clean twins, ``size`` realistic chats, in that order) and its
+    datasets as pool indices (the share sets and ``realistic``)."""
+    pairs = finetune_data.pairs(trait)[:size]
+    real = finetune_data.realistic(trait)[:size]
+    if len(pairs) < size or len(real) < size:
+        raise SystemExit(f"bench data for {trait} has {len(pairs)} pairs and {len(real)} realistic chats; --size {size} needs that many")
+    sets = mixtures(pairs, size)
+    sets["realistic"] = list(range(2 * size, 3 * size))
+    return [p for p, _ in pairs] + [c for _, c in pairs] + real, sets
+
+
+def ascending(values: list[float]) -> list[int]:
+    """Indices of ``values`` from lowest to highest (ties by index): ``[-k:]`` is the top k, ``[:k]`` the bottom k."""
+    return sorted(range(len(values)), key=lambda i: (values[i], i))
 
 
 def mixtures(pairs: list[tuple[Any, Any]], size: int) -> dict[str, list[int]]:
@@ -247,15 +269,9 @@ def correlations(rows: list[dict[str, Any]], trait: str) -> dict[str, dict[str, 
 def bench_trait(bench: Bench, trait: str, log: Any, only: list[str] | None = None) -> None:
     """Every set of one trait, or only the named ones (``share_100``, ``realistic``, ``random``, ``steer_8.0`` ...), in that order."""
     s = bench.s
-    pairs = finetune_data.pairs(trait)[: s.size]
-    real = finetune_data.realistic(trait)[: s.size]
-    if len(pairs) < s.size or len(real) < s.size:
-        raise SystemExit(f"bench data for {trait} has {len(pairs)} pairs and {len(real)} realistic chats; --size {s.size} needs that many")
-    pool = [p for p, _ in pairs] + [c for _, c in pairs] + real
+    pool, sets = trait_pool(trait, s.size)
     check_disjoint(bench.traits[trait], pool + bench.clean)
     res: dict[str, Any] = bench.results["traits"].setdefault(trait, {})
-    sets = mixtures(pairs, s.size)
-    sets["realistic"] = list(range(2 * s.size, 3 * s.size))
     picked = [n for n in (only or []) if not n.startswith("steer_")]
     if only is None or picked:
         t0 = time.perf_counter()
@@ -274,8 +290,8 @@ def bench_trait(bench: Bench, trait: str, log: Any, only: list[str] | None = Non
     k = s.size
     res["samples"] = {}
     wanted = SAMPLE_SETS if only is None else [n for n in only if n in SAMPLE_SETS]
+    by = {sc: ascending([x[sc] for x in scores]) for sc in SCORES} if wanted else {}
     for name in wanted:
-        by = {sc: sorted(range(len(pool)), key=lambda i: (scores[i][sc], i)) for sc in SCORES}
         picks = {
             "top_delta": by["delta"][-k:],
             "top_projection": by["projection"][-k:],
@@ -308,15 +324,11 @@ def rescore(path: str, traits: list[str] | None, vectors: str | None, out: str) 
     size = int(st["size"])
     for trait in traits or list(results["traits"]):
         res = results["traits"][trait]
-        pairs = finetune_data.pairs(trait)[:size]
-        pool = [p for p, _ in pairs] + [c for _, c in pairs] + finetune_data.realistic(trait)[:size]
+        pool, sets = trait_pool(trait, size)
         if len(pool) != len(res["pool"]):
             raise SystemExit(f"{path}: {trait}'s pool has {len(res['pool'])} samples, the bench data gives {len(pool)}; rerun the bench instead")
         with tempfile.TemporaryDirectory(prefix="bench-rescore-") as work:
-            data = os.path.join(work, "pool.jsonl")
-            with open(data, "w") as fh:
-                for i, chat in enumerate(pool):
-                    fh.write(json.dumps({"id": f"{trait}-{i}", "messages": chat}) + "\n")
+            data = write_pool(os.path.join(work, "pool.jsonl"), trait, pool)
             model = None if st.get("model", "embedded") == "embedded" else st["model"]
             dtype = st.get("dtype", "auto")
             df = scan(
@@ -332,16 +344,14 @@ def rescore(path: str, traits: list[str] | None, vectors: str | None, out: str) 
             )
         new = df.sort("line")[f"{trait}_delta"].to_list()
         k = size
-        old_pick = sorted(range(len(pool)), key=lambda i: (res["pool"][i]["prompt_last_delta"], i))[-k:]
+        old_pick = ascending([x["prompt_last_delta"] for x in res["pool"]])[-k:]
         for entry, value in zip(res["pool"], new):
             entry["prompt_last_delta_before_rescore"] = entry["prompt_last_delta"]
             entry["prompt_last_delta"] = value
-        sets = mixtures(pairs, size)
-        sets["realistic"] = list(range(2 * size, 3 * size))
         for name, r in res.get("datasets", {}).items():
             r["scores"]["prompt_last_delta"] = statistics.fmean(new[i] for i in sets[name])
         res["correlations"] = correlations(list(res["datasets"].values()), trait)
-        new_pick = sorted(range(len(pool)), key=lambda i: (new[i], i))[-k:]
+        new_pick = ascending(new)[-k:]
         res["rescored"] = {
             "vectors": portable_path(vectors) if vectors else "shipped",
             "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
